@@ -1,0 +1,37 @@
+# trainjobs: `make run` starts the service (API + one worker, SQLite); `make test` runs every check.
+VENV ?= .venv
+PYTHON ?= python3
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: run test lint migrate api worker bench bench-quick clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[worker,postgres,dev]'
+	touch $(STAMP)
+
+run: $(STAMP) ## API on TRAINJOBS_HOST:TRAINJOBS_PORT (127.0.0.1:8000) + one worker, SQLite in ./var
+	$(BIN)/trainjobs-api migrate
+	BIN=$(BIN) ./scripts/run-local.sh
+
+migrate: $(STAMP)
+	$(BIN)/trainjobs-api migrate
+
+api: $(STAMP)
+	$(BIN)/trainjobs-api --migrate
+
+worker: $(STAMP)
+	$(BIN)/trainjobs-worker
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+test: lint ## lint, types, then every test on SQLite and PostgreSQL
+	$(BIN)/pytest -q
+
+clean:
+	rm -rf var .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,71 @@
+"""Dependencies of the route modules: sessions, settings, worker auth."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Iterator
+from typing import Annotated
+
+from fastapi import Depends, Header, HTTPException, Request, status
+from sqlalchemy.orm import Session
+
+from app.api.wakeup import Wakeup
+from app.core.config import Settings
+from app.core.db import Database
+
+
+def get_db(request: Request) -> Database:
+    db: Database = request.app.state.db
+    return db
+
+
+def get_settings(request: Request) -> Settings:
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+def get_wakeup(request: Request) -> Wakeup:
+    wakeup: Wakeup = request.app.state.wakeup
+    return wakeup
+
+
+def get_read_session(db: Annotated[Database, Depends(get_db)]) -> Iterator[Session]:
+    with db.read() as session:
+        yield session
+
+
+def get_write_session(
+    db: Annotated[Database, Depends(get_db)], wakeup: Annotated[Wakeup, Depends(get_wakeup)]
+) -> Iterator[Session]:
+    """A write transaction (BEGIN IMMEDIATE on SQLite), committed when the route returns, before the response.
+
+    A route that may have made a job claimable sets ``session.info["wake_claimers"]``; waiting claims are
+    woken once the commit is done.
+    """
+    with db.write() as session:
+        yield session
+        wake = session.info.pop("wake_claimers", False)
+    if wake:
+        wakeup.notify()
+
+
+DatabaseDep = Annotated[Database, Depends(get_db)]
+SessionDep = Annotated[Session, Depends(get_read_session, scope="function")]
+WriteSessionDep = Annotated[Session, Depends(get_write_session, scope="function")]
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+WakeupDep = Annotated[Wakeup, Depends(get_wakeup)]
+
+
+def require_worker_token(
+    settings: SettingsDep, authorization: Annotated[str | None, Header(include_in_schema=False)] = None
+) -> None:
+    """When TRAINJOBS_WORKER_TOKEN is set, the worker protocol needs 'Authorization: Bearer <token>'."""
+    if settings.worker_token is None:
+        return
+    expected = f"Bearer {settings.worker_token.get_secret_value()}"
+    if authorization is None or not secrets.compare_digest(authorization.encode(), expected.encode()):
+        raise HTTPException(
+            status.HTTP_401_UNAUTHORIZED,
+            "worker token missing or wrong: send 'Authorization: Bearer <TRAINJOBS_WORKER_TOKEN>'",
+            headers={"WWW-Authenticate": "Bearer"},
+        )

@@ -1,0 +1,1 @@
+"""Route modules: public jobs API, worker protocol, health."""

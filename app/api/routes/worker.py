@@ -1,0 +1,230 @@
+"""The worker protocol: claim, heartbeat, metrics, checkpoints, finish, release.
+
+Workers never touch the database; they speak this HTTP protocol, so a GPU
+machine needs only the service's URL (and the token, when one is set). Every
+write is fenced by the lease token the claim handed out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Header, Query, Request, Response, status
+from fastapi import Path as PathParam
+from fastapi.concurrency import run_in_threadpool
+
+from app.api.deps import DatabaseDep, SessionDep, SettingsDep, WakeupDep, WriteSessionDep, require_worker_token
+from app.api.routes.jobs import Format, JobId, Tag, serve_checkpoint
+from app.core import artifacts, queue
+from app.core.config import Settings
+from app.core.db import Database
+from app.core.errors import InvalidRequest, TooLarge
+from app.core.models import Checkpoint
+from app.schemas import (
+    CheckpointPublic,
+    CheckpointRef,
+    ClaimedJob,
+    ClaimRequest,
+    FinishRequest,
+    HeartbeatRequest,
+    HeartbeatResponse,
+    JobPublic,
+    MetricsAccepted,
+    MetricsBatch,
+    ReleaseRequest,
+)
+
+router = APIRouter(prefix="/worker", tags=["worker"], dependencies=[Depends(require_worker_token)])
+
+_FENCED: dict[int | str, dict[str, str]] = {
+    401: {"description": "Worker token missing or wrong."},
+    404: {"description": "No such job."},
+    409: {"description": "Lease lost: this worker no longer holds the job; stop and write nothing more."},
+}
+
+
+def _ref(ckpt: Checkpoint | None) -> CheckpointRef | None:
+    if ckpt is None:
+        return None
+    return CheckpointRef(
+        job_id=ckpt.job_id,
+        tag=ckpt.tag,
+        format=ckpt.format,
+        epoch=ckpt.epoch,
+        step=ckpt.step,
+        size=ckpt.size,
+        sha256=ckpt.sha256,
+        url=f"/worker/jobs/{ckpt.job_id}/checkpoints/{ckpt.tag}?format={ckpt.format}",
+    )
+
+
+def _claim_once(db: Database, settings: Settings, body: ClaimRequest) -> ClaimedJob | None:
+    with db.write() as session:
+        claim = queue.claim_next_job(
+            session, worker_id=body.worker_id, device=body.device, lease_seconds=settings.lease_seconds
+        )
+        if claim is None:
+            return None
+        job = claim.job
+        assert job.lease_token is not None
+        return ClaimedJob(
+            id=job.id,
+            kind=job.kind,
+            spec=job.spec,
+            attempt=job.attempt,
+            max_attempts=job.max_attempts,
+            lease_token=job.lease_token,
+            lease_seconds=settings.lease_seconds,
+            heartbeat_seconds=settings.heartbeat_seconds,
+            resume_checkpoint=_ref(claim.resume),
+            init_checkpoint=_ref(claim.init),
+        )
+
+
+@router.post(
+    "/claim",
+    response_model=ClaimedJob,
+    responses={200: {"model": ClaimedJob}, 204: {"description": "No job to run (after waiting wait_seconds)."}},
+)
+async def claim_job(
+    body: ClaimRequest, request: Request, db: DatabaseDep, settings: SettingsDep, wakeup: WakeupDep
+) -> Response | ClaimedJob:
+    """Lease the next job; with wait_seconds, wait for one to be submitted (long poll)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + min(body.wait_seconds, settings.claim_max_wait_seconds)
+    while True:
+        event = wakeup.current()  # taken before looking, so a submission while we look is not missed
+        claimed = await run_in_threadpool(_claim_once, db, settings, body)
+        if claimed is not None:
+            return claimed
+        remaining = deadline - loop.time()
+        if remaining <= 0 or await request.is_disconnected():
+            return Response(status_code=status.HTTP_204_NO_CONTENT)
+        await wakeup.wait(event, min(remaining, settings.claim_poll_seconds))
+
+
+@router.post("/jobs/{job_id}/heartbeat", responses=_FENCED)
+def heartbeat(
+    job_id: JobId, body: HeartbeatRequest, session: WriteSessionDep, settings: SettingsDep
+) -> HeartbeatResponse:
+    """Renew the lease and report progress; the answer says whether a cancel was requested."""
+    progress = body.progress.model_dump() if body.progress else None
+    cancel = queue.heartbeat(session, job_id, body.lease_token, lease_seconds=settings.lease_seconds, progress=progress)
+    return HeartbeatResponse(cancel_requested=cancel)
+
+
+@router.post("/jobs/{job_id}/metrics", responses=_FENCED)
+def report_metrics(job_id: JobId, body: MetricsBatch, session: WriteSessionDep) -> MetricsAccepted:
+    """Store up to 1,000 metric points in one transaction; a step reported again replaces the value."""
+    points = [p.model_dump() for p in body.points]
+    return MetricsAccepted(accepted=queue.record_metrics(session, job_id, body.lease_token, points))
+
+
+@router.put(
+    "/jobs/{job_id}/checkpoints/{tag}",
+    status_code=status.HTTP_201_CREATED,
+    responses={**_FENCED, 413: {"description": "Larger than MAX_UPLOAD_BYTES."}, 422: {"description": "Bad headers."}},
+    openapi_extra={"requestBody": {"content": {"application/octet-stream": {}}, "required": True}},
+)
+async def upload_checkpoint(
+    job_id: JobId,
+    tag: Annotated[Tag, PathParam()],
+    request: Request,
+    db: DatabaseDep,
+    settings: SettingsDep,
+    x_lease_token: Annotated[str, Header(min_length=1, max_length=64)],
+    x_checkpoint_sha256: Annotated[str, Header(pattern=r"^[0-9a-fA-F]{64}$")],
+    x_checkpoint_epoch: Annotated[int, Header(ge=0, le=2**31 - 1)],
+    x_checkpoint_step: Annotated[int, Header(ge=0, le=2**62)],
+    x_checkpoint_metric: Annotated[float | None, Header()] = None,
+    format: Annotated[Format, Query()] = "pt",
+) -> CheckpointPublic:
+    """Upload a checkpoint file (streamed; written to a temporary file, checked, fsynced, renamed)."""
+    if x_checkpoint_metric is not None and not math.isfinite(x_checkpoint_metric):
+        raise InvalidRequest("X-Checkpoint-Metric must be a finite number", ("header", "x-checkpoint-metric"))
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > settings.max_upload_bytes:
+        raise _too_large(settings)
+
+    def fence() -> None:
+        with db.write() as session:
+            queue.check_lease(session, job_id, x_lease_token)
+
+    await run_in_threadpool(fence)  # refuse a stale worker before it sends gigabytes
+    upload = await run_in_threadpool(artifacts.PendingUpload, settings.artifacts_dir, job_id, settings.max_upload_bytes)
+    try:
+        async for chunk in request.stream():
+            await run_in_threadpool(upload.write, chunk)
+        sha256 = await run_in_threadpool(upload.finish, x_checkpoint_sha256)
+        relpath = artifacts.checkpoint_relpath(job_id, tag, format, sha256)
+
+        def commit() -> tuple[CheckpointPublic, str | None]:
+            with db.write() as session:
+                ckpt, old = queue.record_checkpoint(
+                    session,
+                    job_id,
+                    x_lease_token,
+                    tag=tag,
+                    fmt=format,
+                    epoch=x_checkpoint_epoch,
+                    step=x_checkpoint_step,
+                    size=upload.size,
+                    sha256=sha256,
+                    path=relpath,
+                    metric_value=x_checkpoint_metric,
+                )
+                upload.commit(settings.artifacts_dir, relpath)
+                url = f"/worker/jobs/{job_id}/checkpoints/{tag}?format={format}"
+                return CheckpointPublic.of(ckpt, url), old
+
+        public, old = await run_in_threadpool(commit)
+    except artifacts.UploadTooLarge as exc:
+        upload.discard()
+        raise _too_large(settings) from exc
+    except artifacts.ChecksumMismatch as exc:
+        upload.discard()
+        raise InvalidRequest(str(exc), ("header", "x-checkpoint-sha256")) from exc
+    except BaseException:
+        upload.discard()
+        raise
+    if old is not None and old != public.sha256:
+        artifacts.remove_files(settings.artifacts_dir, [old])
+    return public
+
+
+def _too_large(settings: Settings) -> TooLarge:
+    return TooLarge(f"checkpoint is larger than MAX_UPLOAD_BYTES ({settings.max_upload_bytes} bytes)")
+
+
+@router.get(
+    "/jobs/{job_id}/checkpoints/{tag}",
+    responses={200: {"content": {"application/octet-stream": {}}}, **_FENCED},
+)
+def download_checkpoint(
+    job_id: JobId,
+    tag: Annotated[Tag, PathParam()],
+    session: SessionDep,
+    settings: SettingsDep,
+    request: Request,
+    format: Annotated[Format, Query()] = "pt",
+) -> Response:
+    """Serve a checkpoint back to a worker (to resume, or to start a finetune from a pretrain job)."""
+    return serve_checkpoint(queue.find_checkpoint(session, job_id, tag, format), settings.artifacts_dir, request)
+
+
+@router.post("/jobs/{job_id}/finish", responses=_FENCED)
+def finish_job(job_id: JobId, body: FinishRequest, session: WriteSessionDep) -> JobPublic:
+    """End the job: succeeded (with result), failed (with error; not retried) or cancelled."""
+    job = queue.finish_job(session, job_id, body.lease_token, status=body.status, error=body.error, result=body.result)
+    session.info["wake_claimers"] = True  # jobs waiting for this one may be claimable now
+    return JobPublic.of(job)
+
+
+@router.post("/jobs/{job_id}/release", responses=_FENCED)
+def release_job(job_id: JobId, body: ReleaseRequest, session: WriteSessionDep) -> JobPublic:
+    """Give the job back to the queue without spending an attempt (worker shutting down)."""
+    job = queue.release_job(session, job_id, body.lease_token)
+    session.info["wake_claimers"] = True
+    return JobPublic.of(job)

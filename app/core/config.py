@@ -1,0 +1,36 @@
+"""Settings, read from the environment with the prefix ``TRAINJOBS_``."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Every knob of the service; README has the table."""
+
+    model_config = SettingsConfigDict(env_prefix="TRAINJOBS_", env_file=".env", extra="ignore")
+
+    database_url: str = Field("sqlite:///./var/trainjobs.db", description="SQLAlchemy URL: SQLite file or PostgreSQL.")
+    artifacts_dir: Path = Field(Path("./var/artifacts"), description="Where checkpoint files are kept.")
+    data_dir: Path = Field(Path("./var/data"), description="Where datasets live; imagefolder paths are relative to it.")
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+    worker_token: SecretStr | None = Field(None, description="When set, /worker/* requires 'Authorization: Bearer'.")
+    max_upload_bytes: int = Field(8 * 1024**3, ge=1, description="Largest checkpoint upload accepted.")
+    lease_seconds: float = Field(60.0, gt=0, description="A running job whose heartbeat is older is requeued.")
+    heartbeat_seconds: float = Field(5.0, gt=0, description="How often workers heartbeat (sent to them on claim).")
+    claim_max_wait_seconds: float = Field(30.0, ge=0, description="Longest long-poll a claim may ask for.")
+    claim_poll_seconds: float = Field(
+        1.0, gt=0, description="Re-check interval of a waiting claim (other API processes)."
+    )
+    reap_interval_seconds: float = Field(5.0, gt=0, description="How often expired leases are looked for.")
+    idempotency_hours: float = Field(24.0, gt=0, description="How long an Idempotency-Key is remembered.")
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,117 @@
+"""Engines and sessions: SQLite pragmas, ``BEGIN IMMEDIATE`` for writes, one factory for both backends.
+
+SQLite: WAL (readers run during a write), ``busy_timeout``, foreign keys on,
+``synchronous=FULL`` (a committed job survives a power loss, not only a crash).
+pysqlite's own transaction handling is switched off so that SQLAlchemy emits
+BEGIN itself: ``BEGIN IMMEDIATE`` on write sessions, so a read-then-write
+transaction cannot fail with SQLITE_BUSY on the lock upgrade.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.engine import make_url
+from sqlalchemy.orm import Session, sessionmaker
+
+MIN_SQLITE = (3, 35, 0)  # UPDATE ... RETURNING
+SQLITE_BUSY_TIMEOUT_MS = 30_000
+
+
+class UnsupportedDatabase(RuntimeError):
+    pass
+
+
+def check_sqlite_version(version: str = sqlite3.sqlite_version) -> None:
+    parts = tuple(int(p) for p in version.split(".")[:3])
+    if parts < MIN_SQLITE:
+        raise UnsupportedDatabase(
+            f"SQLite {version} is too old: trainjobs needs 3.35 or newer (UPDATE ... RETURNING). "
+            "Upgrade Python's sqlite3 or use PostgreSQL (TRAINJOBS_DATABASE_URL)."
+        )
+
+
+def normalize_url(url: str) -> str:
+    """Accept plain ``postgresql://`` URLs and use psycopg 3 for them."""
+    parsed = make_url(url)
+    if parsed.drivername in ("postgresql", "postgres"):
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    return parsed.render_as_string(hide_password=False)
+
+
+def create_db_engine(url: str, **kwargs: Any) -> Engine:
+    """An engine for ``url``, set up for concurrent use by the API, the reaper and tests."""
+    url = normalize_url(url)
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite":
+        kwargs.setdefault("pool_size", 20)
+        kwargs.setdefault("max_overflow", 20)
+        kwargs.setdefault("pool_pre_ping", True)
+        return create_engine(url, **kwargs)
+
+    check_sqlite_version()
+    if parsed.database and parsed.database != ":memory:":
+        Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+    kwargs.setdefault("pool_size", 20)
+    kwargs.setdefault("max_overflow", 20)
+    engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30}, **kwargs)
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None  # SQLAlchemy emits BEGIN itself
+        cursor = dbapi_connection.cursor()
+        cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
+        cursor.execute("PRAGMA journal_mode = WAL")
+        cursor.execute("PRAGMA synchronous = FULL")
+        cursor.execute("PRAGMA foreign_keys = ON")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Any) -> None:
+        mode = conn.get_execution_options().get("sqlite_begin", "DEFERRED")
+        conn.exec_driver_sql(f"BEGIN {mode}")
+
+    return engine
+
+
+@dataclass
+class Database:
+    """An engine with its two session factories: reads, and writes (``BEGIN IMMEDIATE`` on SQLite)."""
+
+    engine: Engine
+    read_sessions: sessionmaker[Session]
+    write_sessions: sessionmaker[Session]
+
+    @classmethod
+    def from_url(cls, url: str, **kwargs: Any) -> Database:
+        engine = create_db_engine(url, **kwargs)
+        writer = engine.execution_options(sqlite_begin="IMMEDIATE")
+        return cls(
+            engine=engine,
+            read_sessions=sessionmaker(engine, expire_on_commit=False),
+            write_sessions=sessionmaker(writer, expire_on_commit=False),
+        )
+
+    @property
+    def backend(self) -> str:
+        return self.engine.dialect.name
+
+    @contextmanager
+    def write(self) -> Iterator[Session]:
+        """A write transaction, committed on success and rolled back on error."""
+        with self.write_sessions() as session, session.begin():
+            yield session
+
+    @contextmanager
+    def read(self) -> Iterator[Session]:
+        with self.read_sessions() as session, session.begin():
+            yield session
+
+    def dispose(self) -> None:
+        self.engine.dispose()

@@ -1,0 +1,60 @@
+"""The domain's exceptions, in one place.
+
+The API maps each to an HTTP status (app/main.py); the messages are written
+for the person who sent the request and say what to change.
+
+- ``TrainjobsError``: base.
+  - ``JobNotFound`` (404): no job with that id.
+  - ``NotFound`` (404): something else is missing (a checkpoint).
+  - ``TooLarge`` (413): an upload over MAX_UPLOAD_BYTES.
+  - ``InvalidRequest`` (422): a request that validates field by field but not against the store.
+  - ``Conflict`` (409): the job is in a state that does not allow this.
+    - ``LeaseLost`` (409): a worker's lease token is no longer the job's.
+    - ``IdempotencyConflict`` (409): an Idempotency-Key reused with another body.
+"""
+
+from __future__ import annotations
+
+
+class TrainjobsError(Exception):
+    """Base of every error the service reports to a client."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class JobNotFound(TrainjobsError):
+    def __init__(self, job_id: int) -> None:
+        super().__init__(f"job {job_id} not found")
+        self.job_id = job_id
+
+
+class NotFound(TrainjobsError):
+    pass
+
+
+class InvalidRequest(TrainjobsError):
+    def __init__(self, message: str, loc: tuple[str | int, ...] = ()) -> None:
+        super().__init__(message)
+        self.loc = loc
+
+
+class TooLarge(TrainjobsError):
+    pass
+
+
+class Conflict(TrainjobsError):
+    pass
+
+
+class LeaseLost(Conflict):
+    def __init__(self, job_id: int) -> None:
+        super().__init__(
+            f"job {job_id}: lease lost (the job was requeued, cancelled, finished or handed to another worker)"
+        )
+        self.job_id = job_id
+
+
+class IdempotencyConflict(Conflict):
+    pass

@@ -1,0 +1,119 @@
+"""The FastAPI application: routers, error handlers, and the lifespan (schema check, lease reaper)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request, status
+from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from sqlalchemy.exc import OperationalError
+
+from app import __version__
+from app.api.routes import health, jobs, worker
+from app.api.wakeup import Wakeup
+from app.core import queue
+from app.core.config import Settings, get_settings
+from app.core.db import Database
+from app.core.errors import Conflict, InvalidRequest, JobNotFound, NotFound, TooLarge, TrainjobsError
+from app.core.migrate import check_schema_current
+
+log = logging.getLogger("trainjobs.api")
+
+DESCRIPTION = """
+Run PyTorch **pretrain** (autoencoder on unlabelled images) and **finetune** (classifier,
+optionally from a pretrain job's encoder) jobs. Submit with `POST /jobs`; follow
+`GET /jobs/{id}` and `GET /jobs/{id}/metrics`; download with `GET /jobs/{id}/checkpoint`.
+Workers speak the `/worker` protocol. Errors are `{"detail": ...}`.
+"""
+
+
+async def reap_periodically(db: Database, settings: Settings, wakeup: Wakeup) -> None:
+    """Requeue jobs whose worker vanished, even when no worker is claiming."""
+
+    def reap() -> list[tuple[int, str]]:
+        with db.write() as session:
+            return queue.reap_expired_leases(session)
+
+    while True:
+        await asyncio.sleep(settings.reap_interval_seconds)
+        try:
+            changed = await run_in_threadpool(reap)
+        except Exception:  # the next round tries again; a reaper that dies would strand jobs
+            log.exception("lease reaper failed")
+            continue
+        for job_id, new_status in changed:
+            log.warning("job %s: lease expired, now %s", job_id, new_status)
+        if any(s == "queued" for _, s in changed):
+            wakeup.notify()
+
+
+def create_app(settings: Settings | None = None, db: Database | None = None) -> FastAPI:
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        database = db or Database.from_url(settings.database_url)
+        check_schema_current(database.engine)
+        settings.artifacts_dir.mkdir(parents=True, exist_ok=True)
+        app.state.db = database
+        app.state.wakeup.bind(asyncio.get_running_loop())
+        reaper = asyncio.create_task(reap_periodically(database, settings, app.state.wakeup))
+        try:
+            yield
+        finally:
+            reaper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reaper
+            if db is None:
+                database.dispose()
+
+    app = FastAPI(title="trainjobs", version=__version__, description=DESCRIPTION, lifespan=lifespan)
+    app.state.settings = settings
+    app.state.wakeup = Wakeup()
+    app.include_router(jobs.router)
+    app.include_router(worker.router)
+    app.include_router(health.router)
+    install_error_handlers(app)
+    return app
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    def detail(exc: TrainjobsError, code: int) -> JSONResponse:
+        return JSONResponse({"detail": exc.message}, status_code=code)
+
+    @app.exception_handler(TrainjobsError)
+    async def _domain_error(_request: Request, exc: TrainjobsError) -> JSONResponse:
+        if isinstance(exc, JobNotFound | NotFound):
+            return detail(exc, status.HTTP_404_NOT_FOUND)
+        if isinstance(exc, Conflict):
+            return detail(exc, status.HTTP_409_CONFLICT)
+        if isinstance(exc, TooLarge):
+            return detail(exc, status.HTTP_413_CONTENT_TOO_LARGE)
+        if isinstance(exc, InvalidRequest):
+            body = {"detail": [{"loc": list(exc.loc), "msg": exc.message, "type": "value_error"}]}
+            return JSONResponse(body, status_code=status.HTTP_422_UNPROCESSABLE_CONTENT)
+        return detail(exc, status.HTTP_400_BAD_REQUEST)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        # Pydantic's errors name the field; drop the echoed input and context, which can be large or binary.
+        errors = [{"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]} for e in exc.errors()]
+        return JSONResponse({"detail": errors}, status_code=status.HTTP_422_UNPROCESSABLE_CONTENT)
+
+    @app.exception_handler(OperationalError)
+    async def _database_down(_request: Request, exc: OperationalError) -> JSONResponse:
+        log.error("database error: %s", exc)
+        return JSONResponse(
+            {"detail": "the database is unavailable; try again shortly"},
+            status_code=status.HTTP_503_SERVICE_UNAVAILABLE,
+            headers={"Retry-After": "1"},
+        )
+
+
+app = create_app()

@@ -1,0 +1,137 @@
+"""Shared fixtures: every database test runs on a real SQLite file and on the real PostgreSQL server.
+
+``TRAINJOBS_TEST_BACKENDS=sqlite`` (or ``postgresql``) narrows the run; CI runs both.
+PostgreSQL is started if it is down. Each test gets a clean database: a copy of a
+migrated SQLite template, or a truncated PostgreSQL database made for this session.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import create_engine, text
+
+from app.core.config import Settings
+from app.core.db import Database
+from app.core.migrate import upgrade
+
+BACKENDS = [b.strip() for b in os.environ.get("TRAINJOBS_TEST_BACKENDS", "sqlite,postgresql").split(",") if b.strip()]
+PG_ADMIN_URL = os.environ.get("TRAINJOBS_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+TABLES = "metric_points, checkpoints, idempotency_keys, jobs"
+
+
+def ensure_postgres_running() -> None:
+    def ready() -> bool:
+        return subprocess.run(["pg_isready", "-h", "127.0.0.1", "-q"], check=False).returncode == 0
+
+    if ready():
+        return
+    versions = os.listdir("/etc/postgresql")
+    subprocess.run(["pg_ctlcluster", "--skip-systemctl-redirect", versions[0], "main", "start"], check=False)
+    for _ in range(60):
+        if ready():
+            return
+        time.sleep(0.5)
+    raise RuntimeError("PostgreSQL at 127.0.0.1:5432 is not running and could not be started")
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A fresh, migrated PostgreSQL database for this test session, dropped at the end."""
+    ensure_postgres_running()
+    name = f"trainjobs_test_{uuid.uuid4().hex[:8]}"
+    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    url = PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
+    upgrade(url)
+    yield url
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+@pytest.fixture(scope="session")
+def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("template") / "trainjobs.db"
+    upgrade(f"sqlite:///{path}")
+    return path
+
+
+@pytest.fixture(params=BACKENDS)
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A clean, migrated database on each backend."""
+    if request.param == "sqlite":
+        path = tmp_path / "trainjobs.db"
+        shutil.copy(request.getfixturevalue("sqlite_template"), path)
+        return f"sqlite:///{path}"
+    url: str = request.getfixturevalue("postgres_url")
+    engine = create_engine(url)
+    with engine.begin() as conn:
+        conn.execute(text(f"TRUNCATE {TABLES} RESTART IDENTITY CASCADE"))
+    engine.dispose()
+    return url
+
+
+@pytest.fixture
+def db(database_url: str) -> Iterator[Database]:
+    database = Database.from_url(database_url)
+    yield database
+    database.dispose()
+
+
+@pytest.fixture
+def settings(database_url: str, tmp_path: Path) -> Settings:
+    return Settings(
+        database_url=database_url,
+        artifacts_dir=tmp_path / "artifacts",
+        data_dir=tmp_path / "data",
+        worker_token=None,
+        claim_poll_seconds=0.2,
+        _env_file=None,  # type: ignore[call-arg]
+    )
+
+
+@pytest.fixture
+def client(settings: Settings, db: Database) -> Iterator[Any]:
+    from fastapi.testclient import TestClient
+
+    from app.main import create_app
+
+    with TestClient(create_app(settings, db)) as c:
+        yield c
+
+
+def pretrain_body(**overrides: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "kind": "pretrain",
+        "name": "ae",
+        "dataset": {"name": "digits"},
+        "model": {"arch": "mlp_autoencoder", "hidden": [32], "bottleneck": 8},
+        "train": {"epochs": 2, "batch_size": 64},
+    }
+    body.update(overrides)
+    return body
+
+
+def finetune_body(base_id: int | None = None, **overrides: Any) -> dict[str, Any]:
+    model: dict[str, Any] = {"arch": "mlp", "num_classes": 10, "hidden": [32], "bottleneck": 8}
+    if base_id is not None:
+        model["init"] = {"from": "job", "job_id": base_id}
+    body: dict[str, Any] = {
+        "kind": "finetune",
+        "name": "clf",
+        "dataset": {"name": "digits", "labels_per_class": 10},
+        "model": model,
+        "train": {"epochs": 2, "batch_size": 32, "optimizer": "sgd", "lr": 0.01, "momentum": 0.9},
+    }
+    body.update(overrides)
+    return body

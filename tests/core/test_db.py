@@ -1,0 +1,61 @@
+"""SQLite is set up for several processes: WAL, busy timeout, foreign keys, FULL sync, IMMEDIATE writes."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from sqlalchemy import text
+
+from app.core.db import Database, UnsupportedDatabase, check_sqlite_version, normalize_url
+
+
+def test_sqlite_pragmas(tmp_path: Path) -> None:
+    db = Database.from_url(f"sqlite:///{tmp_path / 'x.db'}")
+    with db.read() as s:
+        assert s.execute(text("PRAGMA journal_mode")).scalar() == "wal"
+        assert s.execute(text("PRAGMA foreign_keys")).scalar() == 1
+        assert s.execute(text("PRAGMA busy_timeout")).scalar() >= 5000
+        assert s.execute(text("PRAGMA synchronous")).scalar() == 2  # FULL
+    db.dispose()
+
+
+def test_write_sessions_take_the_write_lock_at_begin(tmp_path: Path) -> None:
+    """A second writer waits at BEGIN IMMEDIATE instead of failing later with SQLITE_BUSY."""
+    db = Database.from_url(f"sqlite:///{tmp_path / 'x.db'}")
+    with db.write() as s:
+        s.execute(text("CREATE TABLE t (n INTEGER)"))
+        s.execute(text("INSERT INTO t VALUES (0)"))
+    order: list[str] = []
+
+    def second() -> None:
+        with db.write() as s2:
+            n = s2.execute(text("SELECT n FROM t")).scalar_one()  # BEGIN IMMEDIATE waits here
+            order.append("second read")
+            s2.execute(text("UPDATE t SET n = :n"), {"n": n + 1})
+
+    with db.write() as s1:
+        n = s1.execute(text("SELECT n FROM t")).scalar_one()
+        thread = threading.Thread(target=second)
+        thread.start()
+        time.sleep(0.3)
+        order.append("first writing")
+        s1.execute(text("UPDATE t SET n = :n"), {"n": n + 1})
+    thread.join()
+    assert order == ["first writing", "second read"]
+    with db.read() as s:
+        assert s.execute(text("SELECT n FROM t")).scalar_one() == 2  # no lost update
+    db.dispose()
+
+
+def test_old_sqlite_is_refused() -> None:
+    with pytest.raises(UnsupportedDatabase, match=r"3\.35"):
+        check_sqlite_version("3.31.1")
+    check_sqlite_version("3.35.0")
+
+
+def test_plain_postgres_urls_use_psycopg() -> None:
+    assert normalize_url("postgresql://u@h/db").startswith("postgresql+psycopg://")
+    assert normalize_url("sqlite:///x.db") == "sqlite:///x.db"

@@ -1,0 +1,98 @@
+"""The API as real processes: durability across SIGKILL, two servers on one PostgreSQL, stale schema refused."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import pytest
+from alembic import command
+from sqlalchemy import create_engine, text
+
+from app.core.migrate import alembic_config, upgrade
+from tests.conftest import TABLES, pretrain_body
+from tests.servers import ApiServer
+
+pytestmark = pytest.mark.slow
+
+
+def test_accepted_jobs_survive_sigkill_of_the_api(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'trainjobs.db'}"
+    upgrade(url)
+    server = ApiServer(url, tmp_path).start()
+    accepted: list[int] = []
+    lock = threading.Lock()
+    stop = threading.Event()
+
+    def submitter() -> None:
+        with httpx.Client(base_url=server.url, timeout=5) as http:
+            while not stop.is_set():
+                try:
+                    r = http.post("/jobs", json=pretrain_body())
+                except httpx.HTTPError:
+                    return  # the server is gone: what was acknowledged is what counts
+                if r.status_code == 201:
+                    with lock:
+                        accepted.append(r.json()["id"])
+
+    threads = [threading.Thread(target=submitter) for _ in range(4)]
+    for t in threads:
+        t.start()
+    while len(accepted) < 100:
+        threading.Event().wait(0.01)
+    server.kill()  # SIGKILL mid-stream
+    stop.set()
+    for t in threads:
+        t.join()
+
+    with ApiServer(url, tmp_path) as again, httpx.Client(base_url=again.url) as http:
+        for job_id in accepted:
+            r = http.get(f"/jobs/{job_id}")
+            assert r.status_code == 200, job_id
+            assert r.json()["status"] == "queued"
+
+
+def test_two_api_processes_on_postgresql_never_hand_out_a_job_twice(postgres_url: str, tmp_path: Path) -> None:
+    engine = create_engine(postgres_url)
+    with engine.begin() as conn:
+        conn.execute(text(f"TRUNCATE {TABLES} RESTART IDENTITY CASCADE"))
+    engine.dispose()
+    with ApiServer(postgres_url, tmp_path) as a, ApiServer(postgres_url, tmp_path) as b:
+        with httpx.Client(base_url=a.url) as http:
+            for _ in range(120):
+                assert http.post("/jobs", json=pretrain_body()).status_code == 201
+
+        def claimer(n: int) -> list[int]:
+            got = []
+            with httpx.Client(base_url=(a.url if n % 2 else b.url), timeout=10) as http:
+                while True:
+                    r = http.post("/worker/claim", json={"worker_id": f"w{n}", "device": "cpu"})
+                    if r.status_code == 204:
+                        return got
+                    assert r.status_code == 200, r.text
+                    got.append(r.json()["id"])
+
+        with ThreadPoolExecutor(8) as pool:
+            claimed = [job for result in pool.map(claimer, range(8)) for job in result]
+    counts = Counter(claimed)
+    assert len(counts) == 120 and set(counts.values()) == {1}
+
+
+def test_api_refuses_to_start_on_an_old_schema(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    command.stamp(alembic_config(url), "base")
+    env = {"TRAINJOBS_DATABASE_URL": url, "TRAINJOBS_PORT": "1", "PATH": "/usr/bin:/bin"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "app.cli"], env=env, capture_output=True, text=True, timeout=60, check=False
+    )
+    assert proc.returncode != 0
+    assert "trainjobs-api migrate" in proc.stderr
+    migrate = subprocess.run(
+        [sys.executable, "-m", "app.cli", "migrate"], env=env, capture_output=True, text=True, timeout=60, check=False
+    )
+    assert migrate.returncode == 0, migrate.stderr
