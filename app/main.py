@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -12,7 +13,7 @@ from fastapi import FastAPI, Request, status
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DataError, OperationalError
 
 from app import __version__
 from app.api.routes import health, jobs, worker
@@ -33,7 +34,22 @@ Workers speak the `/worker` protocol. Errors are `{"detail": ...}`.
 """
 
 
-async def reap_periodically(db: Database, settings: Settings, wakeup: Wakeup) -> None:
+class ReapGate:
+    """Leases are not reaped in the first lease period after start-up.
+
+    While the service was down no worker could heartbeat: their leases look expired, yet the
+    workers are alive and will heartbeat within one lease period. Reaping them at once would
+    restart jobs that are running fine.
+    """
+
+    def __init__(self, lease_seconds: float) -> None:
+        self.open_at = time.monotonic() + lease_seconds
+
+    def is_open(self) -> bool:
+        return time.monotonic() >= self.open_at
+
+
+async def reap_periodically(db: Database, settings: Settings, wakeup: Wakeup, gate: ReapGate) -> None:
     """Requeue jobs whose worker vanished, even when no worker is claiming."""
 
     def reap() -> list[tuple[int, str]]:
@@ -42,6 +58,8 @@ async def reap_periodically(db: Database, settings: Settings, wakeup: Wakeup) ->
 
     while True:
         await asyncio.sleep(settings.reap_interval_seconds)
+        if not gate.is_open():
+            continue
         try:
             changed = await run_in_threadpool(reap)
         except Exception:  # the next round tries again; a reaper that dies would strand jobs
@@ -63,7 +81,8 @@ def create_app(settings: Settings | None = None, db: Database | None = None) -> 
         settings.artifacts_dir.mkdir(parents=True, exist_ok=True)
         app.state.db = database
         app.state.wakeup.bind(asyncio.get_running_loop())
-        reaper = asyncio.create_task(reap_periodically(database, settings, app.state.wakeup))
+        app.state.reap_gate = ReapGate(settings.lease_seconds)
+        reaper = asyncio.create_task(reap_periodically(database, settings, app.state.wakeup, app.state.reap_gate))
         try:
             yield
         finally:
@@ -105,6 +124,15 @@ def install_error_handlers(app: FastAPI) -> None:
         # Pydantic's errors name the field; drop the echoed input and context, which can be large or binary.
         errors = [{"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]} for e in exc.errors()]
         return JSONResponse({"detail": errors}, status_code=status.HTTP_422_UNPROCESSABLE_CONTENT)
+
+    @app.exception_handler(DataError)
+    async def _unstorable(_request: Request, exc: DataError) -> JSONResponse:
+        # A value the database cannot store that validation let through: the client's to change.
+        log.warning("database refused a value: %s", exc.orig)
+        return JSONResponse(
+            {"detail": "a value in the request cannot be stored (out of range or an invalid character)"},
+            status_code=status.HTTP_422_UNPROCESSABLE_CONTENT,
+        )
 
     @app.exception_handler(OperationalError)
     async def _database_down(_request: Request, exc: OperationalError) -> JSONResponse:

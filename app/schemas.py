@@ -9,6 +9,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from app.core.models import Checkpoint, Job
+from app.core.specs import Text
 
 
 class _Model(BaseModel):
@@ -128,9 +129,24 @@ class CheckpointsPublic(BaseModel):
 LeaseToken = Field(min_length=1, max_length=64, description="The token the claim returned.")
 
 
+def check_json_value(value: Any, where: str = "result") -> None:
+    """Finite numbers and NUL-free strings only: PostgreSQL's JSON refuses the rest."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"{where} holds {value}; send finite numbers (or null)")
+    if isinstance(value, str) and "\x00" in value:
+        raise ValueError(f"{where} holds a string with a NUL character")
+    if isinstance(value, dict):
+        for key, item in value.items():
+            check_json_value(key, where)
+            check_json_value(item, f"{where}.{key}")
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            check_json_value(item, f"{where}[{i}]")
+
+
 class ClaimRequest(_Model):
-    worker_id: str = Field(min_length=1, max_length=200, description="e.g. host:pid")
-    device: str | None = Field(None, max_length=64, description="e.g. cuda:0, cpu")
+    worker_id: Text = Field(min_length=1, max_length=200, description="e.g. host:pid")
+    device: Text | None = Field(None, max_length=64, description="e.g. cuda:0, cpu")
     wait_seconds: float = Field(0.0, ge=0.0, le=300.0, description="Long poll: wait up to this long for a job.")
 
 
@@ -159,7 +175,7 @@ class ClaimedJob(BaseModel):
 
 
 class HeartbeatRequest(_Model):
-    lease_token: str = LeaseToken
+    lease_token: Text = LeaseToken
     progress: Progress | None = None
 
 
@@ -183,7 +199,7 @@ class MetricIn(_Model):
 
 
 class MetricsBatch(_Model):
-    lease_token: str = LeaseToken
+    lease_token: Text = LeaseToken
     points: list[MetricIn] = Field(max_length=1000)
 
 
@@ -192,14 +208,20 @@ class MetricsAccepted(BaseModel):
 
 
 class FinishRequest(_Model):
-    lease_token: str = LeaseToken
+    lease_token: Text = LeaseToken
     status: Literal["succeeded", "failed", "cancelled"]
-    error: str | None = Field(None, max_length=20_000)
+    error: Text | None = Field(None, max_length=20_000)
     result: dict[str, Any] | None = None
+
+    @field_validator("result")
+    @classmethod
+    def _storable(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        check_json_value(value)
+        return value
 
 
 class ReleaseRequest(_Model):
-    lease_token: str = LeaseToken
+    lease_token: Text = LeaseToken
 
 
 class Health(BaseModel):

@@ -102,6 +102,8 @@ class Job(Base):
         ),
         Index("ix_jobs_status_id", "status", "id"),
         Index("ix_jobs_depends_on", "depends_on"),
+        # Never hand a deleted job's id to a new job: links to /jobs/{id} must not change meaning.
+        {"sqlite_autoincrement": True},
     )
 
 

@@ -200,10 +200,15 @@ def claim_next_job(
     device: str | None,
     lease_seconds: float,
     now: datetime | None = None,
+    reap: bool = True,
 ) -> Claim | None:
-    """Lease the next claimable job (highest priority, then oldest; base job succeeded) in one statement."""
+    """Lease the next claimable job (highest priority, then oldest; base job succeeded) in one statement.
+
+    With ``reap``, expired leases are dealt with first, so no separate process is needed for that.
+    """
     now = now or utcnow()
-    reap_expired_leases(session, now=now)
+    if reap:
+        reap_expired_leases(session, now=now)
     candidate = (
         select(Job.id)
         .where(Job.status == QUEUED, _ready())
@@ -306,7 +311,7 @@ def record_metrics(
             "step": p["step"],
             "epoch": p.get("epoch"),
             "value": p["value"],
-            "time": p.get("time") or now.timestamp(),
+            "time": now.timestamp() if p.get("time") is None else p["time"],
         }
         for p in points
     ]

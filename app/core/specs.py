@@ -14,11 +14,29 @@ import copy
 from pathlib import PurePosixPath
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+def _no_nul(value: str) -> str:
+    if "\x00" in value:
+        raise ValueError("must not contain NUL characters")
+    return value
+
+
+Text = Annotated[str, AfterValidator(_no_nul)]
 
 
 # --- datasets -----------------------------------------------------------------
@@ -29,17 +47,22 @@ class _DatasetOptions(_Strict):
         None, ge=1, le=100_000, description="Keep this many labelled training images per class (stratified, seeded)."
     )
     label_fraction: float | None = Field(
-        None, gt=0.0, le=1.0, description="Keep this fraction of the labelled training images (stratified, seeded)."
+        None,
+        gt=0.0,
+        le=1.0,
+        validate_default=True,
+        description="Keep this fraction of the labelled training images (stratified, seeded).",
     )
     limit: int | None = Field(None, ge=1, description="Use only the first N training images (quick runs).")
     val_fraction: float = Field(0.0, ge=0.0, le=0.9, description="Hold out this fraction of training data.")
     augment: Literal["none", "flip_crop"] = Field("none", description="Batched augmentation on the device.")
 
-    @model_validator(mode="after")
-    def _one_label_budget(self) -> _DatasetOptions:
-        if self.labels_per_class is not None and self.label_fraction is not None:
+    @field_validator("label_fraction")
+    @classmethod
+    def _one_label_budget(cls, value: float | None, info: ValidationInfo) -> float | None:
+        if value is not None and info.data.get("labels_per_class") is not None:
             raise ValueError("give labels_per_class or label_fraction, not both")
-        return self
+        return value
 
 
 class DigitsDataset(_DatasetOptions):
@@ -59,15 +82,16 @@ class ImageFolderDataset(_DatasetOptions):
     """Class-per-folder images under ``DATA_DIR/<path>``, resized to ``image_size``."""
 
     name: Literal["imagefolder"]
-    path: str = Field(min_length=1, max_length=1024, description="Folder relative to DATA_DIR.")
+    path: Text = Field(min_length=1, max_length=1024, description="Folder relative to DATA_DIR.")
     image_size: int = Field(32, ge=8, le=512)
 
-    @model_validator(mode="after")
-    def _relative_path(self) -> ImageFolderDataset:
-        p = PurePosixPath(self.path)
-        if p.is_absolute() or self.path.startswith("~") or ".." in p.parts or "\\" in self.path:
+    @field_validator("path")
+    @classmethod
+    def _relative_path(cls, value: str) -> str:
+        p = PurePosixPath(value)
+        if p.is_absolute() or value.startswith("~") or ".." in p.parts or "\\" in value:
             raise ValueError("path must be relative to DATA_DIR and must not contain '..'")
-        return self
+        return value
 
 
 class SyntheticDataset(_DatasetOptions):
@@ -78,12 +102,13 @@ class SyntheticDataset(_DatasetOptions):
     image_shape: list[int] = Field(default_factory=lambda: [3, 32, 32], min_length=3, max_length=3)
     num_classes: int = Field(10, ge=2, le=1000)
 
-    @model_validator(mode="after")
-    def _shape(self) -> SyntheticDataset:
-        c, h, w = self.image_shape
+    @field_validator("image_shape")
+    @classmethod
+    def _shape(cls, value: list[int]) -> list[int]:
+        c, h, w = value
         if not (1 <= c <= 4 and 4 <= h <= 512 and 4 <= w <= 512):
             raise ValueError("image_shape must be [channels 1-4, height 4-512, width 4-512]")
-        return self
+        return value
 
 
 DatasetSpec = Annotated[
@@ -172,15 +197,19 @@ class InitSpec(_Strict):
     """Where a finetune's backbone weights come from."""
 
     from_: Literal["scratch", "imagenet", "job"] = Field("scratch", alias="from")
-    job_id: int | None = Field(None, ge=1, description="The pretrain job whose encoder to start from (from=job).")
+    job_id: int | None = Field(
+        None, ge=1, le=2**31 - 1, validate_default=True, description="The pretrain job to start from (from=job)."
+    )
 
-    @model_validator(mode="after")
-    def _job_id_iff_job(self) -> InitSpec:
-        if self.from_ == "job" and self.job_id is None:
+    @field_validator("job_id")
+    @classmethod
+    def _job_id_iff_job(cls, value: int | None, info: ValidationInfo) -> int | None:
+        source = info.data.get("from_")
+        if source == "job" and value is None:
             raise ValueError("from=job needs job_id: the id of a pretrain job")
-        if self.from_ != "job" and self.job_id is not None:
+        if source is not None and source != "job" and value is not None:
             raise ValueError("job_id is only allowed with from=job")
-        return self
+        return value
 
 
 class FinetuneModel(_Strict):
@@ -196,15 +225,26 @@ class FinetuneModel(_Strict):
     bottleneck: int | None = Field(None, ge=1, le=65536, description="mlp only: feature width (default 256).")
     small_input: bool = Field(False, description="resnet18 only: 3x3 stride-1 stem and no max-pool.")
 
-    @model_validator(mode="after")
-    def _arch_options(self) -> FinetuneModel:
-        if self.arch != "mlp" and (self.hidden is not None or self.bottleneck is not None):
-            raise ValueError("hidden and bottleneck are options of arch 'mlp' only")
-        if self.arch != "resnet18" and self.small_input:
-            raise ValueError("small_input is an option of arch 'resnet18' only")
-        if self.init.from_ == "imagenet" and self.arch != "resnet18":
+    @field_validator("init")
+    @classmethod
+    def _imagenet_is_resnet18(cls, value: InitSpec, info: ValidationInfo) -> InitSpec:
+        if value.from_ == "imagenet" and info.data.get("arch") not in (None, "resnet18"):
             raise ValueError("init from 'imagenet' is available for arch 'resnet18' only")
-        return self
+        return value
+
+    @field_validator("hidden", "bottleneck")
+    @classmethod
+    def _mlp_only(cls, value: Any, info: ValidationInfo) -> Any:
+        if value is not None and info.data.get("arch") not in (None, "mlp"):
+            raise ValueError(f"{info.field_name} is an option of arch 'mlp' only")
+        return value
+
+    @field_validator("small_input")
+    @classmethod
+    def _resnet18_only(cls, value: bool, info: ValidationInfo) -> bool:
+        if value and info.data.get("arch") not in (None, "resnet18"):
+            raise ValueError("small_input is an option of arch 'resnet18' only")
+        return value
 
     @property
     def mlp_hidden(self) -> list[int]:
@@ -229,7 +269,7 @@ class TrainSpec(_Strict):
     nesterov: bool = Field(False, description="sgd only; needs momentum > 0.")
     weight_decay: float = Field(0.0, ge=0.0, le=1.0)
     schedule: Literal["constant", "cosine", "onecycle"] = "constant"
-    warmup_epochs: int = Field(0, ge=0)
+    warmup_epochs: int = Field(0, ge=0, le=10_000)
     seed: int = Field(0, ge=0, le=2**31 - 1)
     precision: Literal["auto", "fp32"] = Field("auto", description="auto: bf16 autocast on CUDA, fp32 elsewhere.")
     channels_last: bool = Field(True, description="channels_last memory format for conv nets on CUDA.")
@@ -237,22 +277,36 @@ class TrainSpec(_Strict):
     log_every_steps: int = Field(50, ge=1, le=1_000_000)
     checkpoint_every_epochs: int = Field(1, ge=1, le=10_000)
 
-    @model_validator(mode="after")
-    def _cross_fields(self) -> TrainSpec:
-        if self.optimizer != "sgd" and (self.momentum is not None or self.nesterov):
-            raise ValueError("momentum and nesterov are options of optimizer 'sgd' only")
-        if self.nesterov and not self.momentum:
+    @field_validator("momentum")
+    @classmethod
+    def _momentum_is_sgd(cls, value: float | None, info: ValidationInfo) -> float | None:
+        if value is not None and info.data.get("optimizer", "sgd") != "sgd":
+            raise ValueError("momentum is an option of optimizer 'sgd' only")
+        return value
+
+    @field_validator("nesterov")
+    @classmethod
+    def _nesterov_needs_momentum(cls, value: bool, info: ValidationInfo) -> bool:
+        if value and info.data.get("optimizer", "sgd") != "sgd":
+            raise ValueError("nesterov is an option of optimizer 'sgd' only")
+        if value and "momentum" in info.data and not info.data["momentum"]:
             raise ValueError("nesterov needs momentum > 0")
-        if self.warmup_epochs >= self.epochs and self.warmup_epochs > 0:
-            raise ValueError("warmup_epochs must be smaller than epochs")
-        return self
+        return value
+
+    @field_validator("warmup_epochs")
+    @classmethod
+    def _warmup_within_epochs(cls, value: int, info: ValidationInfo) -> int:
+        epochs = info.data.get("epochs")
+        if value > 0 and epochs is not None and value >= epochs:
+            raise ValueError(f"warmup_epochs must be smaller than epochs ({epochs})")
+        return value
 
 
 # --- jobs ---------------------------------------------------------------------
 
 
 class _JobBase(_Strict):
-    name: str | None = Field(None, max_length=200, description="A label for people; not unique.")
+    name: Text | None = Field(None, max_length=200, description="A label for people; not unique.")
     priority: int = Field(0, ge=-1000, le=1000, description="Higher runs first; ties go to the oldest job.")
     max_attempts: int = Field(3, ge=1, le=20, description="Runs allowed before a job lost by its worker is failed.")
     preset: Literal["seed"] | None = Field(None, description="'seed' fills in the article's hyperparameters.")
@@ -271,14 +325,18 @@ class PretrainSpec(_JobBase):
     dataset: DatasetSpec
     model: PretrainModel
 
-    @model_validator(mode="after")
-    def _fits(self) -> PretrainSpec:
-        shape = dataset_input_shape(self.dataset)
-        if isinstance(self.model, SeedMlpAutoencoderModel) and shape != (3, 32, 32):
+    @field_validator("model")
+    @classmethod
+    def _fits_the_images(cls, model: Any, info: ValidationInfo) -> Any:
+        dataset = info.data.get("dataset")
+        if dataset is None:
+            return model  # the dataset's own error is reported
+        shape = dataset_input_shape(dataset)
+        if isinstance(model, SeedMlpAutoencoderModel) and shape != (3, 32, 32):
             raise ValueError("seed_mlp_autoencoder takes 3x32x32 images (cifar10/cifar100 or synthetic [3, 32, 32])")
-        if isinstance(self.model, ConvAutoencoderModel) and shape[1] < 8:
+        if isinstance(model, ConvAutoencoderModel) and min(shape[1:]) < 8:
             raise ValueError("conv_autoencoder needs images of at least 8x8")
-        return self
+        return model
 
 
 class FinetuneSpec(_JobBase):
@@ -288,18 +346,20 @@ class FinetuneSpec(_JobBase):
     dataset: DatasetSpec
     model: FinetuneModel
 
-    @model_validator(mode="after")
-    def _classes(self) -> FinetuneSpec:
-        known = dataset_num_classes(self.dataset)
-        if self.model.num_classes is None:
+    @field_validator("model")
+    @classmethod
+    def _classes(cls, model: FinetuneModel, info: ValidationInfo) -> FinetuneModel:
+        dataset = info.data.get("dataset")
+        if dataset is None:
+            return model
+        known = dataset_num_classes(dataset)
+        if model.num_classes is None:
             if known is None:
-                raise ValueError("model.num_classes is required for an imagefolder dataset")
-            self.model.num_classes = known
-        elif known is not None and self.model.num_classes < known:
-            raise ValueError(
-                f"model.num_classes is {self.model.num_classes} but dataset '{self.dataset.name}' has {known} classes"
-            )
-        return self
+                raise ValueError("num_classes is required for an imagefolder dataset")
+            model.num_classes = known
+        elif known is not None and model.num_classes < known:
+            raise ValueError(f"num_classes is {model.num_classes} but dataset '{dataset.name}' has {known} classes")
+        return model
 
     @property
     def base_job_id(self) -> int | None:
@@ -346,9 +406,16 @@ def apply_preset(body: Any) -> Any:
     if not isinstance(body, dict) or body.get("preset") is None:
         return body
     preset, kind = body["preset"], body.get("kind")
-    if preset not in PRESETS or kind not in ("pretrain", "finetune"):
+    if not isinstance(preset, str) or preset not in PRESETS or kind not in ("pretrain", "finetune"):
         return body  # validation reports the bad value
-    return _merge(PRESETS[preset][kind], body)
+    base = PRESETS[preset][kind]
+    train = body.get("train")
+    if isinstance(train, dict) and train.get("optimizer", "sgd") != "sgd":
+        # Choosing another optimizer drops the preset's sgd-only options the user did not give.
+        base = copy.deepcopy(base)
+        for option in ("momentum", "nesterov"):
+            base["train"].pop(option, None)
+    return _merge(base, body)
 
 
 def parse_job_spec(body: Any) -> PretrainSpec | FinetuneSpec:

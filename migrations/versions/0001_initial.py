@@ -44,6 +44,7 @@ def upgrade() -> None:
         sa.CheckConstraint("status IN ('queued', 'running', 'succeeded', 'failed', 'cancelled')", name="status_valid"),
         sa.ForeignKeyConstraint(["depends_on"], ["jobs.id"], ondelete="RESTRICT"),
         sa.PrimaryKeyConstraint("id"),
+        sqlite_autoincrement=True,
     )
     with op.batch_alter_table("jobs", schema=None) as batch_op:
         batch_op.create_index("ix_jobs_depends_on", ["depends_on"], unique=False)

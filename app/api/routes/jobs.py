@@ -95,7 +95,7 @@ def list_jobs(
     """List jobs, newest first, a page at a time."""
     before_id = None
     if cursor is not None:
-        if not cursor.isdigit() or not 0 < int(cursor) < 2**31:
+        if not (cursor.isascii() and cursor.isdigit()) or not 0 < int(cursor) < 2**31:
             raise InvalidRequest("cursor is not one this API gave out; pass next_cursor unchanged", ("query", "cursor"))
         before_id = int(cursor)
     jobs, next_id = queue.list_jobs(session, status=status, kind=kind, limit=limit, before_id=before_id)
@@ -161,7 +161,8 @@ def serve_checkpoint(ckpt: Checkpoint, artifacts_dir: Path, request: Request) ->
     if not path.is_file():
         raise NotFound(f"job {ckpt.job_id}'s '{ckpt.tag}' checkpoint file is missing on the server")
     etag = f'"{ckpt.sha256}"'
-    if etag in [t.strip() for t in request.headers.get("if-none-match", "").split(",")]:
+    wanted = [t.strip().removeprefix("W/") for t in request.headers.get("if-none-match", "").split(",")]
+    if etag in wanted or "*" in wanted:
         return Response(status_code=status.HTTP_304_NOT_MODIFIED, headers={"ETag": etag})
     filename = f"job-{ckpt.job_id}-{ckpt.tag}.{ckpt.format}"
     return FileResponse(

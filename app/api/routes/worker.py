@@ -60,10 +60,10 @@ def _ref(ckpt: Checkpoint | None) -> CheckpointRef | None:
     )
 
 
-def _claim_once(db: Database, settings: Settings, body: ClaimRequest) -> ClaimedJob | None:
+def _claim_once(db: Database, settings: Settings, body: ClaimRequest, reap: bool) -> ClaimedJob | None:
     with db.write() as session:
         claim = queue.claim_next_job(
-            session, worker_id=body.worker_id, device=body.device, lease_seconds=settings.lease_seconds
+            session, worker_id=body.worker_id, device=body.device, lease_seconds=settings.lease_seconds, reap=reap
         )
         if claim is None:
             return None
@@ -96,7 +96,7 @@ async def claim_job(
     deadline = loop.time() + min(body.wait_seconds, settings.claim_max_wait_seconds)
     while True:
         event = wakeup.current()  # taken before looking, so a submission while we look is not missed
-        claimed = await run_in_threadpool(_claim_once, db, settings, body)
+        claimed = await run_in_threadpool(_claim_once, db, settings, body, request.app.state.reap_gate.is_open())
         if claimed is not None:
             return claimed
         remaining = deadline - loop.time()
@@ -145,7 +145,7 @@ async def upload_checkpoint(
     if x_checkpoint_metric is not None and not math.isfinite(x_checkpoint_metric):
         raise InvalidRequest("X-Checkpoint-Metric must be a finite number", ("header", "x-checkpoint-metric"))
     declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > settings.max_upload_bytes:
+    if declared is not None and declared.isascii() and declared.isdigit() and int(declared) > settings.max_upload_bytes:
         raise _too_large(settings)
 
     def fence() -> None:
@@ -189,7 +189,7 @@ async def upload_checkpoint(
     except BaseException:
         upload.discard()
         raise
-    if old is not None and old != public.sha256:
+    if old is not None and old != relpath:
         artifacts.remove_files(settings.artifacts_dir, [old])
     return public
 
