@@ -46,6 +46,8 @@ def ensure_postgres_running() -> None:
 @pytest.fixture(scope="session")
 def postgres_url() -> Iterator[str]:
     """A fresh, migrated PostgreSQL database for this test session, dropped at the end."""
+    if "postgresql" not in BACKENDS:
+        pytest.skip("TRAINJOBS_TEST_BACKENDS leaves out postgresql (CI runs both)")
     ensure_postgres_running()
     name = f"trainjobs_test_{uuid.uuid4().hex[:8]}"
     admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")

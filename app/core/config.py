@@ -20,7 +20,7 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
     worker_token: SecretStr | None = Field(None, description="When set, /worker/* requires 'Authorization: Bearer'.")
-    max_upload_bytes: int = Field(8 * 1024**3, ge=1, description="Largest checkpoint upload accepted.")
+    max_upload_bytes: int = Field(16 * 1024**3, ge=1, description="Largest checkpoint upload accepted.")
     lease_seconds: float = Field(60.0, gt=0, description="A running job whose heartbeat is older is requeued.")
     heartbeat_seconds: float = Field(5.0, gt=0, description="How often workers heartbeat (sent to them on claim).")
     claim_max_wait_seconds: float = Field(30.0, ge=0, description="Longest long-poll a claim may ask for.")

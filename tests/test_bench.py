@@ -1,0 +1,50 @@
+"""The benchmarks still run: ``python -m bench --quick`` exits 0 and records every number.
+
+Only that they ran is checked here; timings and targets are never asserted (docs/benchmarks.md).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+BENCHMARKS = {"training", "service", "dispatch", "api", "metrics", "checkpoints"}
+# CPU use of an idle process can round to 0 in a short quick run; a difference of two timings can have any sign.
+NOT_POSITIVE_ALLOWED = ("idle worker CPU", "idle API CPU", "service - direct")
+
+
+@pytest.mark.slow
+def test_quick_benchmarks_run_and_record_every_number(tmp_path: Path) -> None:
+    run = subprocess.run(
+        [sys.executable, "-m", "bench", "--quick", "--results-dir", str(tmp_path)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert run.returncode == 0, run.stderr[-4000:]
+    assert "| benchmark | measure |" in run.stdout
+
+    files = list(tmp_path.glob("*-quick.json"))
+    assert len(files) == 1, files
+    document = json.loads(files[0].read_text())
+    assert document["mode"] == "quick"
+    assert not document["errors"]
+    for key in ("cpu_model", "cpu_cores", "torch", "device", "load_average_start"):
+        assert document["machine"][key] is not None, key
+    assert set(document["benchmarks"]) == BENCHMARKS
+    for name, bench in document["benchmarks"].items():
+        assert bench["measures"], name
+        for measure in bench["measures"]:
+            values = [*measure["samples"], measure["median"], measure["min"], measure["max"]]
+            assert values, (name, measure["name"])
+            for value in values:
+                assert math.isfinite(value), (name, measure["name"], value)
+                if not measure["name"].startswith(NOT_POSITIVE_ALLOWED):
+                    assert value > 0, (name, measure["name"], value)

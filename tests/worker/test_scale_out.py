@@ -1,0 +1,96 @@
+"""Many workers on one service, and two services on one PostgreSQL: every job runs exactly once."""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from sqlalchemy import create_engine, text
+
+from app.core.migrate import upgrade
+from tests.conftest import TABLES
+from tests.servers import ApiServer, WorkerProcess, wait_until
+
+pytestmark = pytest.mark.slow
+
+TINY_JOB = {
+    "kind": "pretrain",
+    "dataset": {"name": "synthetic", "num_samples": 32, "image_shape": [1, 8, 8]},
+    "model": {"arch": "mlp_autoencoder", "hidden": [16], "bottleneck": 4},
+    "train": {"epochs": 1, "batch_size": 16},
+}
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'trainjobs.db'}"
+        upgrade(url)
+        return url
+    url = str(request.getfixturevalue("postgres_url"))
+    engine = create_engine(url)
+    with engine.begin() as conn:
+        conn.execute(text(f"TRUNCATE {TABLES} RESTART IDENTITY CASCADE"))
+    engine.dispose()
+    return url
+
+
+def run_fleet(apis: list[ApiServer], tmp_path: Path, jobs: int, workers: int) -> tuple[list[WorkerProcess], list[dict]]:
+    with httpx.Client(base_url=apis[0].url, timeout=30) as http:
+        ids = [http.post("/jobs", json={**TINY_JOB, "name": f"job-{i}"}).json()["id"] for i in range(jobs)]
+    # forkserver: each job is still a process of its own, without paying for a torch import per job.
+    options = ("--max-jobs", str(jobs), "--start-method", "forkserver")
+    fleet = [WorkerProcess(apis[n % len(apis)].url, tmp_path, f"w{n}", *options) for n in range(workers)]
+    try:
+        with httpx.Client(base_url=apis[-1].url, timeout=30) as http:
+
+            def finished() -> list[dict] | None:
+                page = http.get("/jobs", params={"limit": 500}).json()["data"]
+                done = [j for j in page if j["status"] not in ("queued", "running")]
+                return page if len(done) == jobs else None
+
+            final = wait_until(finished, 600, f"{jobs} jobs to finish")
+            assert isinstance(final, list) and sorted(j["id"] for j in final) == sorted(ids)
+    finally:
+        for w in fleet:
+            w.stop()
+    return fleet, final
+
+
+def assert_each_ran_once(fleet: list[WorkerProcess], final: list[dict]) -> None:
+    failed = {j["id"]: j["error"] for j in final if j["status"] != "succeeded"}
+    assert failed == {}
+    assert all(j["attempt"] == 1 for j in final)
+    starts = Counter(job_id for w in fleet for job_id, _pid in w.children())
+    assert set(starts) == {j["id"] for j in final}
+    assert set(starts.values()) == {1}, "a job's training process was started more than once"
+    logs = "\n".join(w.text() for w in fleet)
+    assert not re.search(r"database is locked|deadlock|could not serialize", logs, re.IGNORECASE)
+
+
+def test_four_workers_forty_jobs(store_url: str, tmp_path: Path) -> None:
+    with ApiServer(store_url, tmp_path, TRAINJOBS_CLAIM_POLL_SECONDS="0.2") as api:
+        fleet, final = run_fleet([api], tmp_path, jobs=40, workers=4)
+    assert_each_ran_once(fleet, final)
+    assert len({j["worker"] for j in final}) > 1  # the work was actually shared
+
+
+@pytest.fixture
+def two_apis_on_postgres(postgres_url: str, tmp_path: Path) -> Iterator[list[ApiServer]]:
+    engine = create_engine(postgres_url)
+    with engine.begin() as conn:
+        conn.execute(text(f"TRUNCATE {TABLES} RESTART IDENTITY CASCADE"))
+    engine.dispose()
+    with ApiServer(postgres_url, tmp_path) as a, ApiServer(postgres_url, tmp_path) as b:
+        yield [a, b]
+
+
+def test_two_services_on_one_postgresql_with_four_workers(
+    two_apis_on_postgres: list[ApiServer], tmp_path: Path
+) -> None:
+    fleet, final = run_fleet(two_apis_on_postgres, tmp_path, jobs=20, workers=4)
+    assert_each_ran_once(fleet, final)

@@ -1,0 +1,66 @@
+"""The worker command: scripts' options, an unreachable service, a wrong token."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+
+from app.core.migrate import upgrade
+from tests.servers import ApiServer, WorkerProcess, free_port, wait_until
+
+pytestmark = pytest.mark.slow
+
+TINY_JOB = {
+    "kind": "pretrain",
+    "dataset": {"name": "synthetic", "num_samples": 32, "image_shape": [1, 8, 8]},
+    "model": {"arch": "mlp_autoencoder", "hidden": [16], "bottleneck": 4},
+    "train": {"epochs": 1, "batch_size": 16},
+}
+
+
+def worker_command(api_url: str, tmp_path: Path, *args: str) -> list[str]:
+    return [sys.executable, "-m", "worker", "--api", api_url, "--device", "cpu", "--work-dir", str(tmp_path), *args]
+
+
+def test_once_with_nothing_queued_exits_zero(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    upgrade(url)
+    with ApiServer(url, tmp_path) as api:
+        done = subprocess.run(
+            worker_command(api.url, tmp_path, "--once", "--poll-seconds", "0.5"), capture_output=True, timeout=60
+        )
+    assert done.returncode == 0, done.stderr
+
+
+def test_an_unreachable_service_is_logged_once_and_the_worker_carries_on(tmp_path: Path) -> None:
+    port = free_port()
+    url = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    upgrade(url)
+    worker = WorkerProcess(f"http://127.0.0.1:{port}", tmp_path, "patient", "--max-jobs", "1")
+    try:
+        wait_until(lambda: "service unavailable" in worker.text(), 60, "the outage to be logged")
+        wait_until(lambda: worker.proc.poll() is None and worker.text().count("retrying") >= 1, 5)
+        with ApiServer(url, tmp_path, port=port) as api:
+            # Several retries happen while the service is down; the log says so once.
+            assert worker.text().count("service unavailable") == 1
+            job_id = httpx.post(f"{api.url}/jobs", json=TINY_JOB).json()["id"]
+            assert worker.wait(timeout=120) == 0
+            assert httpx.get(f"{api.url}/jobs/{job_id}").json()["status"] == "succeeded"
+        assert "service reachable again" in worker.text()
+    finally:
+        worker.stop()
+
+
+def test_a_wrong_token_stops_the_worker_with_a_clear_message(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    upgrade(url)
+    with ApiServer(url, tmp_path, TRAINJOBS_WORKER_TOKEN="right") as api:
+        done = subprocess.run(
+            worker_command(api.url, tmp_path, "--token", "wrong"), capture_output=True, text=True, timeout=60
+        )
+    assert done.returncode == 2
+    assert "worker token missing or wrong" in done.stderr

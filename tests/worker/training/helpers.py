@@ -1,0 +1,78 @@
+"""Helpers for the training tests: specs from dicts and a context that records every callback."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from app.core.specs import FinetuneSpec, PretrainSpec, parse_job_spec
+from worker.training import MetricPoint, TrainingContext
+
+TIMING_METRICS = {"epoch_seconds", "samples_per_second"}
+
+
+@dataclass
+class Recorder:
+    """A TrainingContext whose callbacks append to lists."""
+
+    data_dir: Path
+    work_dir: Path
+    metrics: list[MetricPoint] = field(default_factory=list)
+    checkpoints: list[tuple[str, Path, int, int, float | None]] = field(default_factory=list)
+    progress: list[tuple[int, int, int]] = field(default_factory=list)
+    stop_after_step: int | None = None
+    """should_stop turns true once this many steps were reported done (counted by polls)."""
+    polls: int = 0
+
+    def context(self, resume_from: Path | None = None, init_from: Path | None = None) -> TrainingContext:
+        return TrainingContext(
+            device="cpu",
+            data_dir=self.data_dir,
+            work_dir=self.work_dir,
+            resume_from=resume_from,
+            init_from=init_from,
+            report_metrics=self.metrics.extend,
+            on_checkpoint=lambda *args: self.checkpoints.append(args),
+            on_progress=lambda *args: self.progress.append(args),
+            should_stop=self._should_stop,
+        )
+
+    def _should_stop(self) -> bool:
+        self.polls += 1  # polled once before each step: poll k comes after k - 1 steps
+        return self.stop_after_step is not None and self.polls > self.stop_after_step
+
+    def values(self, name: str) -> list[tuple[int, int | None, float]]:
+        return [(p["step"], p["epoch"], p["value"]) for p in self.metrics if p["name"] == name]
+
+    def stable_metrics(self) -> list[tuple[str, int, int | None, float]]:
+        """Every point except the timing ones, in order."""
+        return [(p["name"], p["step"], p["epoch"], p["value"]) for p in self.metrics if p["name"] not in TIMING_METRICS]
+
+
+def synthetic(**options: Any) -> dict[str, Any]:
+    return {"name": "synthetic", "num_samples": 60, "image_shape": [3, 16, 16], "num_classes": 4, **options}
+
+
+def finetune(model: dict[str, Any], dataset: dict[str, Any] | None = None, **train: Any) -> FinetuneSpec:
+    body = {
+        "kind": "finetune",
+        "dataset": dataset or synthetic(),
+        "model": model,
+        "train": {"epochs": 1, "batch_size": 16, **train},
+    }
+    spec = parse_job_spec(body)
+    assert isinstance(spec, FinetuneSpec)
+    return spec
+
+
+def pretrain(model: dict[str, Any], dataset: dict[str, Any] | None = None, **train: Any) -> PretrainSpec:
+    body = {
+        "kind": "pretrain",
+        "dataset": dataset or synthetic(),
+        "model": model,
+        "train": {"epochs": 1, "batch_size": 16, **train},
+    }
+    spec = parse_job_spec(body)
+    assert isinstance(spec, PretrainSpec)
+    return spec

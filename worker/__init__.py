@@ -1,0 +1,1 @@
+"""The trainjobs worker: claims jobs over HTTP and runs each in its own child process."""

@@ -1,0 +1,158 @@
+"""HTTP client of the worker protocol (``/worker/*``).
+
+Connection failures and 5xx answers are retried with capped backoff by the
+callers that can wait (claim, heartbeat, uploads); a 409 or 404 on a fenced
+call means the lease is gone and raises ``LeaseGone``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+log = logging.getLogger("trainjobs.worker")
+
+CHUNK = 1024 * 1024
+
+
+class LeaseGone(Exception):
+    """The service no longer lets this worker write to the job (requeued, cancelled, deleted, taken)."""
+
+
+class ServiceUnavailable(Exception):
+    """The service could not be reached, or answered 5xx."""
+
+
+class ProtocolError(Exception):
+    """The service refused a request for a reason retrying will not fix (4xx other than 409/404)."""
+
+
+class WorkerClient:
+    def __init__(self, api_url: str, token: str | None = None, timeout: float = 30.0) -> None:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self.http = httpx.Client(base_url=api_url.rstrip("/"), headers=headers, timeout=timeout)
+
+    def close(self) -> None:
+        self.http.close()
+
+    def _request(self, method: str, path: str, **kw: Any) -> httpx.Response:
+        try:
+            response = self.http.request(method, path, **kw)
+        except httpx.HTTPError as exc:  # connect, read, timeouts: the service is away
+            raise ServiceUnavailable(f"{method} {path}: {exc.__class__.__name__}: {exc}") from exc
+        if response.status_code >= 500:
+            raise ServiceUnavailable(f"{method} {path}: HTTP {response.status_code}")
+        if response.status_code in (404, 409) and "/jobs/" in path:
+            raise LeaseGone(_detail(response))
+        if response.status_code >= 400:
+            raise ProtocolError(f"{method} {path}: HTTP {response.status_code}: {_detail(response)}")
+        return response
+
+    def claim(self, worker_id: str, device: str, wait_seconds: float) -> dict[str, Any] | None:
+        body = {"worker_id": worker_id, "device": device, "wait_seconds": wait_seconds}
+        r = self._request("POST", "/worker/claim", json=body, timeout=wait_seconds + 30)
+        return None if r.status_code == 204 else dict(r.json())
+
+    def heartbeat(self, job_id: int, lease_token: str, progress: dict[str, int] | None) -> bool:
+        r = self._request(
+            "POST", f"/worker/jobs/{job_id}/heartbeat", json={"lease_token": lease_token, "progress": progress}
+        )
+        return bool(r.json()["cancel_requested"])
+
+    def send_metrics(self, job_id: int, lease_token: str, points: list[dict[str, Any]]) -> None:
+        self._request("POST", f"/worker/jobs/{job_id}/metrics", json={"lease_token": lease_token, "points": points})
+
+    def upload_checkpoint(
+        self,
+        job_id: int,
+        lease_token: str,
+        *,
+        tag: str,
+        fmt: str,
+        path: Path,
+        epoch: int,
+        step: int,
+        metric: float | None,
+    ) -> None:
+        digest = sha256_file(path)
+        headers = {
+            "X-Lease-Token": lease_token,
+            "X-Checkpoint-Sha256": digest,
+            "X-Checkpoint-Epoch": str(epoch),
+            "X-Checkpoint-Step": str(step),
+            "Content-Type": "application/octet-stream",
+            "Content-Length": str(path.stat().st_size),
+        }
+        if metric is not None:
+            headers["X-Checkpoint-Metric"] = repr(float(metric))
+
+        def body() -> Iterator[bytes]:
+            with path.open("rb") as f:
+                while chunk := f.read(CHUNK):
+                    yield chunk
+
+        self._request(
+            "PUT",
+            f"/worker/jobs/{job_id}/checkpoints/{tag}",
+            params={"format": fmt},
+            content=body(),
+            headers=headers,
+            timeout=httpx.Timeout(30.0, read=600.0, write=600.0),
+        )
+
+    def download(self, url: str, dest: Path, sha256: str) -> Path:
+        """GET a checkpoint to ``dest`` and check its hash."""
+        tmp = dest.with_suffix(dest.suffix + ".part")
+        try:
+            with self.http.stream("GET", url, timeout=httpx.Timeout(30.0, read=600.0)) as r:
+                if r.status_code >= 500:
+                    raise ServiceUnavailable(f"GET {url}: HTTP {r.status_code}")
+                if r.status_code >= 400:
+                    raise ProtocolError(f"GET {url}: HTTP {r.status_code}")
+                with tmp.open("wb") as f:
+                    for chunk in r.iter_bytes(CHUNK):
+                        f.write(chunk)
+        except httpx.HTTPError as exc:
+            raise ServiceUnavailable(f"GET {url}: {exc}") from exc
+        got = sha256_file(tmp)
+        if got != sha256:
+            tmp.unlink(missing_ok=True)
+            raise ServiceUnavailable(f"GET {url}: sha256 {got} does not match {sha256}")
+        shutil.move(tmp, dest)
+        return dest
+
+    def finish(
+        self,
+        job_id: int,
+        lease_token: str,
+        status: str,
+        *,
+        error: str | None = None,
+        result: dict[str, Any] | None = None,
+    ) -> None:
+        body = {"lease_token": lease_token, "status": status, "error": error, "result": result}
+        self._request("POST", f"/worker/jobs/{job_id}/finish", json=body)
+
+    def release(self, job_id: int, lease_token: str) -> None:
+        self._request("POST", f"/worker/jobs/{job_id}/release", json={"lease_token": lease_token})
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _detail(response: httpx.Response) -> str:
+    try:
+        return str(response.json().get("detail"))
+    except ValueError:
+        return response.text[:200]

@@ -1,0 +1,303 @@
+"""Runs one claimed job: downloads, the child process, heartbeats, relaying, and the end report.
+
+The parent never trains. It heartbeats from its own thread, relays the child's
+metrics in batches and its checkpoints as uploads, turns a cancel or a
+shutdown into a stop request, and reports how the job ended, including ends
+the child cannot report itself (a segfault, an OOM kill). If the service
+says the lease is gone, the child is killed and nothing more is written.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import multiprocessing as mp
+import shutil
+import signal
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from worker.child import run_child
+from worker.client import LeaseGone, ProtocolError, ServiceUnavailable, WorkerClient
+
+log = logging.getLogger("trainjobs.worker")
+
+Outcome = Literal["succeeded", "failed", "cancelled", "released", "lease_lost"]
+
+METRICS_BATCH = 1000
+METRICS_FLUSH_SECONDS = 1.0
+METRICS_BUFFER_MAX = 200_000
+
+
+@dataclass
+class WorkerConfig:
+    worker_id: str
+    device: str
+    work_dir: Path
+    data_dir: Path
+    grace_seconds: float = 60.0
+    threads: int | None = None
+    start_method: str = "spawn"
+    """spawn: a new interpreter per job. forkserver: forked from a clean server that has imported torch
+    once (much faster job start; still a fresh process that inherits no CUDA state or threads)."""
+
+
+@dataclass
+class Shutdown:
+    """Set by signal handlers: the first asks for a graceful stop, the second for an immediate one."""
+
+    requested: threading.Event = field(default_factory=threading.Event)
+    immediate: threading.Event = field(default_factory=threading.Event)
+
+    def signal(self) -> None:
+        if self.requested.is_set():
+            self.immediate.set()
+        self.requested.set()
+
+
+def describe_exit(exitcode: int | None) -> str:
+    if exitcode is None:
+        return "training process did not exit"
+    if exitcode < 0:
+        try:
+            name = signal.Signals(-exitcode).name
+        except ValueError:
+            name = f"signal {-exitcode}"
+        hint = " (out of memory? the kernel's OOM killer sends SIGKILL)" if -exitcode == signal.SIGKILL else ""
+        return f"training process killed by {name}{hint}"
+    return f"training process exited with code {exitcode} without reporting a result"
+
+
+class JobRun:
+    def __init__(self, client: WorkerClient, job: dict[str, Any], config: WorkerConfig, shutdown: Shutdown) -> None:
+        self.client = client
+        self.job = job
+        self.id: int = job["id"]
+        self.token: str = job["lease_token"]
+        self.config = config
+        self.shutdown = shutdown
+        self.dir = config.work_dir / f"job-{self.id}-attempt-{job['attempt']}"
+        self.mp: Any = mp.get_context(config.start_method)  # typeshed's BaseContext lacks Process
+        self.stop = self.mp.Event()
+        self.lease_lost = threading.Event()
+        self.ended = threading.Event()
+        self.cancel_requested = threading.Event()
+        self.progress: dict[str, int] | None = None
+        self.metrics: deque[dict[str, Any]] = deque()
+        self.dropped_metrics = 0
+        self.last_flush = time.monotonic()
+        self._outage_logged = False
+
+    # --- the whole job -----------------------------------------------------------
+
+    def run(self) -> Outcome:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        beats = threading.Thread(target=self._heartbeat_loop, name=f"heartbeat-{self.id}", daemon=True)
+        beats.start()
+        try:
+            return self._run()
+        except LeaseGone as exc:
+            log.warning("job %s: lease lost (%s); writing nothing more", self.id, exc)
+            return "lease_lost"
+        finally:
+            self.ended.set()
+            beats.join(timeout=5)
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+    def _run(self) -> Outcome:
+        resume = self._download(self.job.get("resume_checkpoint"), "resume.pt")
+        init = self._download(self.job.get("init_checkpoint"), "init.pt")
+        payload = {
+            "spec": self.job["spec"],
+            "device": self.config.device,
+            "data_dir": str(self.config.data_dir),
+            "work_dir": str(self.dir),
+            "resume_from": str(resume) if resume else None,
+            "init_from": str(init) if init else None,
+            "threads": self.config.threads,
+        }
+        reader, writer = self.mp.Pipe(duplex=False)
+        child = self.mp.Process(target=run_child, args=(payload, writer, self.stop), name=f"trainjobs-job-{self.id}")
+        child.start()
+        writer.close()  # our copy: the child's exit then reads as EOF
+        log.info(
+            "job %s: attempt %s of %s started child pid %s on %s%s",
+            self.id,
+            self.job["attempt"],
+            self.job["max_attempts"],
+            child.pid,
+            self.config.device,
+            f", resuming from epoch {self.job['resume_checkpoint']['epoch']}" if resume else "",
+        )
+        final, killed = self._relay(child, reader)
+        child.join()
+        reader.close()
+        return self._report(final, killed, child.exitcode)
+
+    # --- while the child runs -----------------------------------------------------
+
+    def _relay(self, child: Any, reader: Any) -> tuple[tuple[Any, ...] | None, str | None]:
+        """Relay messages until the child ends; returns its final message and why we killed it, if we did."""
+        grace_deadline: float | None = None
+        killed: str | None = None
+        final: tuple[Any, ...] | None = None
+        while True:
+            if self.lease_lost.is_set():
+                child.kill()
+                raise LeaseGone("the service refused the heartbeat")
+            if killed is None and self.shutdown.immediate.is_set():
+                child.kill()
+                killed = "shutdown"
+            if (self.shutdown.requested.is_set() or self.cancel_requested.is_set()) and grace_deadline is None:
+                self.stop.set()
+                grace_deadline = time.monotonic() + self.config.grace_seconds
+            if killed is None and grace_deadline is not None and time.monotonic() > grace_deadline:
+                log.warning(
+                    "job %s: training did not stop within %.0f s; killing it", self.id, self.config.grace_seconds
+                )
+                child.kill()
+                killed = "grace"
+            try:
+                if reader.poll(0.2):
+                    message = reader.recv()
+                    if message[0] in ("done", "stopped", "failed"):
+                        final = message
+                    else:
+                        self._handle(message)
+            except (EOFError, OSError):
+                return final, killed
+            self._flush_metrics(force=False)
+
+    def _handle(self, message: tuple[Any, ...]) -> None:
+        kind = message[0]
+        if kind == "metrics":
+            self.metrics.extend(message[1])
+            overflow = len(self.metrics) - METRICS_BUFFER_MAX
+            for _ in range(max(0, overflow)):
+                self.metrics.popleft()
+                self.dropped_metrics += 1
+        elif kind == "progress":
+            _, epoch, epochs, step = message
+            self.progress = {"epoch": epoch, "epochs": epochs, "step": step}
+        elif kind == "checkpoint":
+            _, tag, fmt, path, epoch, step, metric = message
+            self._flush_metrics(force=True)
+            if metric is not None and not math.isfinite(metric):
+                metric = None
+            staged = Path(path)
+            self._retrying(
+                f"upload of the '{tag}' checkpoint",
+                lambda: self.client.upload_checkpoint(
+                    self.id, self.token, tag=tag, fmt=fmt, path=staged, epoch=epoch, step=step, metric=metric
+                ),
+            )
+            staged.unlink(missing_ok=True)
+
+    def _heartbeat_loop(self) -> None:
+        interval = float(self.job.get("heartbeat_seconds", 5.0))
+        while not self.ended.wait(interval):
+            try:
+                if self.client.heartbeat(self.id, self.token, self.progress) and not self.cancel_requested.is_set():
+                    log.info("job %s: cancel requested; stopping at the next step", self.id)
+                    self.cancel_requested.set()
+            except LeaseGone:
+                self.lease_lost.set()
+                return
+            except (ServiceUnavailable, ProtocolError) as exc:
+                log.debug("job %s: heartbeat failed: %s", self.id, exc)
+
+    # --- talking to the service ----------------------------------------------------
+
+    def _flush_metrics(self, *, force: bool) -> None:
+        if not self.metrics:
+            return
+        due = force or len(self.metrics) >= METRICS_BATCH or time.monotonic() - self.last_flush >= METRICS_FLUSH_SECONDS
+        if not due:
+            return
+        while self.metrics:
+            batch = [self.metrics[i] for i in range(min(METRICS_BATCH, len(self.metrics)))]
+            try:
+                self.client.send_metrics(self.id, self.token, batch)
+            except ServiceUnavailable as exc:
+                self._outage(exc)
+                return  # keep them buffered; the next flush tries again
+            for _ in batch:
+                self.metrics.popleft()
+        self._recovered()
+        self.last_flush = time.monotonic()
+        if self.dropped_metrics:
+            log.warning(
+                "job %s: the service was away too long; %s metric points were dropped", self.id, self.dropped_metrics
+            )
+            self.dropped_metrics = 0
+
+    def _retrying(self, what: str, call: Any) -> None:
+        """Call until it succeeds; LeaseGone propagates; an immediate shutdown gives up."""
+        delay = 0.5
+        while True:
+            try:
+                call()
+                self._recovered()
+                return
+            except ServiceUnavailable as exc:
+                self._outage(exc)
+            if self.lease_lost.is_set():
+                raise LeaseGone(f"lease lost while retrying the {what}")
+            if self.shutdown.immediate.wait(delay):
+                raise ServiceUnavailable(f"gave up the {what}: shutting down")
+            delay = min(delay * 2, 5.0)
+
+    def _outage(self, exc: Exception) -> None:
+        if not self._outage_logged:
+            log.warning("job %s: service unavailable (%s); training goes on, retrying", self.id, exc)
+            self._outage_logged = True
+
+    def _recovered(self) -> None:
+        if self._outage_logged:
+            log.info("job %s: service reachable again", self.id)
+            self._outage_logged = False
+
+    def _download(self, ref: dict[str, Any] | None, name: str) -> Path | None:
+        if not ref:
+            return None
+        dest = self.dir / name
+        self._retrying(f"download of {ref['url']}", lambda: self.client.download(ref["url"], dest, ref["sha256"]))
+        return dest
+
+    # --- the end ---------------------------------------------------------------------
+
+    def _report(self, final: tuple[Any, ...] | None, killed: str | None, exitcode: int | None) -> Outcome:
+        self._retrying("metrics upload", lambda: self._flush_or_raise())
+        kind = final[0] if final else None
+        if kind == "done" and killed is None:
+            result = final[1] if final else {}
+            self._retrying("finish", lambda: self.client.finish(self.id, self.token, "succeeded", result=result))
+            log.info("job %s: succeeded %s", self.id, result)
+            return "succeeded"
+        if kind == "failed":
+            reason, tail = final[1], final[2]  # type: ignore[index]
+            error = f"{reason}\n\n{tail}"
+            self._retrying("finish", lambda: self.client.finish(self.id, self.token, "failed", error=error))
+            log.warning("job %s: failed: %s", self.id, reason)
+            return "failed"
+        if self.cancel_requested.is_set() and (kind == "stopped" or killed == "grace"):
+            self._retrying("finish", lambda: self.client.finish(self.id, self.token, "cancelled"))
+            log.info("job %s: cancelled", self.id)
+            return "cancelled"
+        if self.shutdown.requested.is_set() and (kind == "stopped" or killed is not None):
+            self._retrying("release", lambda: self.client.release(self.id, self.token))
+            log.info("job %s: given back to the queue for another worker to resume", self.id)
+            return "released"
+        reason = describe_exit(exitcode)
+        self._retrying("finish", lambda: self.client.finish(self.id, self.token, "failed", error=reason))
+        log.warning("job %s: failed: %s", self.id, reason)
+        return "failed"
+
+    def _flush_or_raise(self) -> None:
+        self._flush_metrics(force=True)
+        if self.metrics:
+            raise ServiceUnavailable("metrics still buffered")

@@ -1,0 +1,51 @@
+"""What a training run needs from the process that runs it.
+
+The training functions know nothing of HTTP, queues or processes: the worker's
+child process builds a ``TrainingContext`` whose callbacks relay metrics and
+checkpoints to the parent, and whose ``should_stop`` reflects cancel and
+shutdown requests. Tests build one with plain lists and flags.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TypedDict
+
+
+class MetricPoint(TypedDict):
+    """One value of one series, as reported to the service."""
+
+    name: str
+    step: int
+    epoch: int | None
+    value: float
+
+
+class StopRequested(Exception):  # named as a request, not an error
+    """Raised by the training loop when ``should_stop`` turned true mid-run."""
+
+
+@dataclass
+class TrainingContext:
+    """Inputs and callbacks of one training run."""
+
+    device: str
+    """torch device string: 'cpu', 'cuda', 'cuda:1', 'mps'."""
+    data_dir: Path
+    """Datasets live under here (``TRAINJOBS_DATA_DIR``)."""
+    work_dir: Path
+    """Private scratch folder of this run; checkpoints are written here."""
+    resume_from: Path | None = None
+    """A checkpoint of this same job to continue from."""
+    init_from: Path | None = None
+    """A pretrain job's checkpoint whose encoder initialises a finetune backbone."""
+    report_metrics: Callable[[list[MetricPoint]], None] = lambda points: None
+    """Called with points at log steps and epoch ends."""
+    on_checkpoint: Callable[[str, Path, int, int, float | None], None] = lambda tag, path, epoch, step, metric: None
+    """Called as (tag, path, epoch, step, metric) after a checkpoint file is complete on disk."""
+    on_progress: Callable[[int, int, int], None] = lambda epoch, epochs, step: None
+    """Called as (epoch, epochs, step) at log points and epoch ends."""
+    should_stop: Callable[[], bool] = field(default=lambda: False)
+    """Polled once per step; True makes the loop save and raise StopRequested."""
