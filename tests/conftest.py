@@ -137,3 +137,12 @@ def finetune_body(base_id: int | None = None, **overrides: Any) -> dict[str, Any
     }
     body.update(overrides)
     return body
+
+
+# The smallest real training job: a second or so on one CPU core.
+TINY_JOB: dict[str, Any] = {
+    "kind": "pretrain",
+    "dataset": {"name": "synthetic", "num_samples": 32, "image_shape": [1, 8, 8]},
+    "model": {"arch": "mlp_autoencoder", "hidden": [16], "bottleneck": 4},
+    "train": {"epochs": 1, "batch_size": 16},
+}

@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from pydantic import ValidationError
 from sqlalchemy import ColumnElement, case, delete, exists, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, aliased
@@ -362,6 +361,20 @@ def record_checkpoint(
 # --- ending -------------------------------------------------------------------------
 
 
+def _end_lease(session: Session, job_id: int, lease_token: str, **values: Any) -> Job:
+    """The fenced UPDATE that ends a worker's hold on a job; raises LeaseLost when the token no longer holds it."""
+    job = session.execute(
+        update(Job)
+        .where(*_fenced(job_id, lease_token))
+        .values(lease_token=None, lease_expires_at=None, **values)
+        .returning(Job),
+        execution_options={"synchronize_session": False},
+    ).scalar_one_or_none()
+    if job is None:
+        raise _lease_lost(session, job_id)
+    return job
+
+
 def finish_job(
     session: Session,
     job_id: int,
@@ -376,23 +389,16 @@ def finish_job(
     now = now or utcnow()
     if status not in (SUCCEEDED, FAILED, CANCELLED):
         raise InvalidRequest(f"status must be succeeded, failed or cancelled, not '{status}'", ("body", "status"))
-    job = session.execute(
-        update(Job)
-        .where(*_fenced(job_id, lease_token))
-        .values(
-            status=status,
-            error=error if status != SUCCEEDED else None,
-            result=result,
-            finished_at=now,
-            updated_at=now,
-            lease_token=None,
-            lease_expires_at=None,
-        )
-        .returning(Job),
-        execution_options={"synchronize_session": False},
-    ).scalar_one_or_none()
-    if job is None:
-        raise _lease_lost(session, job_id)
+    job = _end_lease(
+        session,
+        job_id,
+        lease_token,
+        status=status,
+        error=error if status != SUCCEEDED else None,
+        result=result,
+        finished_at=now,
+        updated_at=now,
+    )
     if status != SUCCEEDED:
         fail_dependents(session, job_id, status, now=now)
     return job
@@ -404,22 +410,15 @@ def release_job(session: Session, job_id: int, lease_token: str, *, now: datetim
     A job whose cancel was requested ends cancelled instead.
     """
     now = now or utcnow()
-    job = session.execute(
-        update(Job)
-        .where(*_fenced(job_id, lease_token))
-        .values(
-            status=case((Job.cancel_requested, CANCELLED), else_=QUEUED),
-            attempt=case((Job.cancel_requested, Job.attempt), else_=Job.attempt - 1),
-            finished_at=case((Job.cancel_requested, now), else_=None),
-            updated_at=now,
-            lease_token=None,
-            lease_expires_at=None,
-        )
-        .returning(Job),
-        execution_options={"synchronize_session": False},
-    ).scalar_one_or_none()
-    if job is None:
-        raise _lease_lost(session, job_id)
+    job = _end_lease(
+        session,
+        job_id,
+        lease_token,
+        status=case((Job.cancel_requested, CANCELLED), else_=QUEUED),
+        attempt=case((Job.cancel_requested, Job.attempt), else_=Job.attempt - 1),
+        finished_at=case((Job.cancel_requested, now), else_=None),
+        updated_at=now,
+    )
     if job.status == CANCELLED:
         fail_dependents(session, job_id, CANCELLED, now=now)
     return job
@@ -530,10 +529,3 @@ def delete_job(session: Session, job_id: int) -> list[str]:
     session.execute(delete(IdempotencyKey).where(IdempotencyKey.job_id == job_id))
     session.execute(delete(Job).where(Job.id == job_id))
     return paths
-
-
-def parse_stored_spec_or_none(job: Job) -> PretrainSpec | FinetuneSpec | None:
-    try:
-        return load_spec(job)
-    except ValidationError:
-        return None

@@ -12,17 +12,10 @@ import pytest
 from sqlalchemy import create_engine, text
 
 from app.core.migrate import upgrade
-from tests.conftest import TABLES
+from tests.conftest import TABLES, TINY_JOB
 from tests.servers import ApiServer, WorkerProcess, wait_until
 
 pytestmark = pytest.mark.slow
-
-TINY_JOB = {
-    "kind": "pretrain",
-    "dataset": {"name": "synthetic", "num_samples": 32, "image_shape": [1, 8, 8]},
-    "model": {"arch": "mlp_autoencoder", "hidden": [16], "bottleneck": 4},
-    "train": {"epochs": 1, "batch_size": 16},
-}
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

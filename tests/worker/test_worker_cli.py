@@ -10,16 +10,10 @@ import httpx
 import pytest
 
 from app.core.migrate import upgrade
+from tests.conftest import TINY_JOB
 from tests.servers import ApiServer, WorkerProcess, free_port, wait_until
 
 pytestmark = pytest.mark.slow
-
-TINY_JOB = {
-    "kind": "pretrain",
-    "dataset": {"name": "synthetic", "num_samples": 32, "image_shape": [1, 8, 8]},
-    "model": {"arch": "mlp_autoencoder", "hidden": [16], "bottleneck": 4},
-    "train": {"epochs": 1, "batch_size": 16},
-}
 
 
 def worker_command(api_url: str, tmp_path: Path, *args: str) -> list[str]:
