@@ -33,5 +33,11 @@ lint: $(STAMP)
 test: lint ## lint, types, then every test on SQLite and PostgreSQL
 	$(BIN)/pytest -q
 
+bench: $(STAMP) ## every benchmark, full size (about 25 min on 2 cores): table to stdout, bench/results/<date>-<host>.json
+	$(BIN)/python -m bench
+
+bench-quick: $(STAMP) ## every benchmark at tiny sizes (about a minute): a smoke run, as CI does
+	$(BIN)/python -m bench --quick
+
 clean:
 	rm -rf var .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,135 @@
+"""Benchmark 6: moving a 200 MB checkpoint (quick: 20 MB) over loopback, against ``cat`` of the same file.
+
+Every variant starts with the file out of the page cache (``posix_fadvise(DONTNEED)`` after an
+fsync), so each reads it from disk as ``cat`` does; then, in turn:
+
+- ``cat``: ``cat file > /dev/null``;
+- ``upload``: the worker's ``WorkerClient.upload_checkpoint`` (sha256 of the file, then a streamed
+  ``PUT /worker/jobs/{id}/checkpoints/last``; the server hashes, writes, fsyncs and renames it);
+- ``download``: the worker's ``WorkerClient.download`` (``GET /worker/jobs/{id}/checkpoints/last``
+  to a file, sha256 checked), what a resumed job does;
+- ``get``: ``GET /jobs/{id}/checkpoint`` read and thrown away, as ``curl -o /dev/null`` would.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+
+from worker.client import WorkerClient
+
+from .metrics import NO_REAPING, claim_new_job
+from .servers import ApiServer
+from .stats import Result, at_least, interleave, ratios
+
+CHUNK = 1 << 20
+
+
+def write_random_file(path: Path, size: int) -> None:
+    with path.open("wb") as f:
+        for _ in range(size // CHUNK):
+            f.write(os.urandom(CHUNK))
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def evict(path: Path) -> None:
+    """Drop a file's pages from the page cache, so the next read comes from disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+
+
+def timed_mb_per_s(size: int, action: Callable[[], object]) -> float:
+    started = time.perf_counter()
+    action()
+    return size / 1e6 / (time.perf_counter() - started)
+
+
+def run(*, quick: bool) -> Result:
+    size, rounds = (20 * CHUNK, 2) if quick else (200 * CHUNK, 5)
+    result = Result(
+        "checkpoints",
+        f"Checkpoint transfer over loopback: {size // CHUNK} MiB file",
+        {"bytes": size, "rounds": rounds, "page_cache": "evicted before every variant (from disk)"},
+    )
+    with tempfile.TemporaryDirectory(prefix="bench-ckpt-") as tmp:
+        root = Path(tmp)
+        source = root / "checkpoint.pt"
+        write_random_file(source, size)
+        with (
+            ApiServer(root / "api", lease_seconds=NO_REAPING) as api,
+            httpx.Client(base_url=api.url, timeout=600) as http,
+        ):
+            job_id, token = claim_new_job(http)
+            client = WorkerClient(api.url)
+            step = iter(range(1, 1_000_000))
+            stored: dict[str, str] = {}
+
+            def cat() -> float:
+                evict(source)
+                return timed_mb_per_s(
+                    size, lambda: subprocess.run(["cat", str(source)], stdout=subprocess.DEVNULL, check=True)
+                )
+
+            def upload() -> float:
+                evict(source)
+
+                def put() -> None:
+                    client.upload_checkpoint(
+                        job_id, token, tag="last", fmt="pt", path=source, epoch=1, step=next(step), metric=None
+                    )
+
+                speed = timed_mb_per_s(size, put)
+                ref = http.get(f"/jobs/{job_id}/checkpoints").json()["data"][0]
+                stored["sha256"] = ref["sha256"]
+                return speed
+
+            def server_file() -> Path:
+                return next((api.artifacts_dir / "jobs" / str(job_id)).glob("last-*.pt"))
+
+            def download() -> float:
+                evict(server_file())
+                dest = root / "downloaded.pt"
+                url = f"/worker/jobs/{job_id}/checkpoints/last?format=pt"
+                speed = timed_mb_per_s(size, lambda: client.download(url, dest, stored["sha256"]))
+                dest.unlink()
+                return speed
+
+            def get() -> float:
+                evict(server_file())
+
+                def read_all() -> None:
+                    with http.stream("GET", f"/jobs/{job_id}/checkpoint", params={"tag": "last"}) as r:
+                        r.raise_for_status()
+                        for _ in r.iter_raw(CHUNK):
+                            pass
+
+                return timed_mb_per_s(size, read_all)
+
+            try:
+                runs = interleave({"cat": cat, "upload": upload, "download": download, "get": get}, rounds)
+            finally:
+                client.close()
+    result.add("cat file > /dev/null (from disk)", "MB/s", runs["cat"])
+    result.add("upload (worker client, PUT)", "MB/s", runs["upload"])
+    result.add("download (worker client, GET to file + sha256)", "MB/s", runs["download"])
+    result.add("GET /jobs/{id}/checkpoint read and discarded", "MB/s", runs["get"])
+    for name in ("upload", "download"):
+        result.add(
+            f"{name} / cat (pair by pair)",
+            "x",
+            ratios(runs[name], runs["cat"]),
+            ">= 0.5",
+            check=at_least(0.5),
+        )
+    return result
