@@ -47,6 +47,28 @@ def cpu_seconds(pid: int) -> float:
     return (utime + stime) / os.sysconf("SC_CLK_TCK")
 
 
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU time of a process and of every process below it (a worker and its forkserver, say)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    parent = int(f.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(parent, []).append(int(entry))
+    total, todo = 0.0, [pid]
+    while todo:
+        current = todo.pop()
+        try:
+            total += cpu_seconds(current)
+        except OSError:  # ended meanwhile
+            continue
+        todo.extend(children.get(current, []))
+    return total
+
+
 def _env(**extra: str) -> dict[str, str]:
     path = os.environ.get("PYTHONPATH")
     return {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{path}" if path else str(REPO), **extra}
@@ -115,7 +137,14 @@ class WorkerProcess:
     """``python -m worker`` serving ``api_url``, with its defaults except device, threads and folders."""
 
     def __init__(
-        self, api_url: str, root: Path, *, device: str = "cpu", threads: int | None = None, name: str = "bench"
+        self,
+        api_url: str,
+        root: Path,
+        *,
+        device: str = "cpu",
+        threads: int | None = None,
+        start_method: str | None = None,
+        name: str = "bench",
     ) -> None:
         root.mkdir(parents=True, exist_ok=True)
         self.log = root / f"worker-{name}.log"
@@ -130,6 +159,8 @@ class WorkerProcess:
         ]  # fmt: skip
         if threads:
             cmd += ["--threads", str(threads)]
+        if start_method:
+            cmd += ["--start-method", start_method]
         with self.log.open("ab") as out:
             self.proc = subprocess.Popen(cmd, env=_env(), cwd=root, stdout=out, stderr=subprocess.STDOUT)
 
