@@ -1,30 +1,37 @@
-"""Dependencies of the route modules: sessions, settings, worker auth."""
+"""Dependencies of the route modules: sessions, settings, worker auth.
+
+Dependencies that do no I/O are ``async def``: FastAPI runs a plain ``def`` dependency in the
+thread pool, a thread hop per dependency per request.
+"""
 
 from __future__ import annotations
 
 import secrets
-from collections.abc import Iterator
-from typing import Annotated
+from collections.abc import Callable, Iterator
+from typing import Annotated, TypeVar
 
 from fastapi import Depends, Header, HTTPException, Request, status
+from fastapi.concurrency import run_in_threadpool
 from sqlalchemy.orm import Session
 
 from app.api.wakeup import Wakeup
 from app.core.config import Settings
 from app.core.db import Database
 
+T = TypeVar("T")
 
-def get_db(request: Request) -> Database:
+
+async def get_db(request: Request) -> Database:
     db: Database = request.app.state.db
     return db
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     settings: Settings = request.app.state.settings
     return settings
 
 
-def get_wakeup(request: Request) -> Wakeup:
+async def get_wakeup(request: Request) -> Wakeup:
     wakeup: Wakeup = request.app.state.wakeup
     return wakeup
 
@@ -49,6 +56,19 @@ def get_write_session(
         wakeup.notify()
 
 
+async def quick_read(db: Database, read: Callable[[Session], T]) -> T:
+    """Run a short read (rows by primary key, no scans): on SQLite on the event loop, elsewhere in the thread pool."""
+    if db.quick_reads is not None:
+        with db.quick_reads() as session, session.begin():
+            return read(session)
+
+    def in_thread() -> T:
+        with db.read() as session:
+            return read(session)
+
+    return await run_in_threadpool(in_thread)
+
+
 DatabaseDep = Annotated[Database, Depends(get_db)]
 SessionDep = Annotated[Session, Depends(get_read_session, scope="function")]
 WriteSessionDep = Annotated[Session, Depends(get_write_session, scope="function")]
@@ -56,7 +76,7 @@ SettingsDep = Annotated[Settings, Depends(get_settings)]
 WakeupDep = Annotated[Wakeup, Depends(get_wakeup)]
 
 
-def require_worker_token(
+async def require_worker_token(
     settings: SettingsDep, authorization: Annotated[str | None, Header(include_in_schema=False)] = None
 ) -> None:
     """When TRAINJOBS_WORKER_TOKEN is set, the worker protocol needs 'Authorization: Bearer <token>'."""

@@ -82,20 +82,32 @@ def create_db_engine(url: str, **kwargs: Any) -> Engine:
 
 @dataclass
 class Database:
-    """An engine with its two session factories: reads, and writes (``BEGIN IMMEDIATE`` on SQLite)."""
+    """An engine with its session factories: reads, writes (``BEGIN IMMEDIATE`` on SQLite), quick reads.
+
+    ``quick_reads`` (SQLite files only) is a one-connection engine for reads short enough to run on
+    the event loop itself, such as a job by its id: a WAL reader never waits for a writer, and the
+    hop to the thread pool and back costs several times what the query does. Only the event loop's
+    thread uses it, one read at a time, so its single connection is always free.
+    """
 
     engine: Engine
     read_sessions: sessionmaker[Session]
     write_sessions: sessionmaker[Session]
+    quick_reads: sessionmaker[Session] | None = None
 
     @classmethod
     def from_url(cls, url: str, **kwargs: Any) -> Database:
         engine = create_db_engine(url, **kwargs)
         writer = engine.execution_options(sqlite_begin="IMMEDIATE")
+        quick = None
+        if engine.dialect.name == "sqlite" and engine.url.database not in (None, "", ":memory:"):
+            quick_engine = create_db_engine(url, pool_size=1, max_overflow=0, pool_timeout=1)
+            quick = sessionmaker(quick_engine, expire_on_commit=False)
         return cls(
             engine=engine,
             read_sessions=sessionmaker(engine, expire_on_commit=False),
             write_sessions=sessionmaker(writer, expire_on_commit=False),
+            quick_reads=quick,
         )
 
     @property
@@ -115,3 +127,6 @@ class Database:
 
     def dispose(self) -> None:
         self.engine.dispose()
+        if self.quick_reads is not None:
+            bind = self.quick_reads.kw["bind"]
+            bind.dispose()

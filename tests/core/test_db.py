@@ -59,3 +59,28 @@ def test_old_sqlite_is_refused() -> None:
 def test_plain_postgres_urls_use_psycopg() -> None:
     assert normalize_url("postgresql://u@h/db").startswith("postgresql+psycopg://")
     assert normalize_url("sqlite:///x.db") == "sqlite:///x.db"
+
+
+def test_quick_reads_see_committed_writes_while_a_writer_holds_the_lock(tmp_path: Path) -> None:
+    """SQLite's quick-read engine (used on the event loop) has its own connection and never waits for a writer."""
+    db = Database.from_url(f"sqlite:///{tmp_path / 'x.db'}")
+    assert db.quick_reads is not None
+    with db.write() as s:
+        s.execute(text("CREATE TABLE t (n INTEGER)"))
+        s.execute(text("INSERT INTO t VALUES (1)"))
+    with db.write() as writer:
+        writer.execute(text("UPDATE t SET n = 2"))  # the write lock is held, uncommitted
+        started = time.monotonic()
+        with db.quick_reads() as quick, quick.begin():
+            assert quick.execute(text("SELECT n FROM t")).scalar_one() == 1
+        assert time.monotonic() - started < 1.0
+    with db.quick_reads() as quick, quick.begin():
+        assert quick.execute(text("SELECT n FROM t")).scalar_one() == 2
+        assert quick.execute(text("PRAGMA journal_mode")).scalar() == "wal"
+    db.dispose()
+
+
+def test_quick_reads_only_for_sqlite(postgres_url: str) -> None:
+    pg = Database.from_url(postgres_url)
+    assert pg.quick_reads is None  # network reads stay in the thread pool
+    pg.dispose()

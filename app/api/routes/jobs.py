@@ -12,7 +12,7 @@ from fastapi import Path as PathParam
 from fastapi.responses import FileResponse
 from sqlalchemy.exc import IntegrityError
 
-from app.api.deps import DatabaseDep, SessionDep, SettingsDep, WakeupDep, WriteSessionDep
+from app.api.deps import DatabaseDep, SessionDep, SettingsDep, WakeupDep, WriteSessionDep, quick_read
 from app.core import artifacts, metrics, queue
 from app.core.errors import InvalidRequest, NotFound
 from app.core.models import Checkpoint
@@ -102,10 +102,12 @@ def list_jobs(
     return JobsPublic(data=[JobPublic.of(j) for j in jobs], next_cursor=str(next_id) if next_id else None)
 
 
-@router.get("/{job_id}", responses=_ERRORS)
-def get_job(job_id: JobId, session: SessionDep) -> JobPublic:
+@router.get("/{job_id}", response_model=JobPublic, responses=_ERRORS)
+async def get_job(job_id: JobId, db: DatabaseDep) -> Response:
     """One job: status, progress, error, result."""
-    return JobPublic.of(queue.get_job(session, job_id))
+    # The most polled endpoint: a quick read (on the event loop on SQLite), no response-model re-validation.
+    body = await quick_read(db, lambda session: JobPublic.of(queue.get_job(session, job_id)).model_dump_json())
+    return Response(body, media_type="application/json")
 
 
 @router.post("/{job_id}/cancel", responses=_ERRORS)
