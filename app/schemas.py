@@ -187,15 +187,8 @@ class MetricIn(_Model):
     name: str = Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.\-/]+$")
     step: int = Field(ge=0, le=2**62)
     epoch: int | None = Field(None, ge=0, le=2**31 - 1)
-    value: float
+    value: float = Field(allow_inf_nan=False, description="A finite number.")
     time: float | None = Field(None, ge=0, le=1e11, description="Unix seconds; default: when received.")
-
-    @field_validator("value")
-    @classmethod
-    def _finite(cls, v: float) -> float:
-        if not math.isfinite(v):
-            raise ValueError("value must be a finite number")
-        return v
 
 
 class MetricsBatch(_Model):

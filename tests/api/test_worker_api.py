@@ -449,3 +449,24 @@ def test_after_finish_the_old_token_writes_nothing(client: TestClient, status: s
     assert job["status"] == status
     assert job["result"] == {"test_accuracy": 0.5}
     assert client.get(f"/jobs/{job_id}/metrics").json()["series"] == {}
+
+
+def test_a_metrics_body_that_is_not_json_is_422_under_body(client: TestClient) -> None:
+    job_id, token = start(client, pretrain_body())
+    for raw in [b"", b"{not json", b"[]", f'{{"lease_token": "{token}"}}'.encode()]:
+        r = client.post(f"/worker/jobs/{job_id}/metrics", content=raw, headers={"Content-Type": "application/json"})
+        assert r.status_code == 422, raw
+        assert all(e["loc"][0] == "body" for e in r.json()["detail"]), r.json()
+    assert client.get(f"/jobs/{job_id}/metrics").json()["series"] == {}
+
+
+def test_the_metrics_body_is_documented_in_openapi(client: TestClient) -> None:
+    """The batch is parsed from raw bytes (faster), so its schema is written into the operation by hand."""
+    op = client.get("/openapi.json").json()["paths"]["/worker/jobs/{job_id}/metrics"]["post"]
+    schema = op["requestBody"]["content"]["application/json"]["schema"]
+    assert op["requestBody"]["required"] is True
+    assert set(schema["required"]) == {"lease_token", "points"}
+    assert schema["properties"]["points"]["maxItems"] == 1000
+    point = schema["properties"]["points"]["items"]
+    assert {"name", "step", "value"} <= set(point["required"])
+    assert "$ref" not in str(schema)

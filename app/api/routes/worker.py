@@ -16,6 +16,7 @@ from fastapi import Path as PathParam
 from fastapi.concurrency import run_in_threadpool
 
 from app.api.deps import DatabaseDep, SessionDep, SettingsDep, WakeupDep, WriteSessionDep, require_worker_token
+from app.api.json_body import json_body, openapi_body
 from app.api.routes.jobs import Format, JobId, Tag, serve_checkpoint
 from app.core import artifacts, queue
 from app.core.config import Settings
@@ -115,10 +116,16 @@ def heartbeat(
     return HeartbeatResponse(cancel_requested=cancel)
 
 
-@router.post("/jobs/{job_id}/metrics", responses=_FENCED)
-def report_metrics(job_id: JobId, body: MetricsBatch, session: WriteSessionDep) -> MetricsAccepted:
+@router.post(
+    "/jobs/{job_id}/metrics",
+    responses={**_FENCED, 422: {"description": "Invalid batch: the detail names the point and field."}},
+    openapi_extra=openapi_body(MetricsBatch),
+)
+def report_metrics(
+    job_id: JobId, body: Annotated[MetricsBatch, Depends(json_body(MetricsBatch))], session: WriteSessionDep
+) -> MetricsAccepted:
     """Store up to 1,000 metric points in one transaction; a step reported again replaces the value."""
-    points = [p.model_dump() for p in body.points]
+    points = body.model_dump(include={"points"})["points"]
     return MetricsAccepted(accepted=queue.record_metrics(session, job_id, body.lease_token, points))
 
 
