@@ -4,6 +4,8 @@ Every variant starts with the file out of the page cache (``posix_fadvise(DONTNE
 fsync), so each reads it from disk as ``cat`` does; then, in turn:
 
 - ``cat``: ``cat file > /dev/null``;
+- ``dd``: ``dd if=file of=copy bs=4M conv=fsync``, the disk's own read-then-durably-write speed: the
+  ceiling for an upload, which the server must also write and fsync;
 - ``upload``: the worker's ``WorkerClient.upload_checkpoint`` (sha256 of the file, then a streamed
   ``PUT /worker/jobs/{id}/checkpoints/last``; the server hashes, writes, fsyncs and renames it);
 - ``download``: the worker's ``WorkerClient.download`` (``GET /worker/jobs/{id}/checkpoints/last``
@@ -81,6 +83,14 @@ def run(*, quick: bool) -> Result:
                     size, lambda: subprocess.run(["cat", str(source)], stdout=subprocess.DEVNULL, check=True)
                 )
 
+            def dd() -> float:
+                evict(source)
+                copy = root / "copy.pt"
+                cmd = ["dd", f"if={source}", f"of={copy}", "bs=4M", "conv=fsync", "status=none"]
+                speed = timed_mb_per_s(size, lambda: subprocess.run(cmd, check=True))
+                copy.unlink()
+                return speed
+
             def upload() -> float:
                 evict(source)
 
@@ -117,10 +127,11 @@ def run(*, quick: bool) -> Result:
                 return timed_mb_per_s(size, read_all)
 
             try:
-                runs = interleave({"cat": cat, "upload": upload, "download": download, "get": get}, rounds)
+                runs = interleave({"cat": cat, "dd": dd, "upload": upload, "download": download, "get": get}, rounds)
             finally:
                 client.close()
     result.add("cat file > /dev/null (from disk)", "MB/s", runs["cat"])
+    result.add("dd copy with fsync (from disk, to disk)", "MB/s", runs["dd"])
     result.add("upload (worker client, PUT)", "MB/s", runs["upload"])
     result.add("download (worker client, GET to file + sha256)", "MB/s", runs["download"])
     result.add("GET /jobs/{id}/checkpoint read and discarded", "MB/s", runs["get"])
@@ -132,4 +143,5 @@ def run(*, quick: bool) -> Result:
             ">= 0.5",
             check=at_least(0.5),
         )
+    result.add("upload / dd (pair by pair)", "x", ratios(runs["upload"], runs["dd"]))
     return result

@@ -115,12 +115,14 @@ class WorkerClient:
                     raise ServiceUnavailable(f"GET {url}: HTTP {r.status_code}")
                 if r.status_code >= 400:
                     raise ProtocolError(f"GET {url}: HTTP {r.status_code}")
+                digest = hashlib.sha256()
                 with tmp.open("wb") as f:
-                    for chunk in r.iter_bytes(CHUNK):
+                    for chunk in r.iter_bytes():  # as received: no re-chunking copies
+                        digest.update(chunk)
                         f.write(chunk)
         except httpx.HTTPError as exc:
             raise ServiceUnavailable(f"GET {url}: {exc}") from exc
-        got = sha256_file(tmp)
+        got = digest.hexdigest()
         if got != sha256:
             tmp.unlink(missing_ok=True)
             raise ServiceUnavailable(f"GET {url}: sha256 {got} does not match {sha256}")

@@ -47,11 +47,15 @@ class PendingUpload:
         self.max_bytes = max_bytes
 
     def write(self, chunk: bytes) -> None:
-        self.size += len(chunk)
+        self.write_all([chunk])
+
+    def write_all(self, chunks: list[bytes]) -> None:
+        self.size += sum(len(c) for c in chunks)
         if self.size > self.max_bytes:
             raise UploadTooLarge(f"checkpoint is larger than MAX_UPLOAD_BYTES ({self.max_bytes} bytes)")
-        self.hash.update(chunk)
-        self.file.write(chunk)
+        for chunk in chunks:
+            self.hash.update(chunk)
+        self.file.writelines(chunks)
 
     def finish(self, expected_sha256: str | None) -> str:
         """Flush and fsync; check the hash; returns the sha256."""

@@ -385,3 +385,48 @@ def test_worker_download_serves_the_file_back(client: TestClient, running: tuple
     ranged = client.get(f"/worker/jobs/{job_id}/checkpoints/last", headers={"Range": "bytes=0-9"})
     assert (ranged.status_code, ranged.content) == (206, DATA[:10])
     assert client.get(f"/worker/jobs/{job_id}/checkpoints/best").status_code == 404
+
+
+# --- large files: the server buffers 8 MiB per write and reads 4 MiB per chunk --------------------
+
+BIG = os.urandom(21 * 1024 * 1024 + 12_345)  # several write buffers and read chunks, and an odd tail
+
+
+def test_a_large_upload_in_odd_chunks_comes_back_byte_for_byte(client: TestClient, running: tuple[int, str]) -> None:
+    job_id, token = running
+
+    r = put_checkpoint(client, job_id, token, chunks(BIG, 65_537), digest=sha256(BIG))
+
+    assert r.status_code == 201, r.text
+    assert (r.json()["size"], r.json()["sha256"]) == (len(BIG), sha256(BIG))
+    assert client.get(f"/jobs/{job_id}/checkpoint").content == BIG
+    assert client.get(f"/worker/jobs/{job_id}/checkpoints/last").content == BIG
+    start_at, end_at = 4 * 1024 * 1024 - 3, 12 * 1024 * 1024 + 2  # across read-chunk boundaries
+    part = client.get(f"/jobs/{job_id}/checkpoint", headers={"Range": f"bytes={start_at}-{end_at}"})
+    assert (part.status_code, part.content) == (206, BIG[start_at : end_at + 1])
+
+
+def test_a_large_upload_with_one_flipped_byte_is_422_and_stores_nothing(
+    settings: Settings, client: TestClient, running: tuple[int, str]
+) -> None:
+    job_id, token = running
+    flipped = bytearray(BIG)
+    flipped[17 * 1024 * 1024] ^= 1  # in the third write buffer
+
+    r = put_checkpoint(client, job_id, token, chunks(bytes(flipped), 65_536), digest=sha256(BIG))
+
+    assert r.status_code == 422
+    assert files_of_job(settings.artifacts_dir, job_id) == []
+
+
+def test_a_large_streamed_upload_over_the_limit_stops_with_413_and_stores_nothing(
+    settings: Settings, db: Database
+) -> None:
+    with client_with(settings, db, max_upload_bytes=10 * 1024 * 1024) as client:
+        job_id, token = start(client, pretrain_body())
+
+        r = put_checkpoint(client, job_id, token, chunks(BIG, 65_536), digest=sha256(BIG))
+
+        assert r.status_code == 413
+        assert client.get(f"/jobs/{job_id}/checkpoints").json()["data"] == []
+        assert files_of_job(settings.artifacts_dir, job_id) == []

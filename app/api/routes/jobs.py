@@ -157,6 +157,12 @@ def list_checkpoints(job_id: JobId, session: SessionDep) -> CheckpointsPublic:
     )
 
 
+class CheckpointFile(FileResponse):
+    """A file response read in 4 MiB chunks: Starlette's 64 KiB cost a thread hop per 64 KiB (300 MB/s)."""
+
+    chunk_size = 4 * 1024 * 1024
+
+
 def serve_checkpoint(ckpt: Checkpoint, artifacts_dir: Path, request: Request) -> Response:
     """The file with Content-Length, Content-Disposition, ETag (its sha256) and Range support."""
     path = artifacts_dir / ckpt.path
@@ -167,7 +173,7 @@ def serve_checkpoint(ckpt: Checkpoint, artifacts_dir: Path, request: Request) ->
     if etag in wanted or "*" in wanted:
         return Response(status_code=status.HTTP_304_NOT_MODIFIED, headers={"ETag": etag})
     filename = f"job-{ckpt.job_id}-{ckpt.tag}.{ckpt.format}"
-    return FileResponse(
+    return CheckpointFile(
         path,
         media_type="application/octet-stream",
         filename=filename,

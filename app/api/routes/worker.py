@@ -162,8 +162,7 @@ async def upload_checkpoint(
     await run_in_threadpool(fence)  # refuse a stale worker before it sends gigabytes
     upload = await run_in_threadpool(artifacts.PendingUpload, settings.artifacts_dir, job_id, settings.max_upload_bytes)
     try:
-        async for chunk in request.stream():
-            await run_in_threadpool(upload.write, chunk)
+        await receive_into(request, upload)
         sha256 = await run_in_threadpool(upload.finish, x_checkpoint_sha256)
         relpath = artifacts.checkpoint_relpath(job_id, tag, format, sha256)
 
@@ -199,6 +198,39 @@ async def upload_checkpoint(
     if old is not None and old != relpath:
         artifacts.remove_files(settings.artifacts_dir, [old])
     return public
+
+
+UPLOAD_BUFFER = 8 * 1024 * 1024
+
+
+async def receive_into(request: Request, upload: artifacts.PendingUpload) -> None:
+    """Stream the body into ``upload``: 8 MiB at a time, hashed and written in a thread while the next arrives."""
+    chunks: list[bytes] = []
+    buffered = 0
+    writing: asyncio.Future[None] | None = None
+    received = 0
+    try:
+        async for chunk in request.stream():
+            received += len(chunk)
+            if received > upload.max_bytes:
+                raise artifacts.UploadTooLarge(f"more than {upload.max_bytes} bytes")
+            chunks.append(chunk)
+            buffered += len(chunk)
+            if buffered >= UPLOAD_BUFFER:
+                if writing is not None:
+                    await writing
+                writing = asyncio.ensure_future(run_in_threadpool(upload.write_all, chunks))
+                chunks, buffered = [], 0
+        if writing is not None:
+            await writing
+        if chunks:
+            await run_in_threadpool(upload.write_all, chunks)
+    except BaseException:
+        if writing is not None:  # the thread may still be writing: let it end before the file is discarded
+            await asyncio.wait({writing})
+            if not writing.cancelled():
+                writing.exception()  # retrieved; the error raised is the first one
+        raise
 
 
 def _too_large(settings: Settings) -> TooLarge:
