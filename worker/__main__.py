@@ -48,6 +48,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=env("TRAINJOBS_START_METHOD", "spawn"),
         help="how each job's process starts: spawn (default) or forkserver (torch imported once; faster starts)",
     )
+    p.add_argument(
+        "--prestart",
+        action=argparse.BooleanOptionalAction,
+        default=env("TRAINJOBS_PRESTART", "1") not in ("0", "false", "no"),
+        help="start the next job's process while idle, its imports done (default on; TRAINJOBS_PRESTART=0 is off)",
+    )
     p.add_argument("--log-level", default=env("TRAINJOBS_LOG_LEVEL", "INFO"))
     return p.parse_args(argv)
 
@@ -66,6 +72,7 @@ def main(argv: list[str] | None = None) -> int:
         grace_seconds=args.grace_seconds,
         threads=args.threads,
         start_method=args.start_method,
+        prestart=args.prestart,
     )
     if args.start_method == "forkserver":
         # torch._dynamo: every optimizer imports it on first use, about 3 s of CPU a job otherwise.

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import logging
+import multiprocessing as mp
 import signal
 from types import FrameType
 
 from worker.client import LeaseGone, ProtocolError, ServiceUnavailable, WorkerClient
-from worker.runner import JobRun, Outcome, Shutdown, WorkerConfig
+from worker.runner import Child, JobRun, Outcome, Shutdown, WorkerConfig
 
 log = logging.getLogger("trainjobs.worker")
 
@@ -31,6 +32,8 @@ class Agent:
         self.once = once
         self.shutdown = Shutdown()
         self.outcomes: list[Outcome] = []
+        self.next_child: Child | None = None
+        """The next job's process, started while idle (WorkerConfig.prestart)."""
 
     def install_signal_handlers(self) -> None:
         def handler(signum: int, _frame: FrameType | None) -> None:
@@ -49,7 +52,21 @@ class Agent:
     def run(self) -> int:
         """Serve jobs until told to stop (or --once / --max-jobs); returns the exit code."""
         log.info("worker %s on %s serving %s", self.config.worker_id, self.config.device, self.client.http.base_url)
+        try:
+            return self._serve()
+        finally:
+            if self.next_child is not None:
+                self.next_child.discard()
+                self.next_child = None
+
+    def _prestart(self) -> None:
+        if self.config.prestart and self.next_child is None and not self.shutdown.requested.is_set():
+            self.next_child = Child(mp.get_context(self.config.start_method))
+            log.info("started the next job's process ahead: pid %s", self.next_child.pid)
+
+    def _serve(self) -> int:
         delay, outage_logged = 0.5, False
+        self._prestart()
         while not self.shutdown.requested.is_set():
             try:
                 job = self.client.claim(self.config.worker_id, self.config.device, self.poll_seconds)
@@ -76,12 +93,15 @@ class Agent:
             self.outcomes.append(self._run(job))
             if self.max_jobs is not None and len(self.outcomes) >= self.max_jobs:
                 break
+            self._prestart()
         log.info("worker %s stopped after %s job(s)", self.config.worker_id, len(self.outcomes))
         return 0
 
     def _run(self, job: dict[str, object]) -> Outcome:
+        run = JobRun(self.client, dict(job), self.config, self.shutdown, prestarted=self.next_child)
+        self.next_child = None
         try:
-            return JobRun(self.client, dict(job), self.config, self.shutdown).run()
+            return run.run()
         except (ServiceUnavailable, ProtocolError) as exc:
             log.error(
                 "job %s: could not report to the service (%s); its lease will expire and it will be retried",
@@ -89,6 +109,8 @@ class Agent:
                 exc,
             )
             return "lease_lost"
+        finally:
+            self.next_child = run.prestarted  # unused when the job ended before its training started
 
     def _give_back(self, job_id: int, token: str) -> None:
         try:

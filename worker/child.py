@@ -1,10 +1,13 @@
 """The child process that runs one job's training.
 
-Started with the ``spawn`` method, so it shares nothing with the worker but
-what it is handed: the job payload, the write end of a pipe for messages to
-the parent, and an event that asks it to stop. It dies with the parent (Linux
-``PR_SET_PDEATHSIG``; elsewhere it stops when it sees it has been orphaned).
-When it exits, every byte of GPU memory it held goes back to the driver.
+Started with the ``spawn`` method (or from a clean forkserver), so it shares nothing with the
+worker but what it is handed: a pipe on which its one job's payload arrives, the write end of a
+pipe for messages to the parent, and an event that asks it to stop. It is usually started ahead
+of its job, while the worker is idle: it imports torch (and ``torch._dynamo``, which every
+optimizer imports, about 3 s of CPU) and then waits for the payload, so a job starts training at
+once. It touches no GPU before its job arrives. It dies with the parent (Linux
+``PR_SET_PDEATHSIG``; elsewhere it stops when it sees it has been orphaned). When it exits,
+every byte of GPU memory it held goes back to the driver.
 
 Messages, in order, are tuples: ``("metrics", points)``, ``("progress", epoch, epochs, step)``,
 ``("checkpoint", tag, format, staged_path, epoch, step, metric)``, then one of
@@ -40,11 +43,17 @@ def die_with_parent() -> None:
 def one_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     message = text[0] if text else ""
-    from worker.training import TrainingError
-
-    if isinstance(exc, TrainingError):
+    if _is_training_error(exc):
         return message or type(exc).__name__
     return f"{type(exc).__name__}: {message}" if message else type(exc).__name__
+
+
+def _is_training_error(exc: BaseException) -> bool:
+    try:
+        from worker.training import TrainingError
+    except Exception:  # a broken install: the error at hand is what to report
+        return False
+    return isinstance(exc, TrainingError)
 
 
 def traceback_tail(exc: BaseException) -> str:
@@ -55,12 +64,34 @@ def traceback_tail(exc: BaseException) -> str:
     return "\n".join([lines[0], "  ...", *lines[-TRACEBACK_LINES:]])
 
 
-def run_child(payload: dict[str, Any], out: Connection, stop: Event) -> None:
-    """Entry point of the child process."""
+def preload() -> None:
+    """Everything a job imports, before the job arrives; no device is touched."""
+    import torch
+    import torch._dynamo  # noqa: F401  # optimizers import it on first use
+
+    import worker.training  # noqa: F401
+
+
+def run_child(inbox: Connection, out: Connection, stop: Event) -> None:
+    """Entry point of the child process: preload, wait for the job's payload, train."""
     die_with_parent()
     parent = os.getppid()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C in a terminal reaches the whole group: the parent decides
     try:
+        broken: Exception | None = None
+        try:
+            preload()
+        except Exception as exc:  # reported as the job's failure, once there is a job
+            broken = exc
+        try:
+            payload = inbox.recv()
+        except EOFError:
+            return  # the worker stopped before it had a job for this process
+        finally:
+            inbox.close()
+        if broken is not None:
+            out.send(("failed", one_line(broken), traceback_tail(broken)))
+            return
         _train(payload, out, stop, parent)
     finally:
         out.close()

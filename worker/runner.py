@@ -44,6 +44,48 @@ class WorkerConfig:
     start_method: str = "spawn"
     """spawn: a new interpreter per job. forkserver: forked from a clean server that has imported torch
     once (much faster job start; still a fresh process that inherits no CUDA state or threads)."""
+    prestart: bool = True
+    """Start the next job's process while idle, so that its imports are done when a job arrives."""
+
+
+class Child:
+    """A job's training process, started for its job or ahead of it; its job's payload goes in ``inbox``."""
+
+    def __init__(self, context: Any) -> None:
+        inbox_end, self.inbox = context.Pipe(duplex=False)
+        self.messages, messages_end = context.Pipe(duplex=False)
+        self.stop = context.Event()
+        self.process = context.Process(
+            target=run_child, args=(inbox_end, messages_end, self.stop), name="trainjobs-job"
+        )
+        self.process.start()
+        inbox_end.close()  # our copies of the child's ends: its exit then reads as EOF
+        messages_end.close()
+
+    @property
+    def pid(self) -> int:
+        return int(self.process.pid)
+
+    def hand(self, payload: dict[str, Any]) -> bool:
+        """Give it its job; False if it is gone (it died while waiting)."""
+        try:
+            if not self.process.is_alive():
+                return False
+            self.inbox.send(payload)
+            return True
+        except OSError:
+            return False
+        finally:
+            self.inbox.close()
+
+    def discard(self) -> None:
+        """End a child that has no job (or lost it): closing its inbox ends a waiting child; else it is killed."""
+        self.inbox.close()
+        self.process.join(timeout=5)
+        if self.process.is_alive():
+            self.process.kill()
+            self.process.join()
+        self.messages.close()
 
 
 @dataclass
@@ -73,7 +115,14 @@ def describe_exit(exitcode: int | None) -> str:
 
 
 class JobRun:
-    def __init__(self, client: WorkerClient, job: dict[str, Any], config: WorkerConfig, shutdown: Shutdown) -> None:
+    def __init__(
+        self,
+        client: WorkerClient,
+        job: dict[str, Any],
+        config: WorkerConfig,
+        shutdown: Shutdown,
+        prestarted: Child | None = None,
+    ) -> None:
         self.client = client
         self.job = job
         self.id: int = job["id"]
@@ -82,7 +131,9 @@ class JobRun:
         self.shutdown = shutdown
         self.dir = config.work_dir / f"job-{self.id}-attempt-{job['attempt']}"
         self.mp: Any = mp.get_context(config.start_method)  # typeshed's BaseContext lacks Process
-        self.stop = self.mp.Event()
+        self.prestarted = prestarted
+        """A process started ahead for this job; still here after ``run`` if the job never got to use it."""
+        self.stop: Any = None
         self.lease_lost = threading.Event()
         self.ended = threading.Event()
         self.cancel_requested = threading.Event()
@@ -120,23 +171,30 @@ class JobRun:
             "init_from": str(init) if init else None,
             "threads": self.config.threads,
         }
-        reader, writer = self.mp.Pipe(duplex=False)
-        child = self.mp.Process(target=run_child, args=(payload, writer, self.stop), name=f"trainjobs-job-{self.id}")
-        child.start()
-        writer.close()  # our copy: the child's exit then reads as EOF
+        child, self.prestarted = self.prestarted, None
+        ahead = child is not None and child.hand(payload)
+        if not ahead:
+            if child is not None:
+                log.warning("job %s: the process started ahead for it is gone; starting another", self.id)
+                child.discard()
+            child = Child(self.mp)
+            child.hand(payload)  # if it died already, its exit code is reported below
+        assert child is not None
+        self.stop = child.stop
         log.info(
-            "job %s: attempt %s of %s started child pid %s on %s%s",
+            "job %s: attempt %s of %s started child pid %s%s on %s%s",
             self.id,
             self.job["attempt"],
             self.job["max_attempts"],
             child.pid,
+            " (started ahead)" if ahead else "",
             self.config.device,
             f", resuming from epoch {self.job['resume_checkpoint']['epoch']}" if resume else "",
         )
-        final, killed = self._relay(child, reader)
-        child.join()
-        reader.close()
-        return self._report(final, killed, child.exitcode)
+        final, killed = self._relay(child.process, child.messages)
+        child.process.join()
+        child.messages.close()
+        return self._report(final, killed, child.process.exitcode)
 
     # --- while the child runs -----------------------------------------------------
 
