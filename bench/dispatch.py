@@ -8,8 +8,9 @@ second (the claim, which is what is measured, does not depend on it).
 Submit -> running is measured two ways: on the server, the job's ``started_at`` (set by the
 claim) minus its ``created_at`` (set when ``POST /jobs`` stored it); and as a client sees it, from
 sending ``POST /jobs`` to the first ``GET /jobs/{id}`` (polled every 10 ms) that is no longer
-queued. Then the worker idles, and the CPU time of the worker and its forkserver over that window
-is read from /proc/<pid>/stat.
+queued. Then, once the worker has settled (the next job's process, which it starts ahead, has
+done its imports), the worker idles, and the CPU time of the worker, its forkserver and the
+waiting job process over that window is read from /proc/<pid>/stat.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from typing import Any
 
 import httpx
 
-from .servers import ApiServer, WorkerProcess, cpu_seconds, submit, tree_cpu_seconds, wait_for_status
+from .servers import ApiServer, WorkerProcess, cpu_seconds, settle, submit, tree_cpu_seconds, wait_for_status
 from .stats import Result, at_most, percentile
 
 TINY_JOB: dict[str, Any] = {
@@ -91,6 +92,7 @@ def run(*, quick: bool, device: str, threads: int) -> Result:
                 time.sleep(SETTLE_SECONDS)
 
             assert api.proc is not None
+            settle(worker.pid)
             worker_before, api_before = tree_cpu_seconds(worker.pid), cpu_seconds(api.proc.pid)
             started = time.perf_counter()
             time.sleep(idle_seconds)

@@ -69,6 +69,20 @@ def tree_cpu_seconds(pid: int) -> float:
     return total
 
 
+def settle(*pids: int, timeout: float = 60.0) -> None:
+    """Wait until these processes and their children use under 1% of a core over a second.
+
+    A worker starts the next job's process ahead when a job ends; its imports (seconds of CPU)
+    must not land in the next measurement.
+    """
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        before = sum(tree_cpu_seconds(pid) for pid in pids)
+        time.sleep(1.0)
+        if sum(tree_cpu_seconds(pid) for pid in pids) - before < 0.01:
+            return
+
+
 def _env(**extra: str) -> dict[str, str]:
     path = os.environ.get("PYTHONPATH")
     return {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{path}" if path else str(REPO), **extra}

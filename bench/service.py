@@ -5,11 +5,14 @@ process (torch already imported, checkpoints written to a local folder, metrics 
 through the service, submitted with ``POST /jobs`` to a real API process on SQLite and run by a
 real idle worker (claim, child process, metrics relayed, every checkpoint uploaded), timed from
 the submit until ``GET /jobs/{id}`` says ``succeeded`` -- once with the worker's default
-``--start-method spawn`` (a fresh interpreter imports torch for each job) and once with
-``--start-method forkserver`` (each job forked from a server that imported torch once). Each
-worker has its own API, so each job goes to the worker of its variant. The job is the benchmark's MLP autoencoder, sized on
-this machine to take about 60 s in three epochs (quick: a small model, 500 images, one epoch),
-with trainjobs' default checkpointing (every epoch).
+``--start-method spawn`` (a fresh interpreter for each job, started ahead while the worker
+idles, so its imports are done when the job comes) and once with ``--start-method forkserver``
+(each job forked from a server that imported torch once). Each worker has its own API, so each
+job goes to the worker of its variant. Before each run every worker has settled (the process it
+starts ahead after a job has done its imports), so one variant's start-up never lands in
+another's time. The job is the benchmark's MLP autoencoder, sized on this machine to take about
+60 s in three epochs (quick: a small model, 500 images, one epoch), with trainjobs' default
+checkpointing (every epoch).
 """
 
 from __future__ import annotations
@@ -29,11 +32,11 @@ from app.core.specs import parse_job_spec
 from worker.training import MetricPoint, TrainingContext, run_training
 
 from .dispatch import TINY_JOB
-from .servers import ApiServer, WorkerProcess, submit, wait_for_status
+from .servers import ApiServer, WorkerProcess, settle, submit, wait_for_status
 from .stats import Result, at_most, interleave, ratios
 
 START_METHODS = ("spawn", "forkserver")
-"""The worker's ways to start a job's process: spawn (the default) imports torch in every job."""
+"""The worker's ways to start a job's process: spawn (the default) imports torch in every job's process."""
 
 
 def job_body(
@@ -102,17 +105,27 @@ def run(*, quick: bool, device: str, threads: int) -> Result:
     )
     with contextlib.ExitStack() as stack:
         root = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-service-")))
-        variants: dict[str, Callable[[], float]] = {"direct": lambda: run_direct(body, device)}
+        workers: list[int] = []
+
+        def settled(measure: Callable[[], float]) -> Callable[[], float]:
+            def run() -> float:
+                settle(*workers)
+                return measure()
+
+            return run
+
+        variants: dict[str, Callable[[], float]] = {"direct": settled(lambda: run_direct(body, device))}
         for method in START_METHODS:
             # One API per worker, so that each job goes to the worker of its variant.
             api = stack.enter_context(ApiServer(root / f"api-{method}"))
-            stack.enter_context(
+            worker = stack.enter_context(
                 WorkerProcess(api.url, root / method, device=device, threads=threads, start_method=method)
             )
+            workers.append(worker.pid)
             http = stack.enter_context(httpx.Client(base_url=api.url, timeout=30))
             # A first tiny job: the worker is up and idle, and a forkserver has imported torch.
             wait_for_status(http, submit(http, TINY_JOB)["id"], {"succeeded"}, timeout=300)
-            variants[method] = functools.partial(through_service, http, body, timeout=seconds * 20)
+            variants[method] = settled(functools.partial(through_service, http, body, timeout=seconds * 20))
         runs = interleave(variants, pairs)
 
     result.add("direct run_training wall", "s", runs["direct"])
