@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from app.core.specs import FinetuneSpec, PretrainSpec, dataset_input_shape, parse_job_spec
 from worker.training import MetricPoint, TrainingContext, run_training
 from worker.training.data import load_dataset, normalize, steps_per_epoch
-from worker.training.loop import make_optimizer
+from worker.training.loop import make_optimizer, use_channels_last
 from worker.training.nets import build_autoencoder, build_classifier
 
 from .reference_loop import Arch, train_reference
@@ -93,6 +93,9 @@ def run_limit(spec: PretrainSpec | FinetuneSpec, device: str, steps: int) -> Run
             model = build_classifier(spec.model, shape, 10)
     optimizer = make_optimizer(list(model.parameters()), spec.train, torch.device(device))
     x = normalize(torch.randint(0, 256, (BATCH, *shape), dtype=torch.uint8)).to(device)
+    if use_channels_last(spec.train, torch.device(device), model):  # as trainjobs' loop does
+        model = model.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, 10, (BATCH,)).to(device)
     model.train()
     if device.startswith("cuda"):

@@ -308,3 +308,20 @@ def test_validation_split_adds_val_metrics(recorder: Recorder) -> None:
     result = run_finetune(spec, recorder.context())
     names = {p["name"] for p in recorder.metrics}
     assert {"val_loss", "val_accuracy"} <= names and "val_accuracy" in result
+
+
+def test_channels_last_on_cpu_trains_the_same_as_contiguous(tmp_path: Path) -> None:
+    """Conv nets run NHWC on CPU too (faster oneDNN convolutions); the training is the same up to rounding."""
+    results, weights = [], []
+    for channels_last in (True, False):
+        recorder = Recorder(data_dir=tmp_path / "data", work_dir=tmp_path / str(channels_last))
+        spec = finetune(
+            {"arch": "small_cnn"}, SMALL, optimizer="sgd", momentum=0.9, lr=0.01, channels_last=channels_last
+        )
+        results.append(run_training(spec, recorder.context()))
+        weights.append(load_file(recorder.work_dir / "last.safetensors"))
+    fast, plain = results
+    assert fast["test_loss"] == pytest.approx(plain["test_loss"], rel=1e-4)
+    assert weights[0].keys() == weights[1].keys()
+    for name, tensor in weights[0].items():
+        torch.testing.assert_close(tensor, weights[1][name], rtol=1e-4, atol=1e-5)
