@@ -138,7 +138,7 @@ def run(*, quick: bool, device: str, threads: int) -> Result:
     cuda = device.startswith("cuda")
     num_images = 100 if quick else (50_000 if cuda else 2_000)
     pairs = 2 if quick else 5
-    epochs: dict[Arch, int] = {"autoencoder": 1 if quick else 4, "resnet18": 1}
+    epochs: dict[Arch, int] = {"autoencoder": 1 if quick else 4, "resnet18": 1 if quick else 2}
     torch.set_num_threads(threads)
     result = Result(
         "training",

@@ -9,10 +9,12 @@ transaction cannot fail with SQLITE_BUSY on the lock upgrade.
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
+import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
+from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -94,6 +96,10 @@ class Database:
     read_sessions: sessionmaker[Session]
     write_sessions: sessionmaker[Session]
     quick_reads: sessionmaker[Session] | None = None
+    writer_turn: AbstractContextManager[Any] = field(default_factory=contextlib.nullcontext)
+    """SQLite: this process's write transactions queue here for their turn, instead of in SQLite's
+    busy handler, which sleeps up to 100 ms between tries (a p99 of over a second for 10 concurrent
+    submits). Other processes' writers still meet ``busy_timeout``."""
 
     @classmethod
     def from_url(cls, url: str, **kwargs: Any) -> Database:
@@ -108,6 +114,7 @@ class Database:
             read_sessions=sessionmaker(engine, expire_on_commit=False),
             write_sessions=sessionmaker(writer, expire_on_commit=False),
             quick_reads=quick,
+            writer_turn=threading.RLock() if engine.dialect.name == "sqlite" else contextlib.nullcontext(),
         )
 
     @property
@@ -117,7 +124,7 @@ class Database:
     @contextmanager
     def write(self) -> Iterator[Session]:
         """A write transaction, committed on success and rolled back on error."""
-        with self.write_sessions() as session, session.begin():
+        with self.writer_turn, self.write_sessions() as session, session.begin():
             yield session
 
     @contextmanager

@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 import pytest
-from sqlalchemy import text
+from sqlalchemy import event, text
 
 from app.core.db import Database, UnsupportedDatabase, check_sqlite_version, normalize_url
 
@@ -84,3 +84,32 @@ def test_quick_reads_only_for_sqlite(postgres_url: str) -> None:
     pg = Database.from_url(postgres_url)
     assert pg.quick_reads is None  # network reads stay in the thread pool
     pg.dispose()
+
+
+def test_one_process_writers_take_turns_without_meeting_the_sqlite_lock(tmp_path: Path) -> None:
+    """Writers of one process queue in-process: even with no busy timeout at all, none sees 'database is locked'."""
+
+    db = Database.from_url(f"sqlite:///{tmp_path / 'x.db'}")
+    event.listen(db.engine, "connect", lambda conn, _record: conn.execute("PRAGMA busy_timeout = 0"))
+    with db.write() as s:
+        s.execute(text("CREATE TABLE t (n INTEGER)"))
+    errors: list[BaseException] = []
+
+    def writer() -> None:
+        try:
+            for _ in range(25):
+                with db.write() as s:
+                    s.execute(text("INSERT INTO t VALUES (1)"))
+                    time.sleep(0.001)  # hold the write lock a moment, as a real transaction does
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=writer) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    with db.read() as s:
+        assert s.execute(text("SELECT count(*) FROM t")).scalar_one() == 200
+    db.dispose()
