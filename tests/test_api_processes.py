@@ -96,3 +96,33 @@ def test_api_refuses_to_start_on_an_old_schema(tmp_path: Path) -> None:
         [sys.executable, "-m", "app.cli", "migrate"], env=env, capture_output=True, text=True, timeout=60, check=False
     )
     assert migrate.returncode == 0, migrate.stderr
+
+
+def test_a_burst_of_concurrent_worker_writes_all_succeed(tmp_path: Path) -> None:
+    """More concurrent writes than the API's thread pool has threads: none fails, none hangs (SQLite)."""
+    url = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    upgrade(url)
+    with ApiServer(url, tmp_path) as api, httpx.Client(base_url=api.url, timeout=60) as http:
+        job_id = http.post("/jobs", json=pretrain_body()).json()["id"]
+        token = http.post("/worker/claim", json={"worker_id": "w", "device": "cpu", "wait_seconds": 0}).json()[
+            "lease_token"
+        ]
+
+        def writes(n: int) -> list[int]:
+            codes = []
+            with httpx.Client(base_url=api.url, timeout=60) as own:
+                for i in range(5):
+                    if n % 4 == 0:
+                        point = {"name": "loss", "step": n * 5 + i, "value": 1.0}
+                        r = own.post(f"/worker/jobs/{job_id}/metrics", json={"lease_token": token, "points": [point]})
+                    else:
+                        r = own.post(f"/worker/jobs/{job_id}/heartbeat", json={"lease_token": token})
+                    codes.append(r.status_code)
+            return codes
+
+        with ThreadPoolExecutor(max_workers=80) as pool:
+            codes = [c for batch in pool.map(writes, range(80)) for c in batch]
+
+        assert Counter(codes) == {200: 400}
+        series = http.get(f"/jobs/{job_id}/metrics").json()["series"]["loss"]
+        assert len(series) == 20 * 5

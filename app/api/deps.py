@@ -12,6 +12,7 @@ from typing import Annotated, TypeVar
 
 from fastapi import Depends, Header, HTTPException, Request, status
 from fastapi.concurrency import run_in_threadpool
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
 from app.api.wakeup import Wakeup
@@ -41,26 +42,17 @@ def get_read_session(db: Annotated[Database, Depends(get_db)]) -> Iterator[Sessi
         yield session
 
 
-def get_write_session(
-    db: Annotated[Database, Depends(get_db)], wakeup: Annotated[Wakeup, Depends(get_wakeup)]
-) -> Iterator[Session]:
-    """A write transaction (BEGIN IMMEDIATE on SQLite), committed when the route returns, before the response.
-
-    A route that may have made a job claimable sets ``session.info["wake_claimers"]``; waiting claims are
-    woken once the commit is done.
-    """
-    with db.write() as session:
-        yield session
-        wake = session.info.pop("wake_claimers", False)
-    if wake:
-        wakeup.notify()
-
-
 async def quick_read(db: Database, read: Callable[[Session], T]) -> T:
-    """Run a short read (rows by primary key, no scans): on SQLite on the event loop, elsewhere in the thread pool."""
+    """Run a short read (rows by primary key, no scans): on SQLite on the event loop, elsewhere in the thread pool.
+
+    If SQLite is busy the read gives up within 50 ms and is done in the thread pool instead.
+    """
     if db.quick_reads is not None:
-        with db.quick_reads() as session, session.begin():
-            return read(session)
+        try:
+            with db.quick_reads() as session, session.begin():
+                return read(session)
+        except OperationalError:
+            pass
 
     def in_thread() -> T:
         with db.read() as session:
@@ -71,7 +63,6 @@ async def quick_read(db: Database, read: Callable[[Session], T]) -> T:
 
 DatabaseDep = Annotated[Database, Depends(get_db)]
 SessionDep = Annotated[Session, Depends(get_read_session, scope="function")]
-WriteSessionDep = Annotated[Session, Depends(get_write_session, scope="function")]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 WakeupDep = Annotated[Wakeup, Depends(get_wakeup)]
 

@@ -20,10 +20,14 @@ from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 MIN_SQLITE = (3, 35, 0)  # UPDATE ... RETURNING
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+QUICK_READ_BUSY_TIMEOUT_MS = 50
+"""A quick read runs on the event loop: if SQLite is busy (WAL recovery, a truncating checkpoint), it
+gives up at once and the read is retried in the thread pool, where waiting blocks nobody."""
 
 
 class UnsupportedDatabase(RuntimeError):
@@ -47,7 +51,7 @@ def normalize_url(url: str) -> str:
     return parsed.render_as_string(hide_password=False)
 
 
-def create_db_engine(url: str, **kwargs: Any) -> Engine:
+def create_db_engine(url: str, *, busy_timeout_ms: int = SQLITE_BUSY_TIMEOUT_MS, **kwargs: Any) -> Engine:
     """An engine for ``url``, set up for concurrent use by the API, the reaper and tests."""
     url = normalize_url(url)
     parsed = make_url(url)
@@ -68,7 +72,7 @@ def create_db_engine(url: str, **kwargs: Any) -> Engine:
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
         dbapi_connection.isolation_level = None  # SQLAlchemy emits BEGIN itself
         cursor = dbapi_connection.cursor()
-        cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
+        cursor.execute(f"PRAGMA busy_timeout = {busy_timeout_ms}")
         cursor.execute("PRAGMA journal_mode = WAL")
         cursor.execute("PRAGMA synchronous = FULL")
         cursor.execute("PRAGMA foreign_keys = ON")
@@ -80,6 +84,26 @@ def create_db_engine(url: str, **kwargs: Any) -> Engine:
         conn.exec_driver_sql(f"BEGIN {mode}")
 
     return engine
+
+
+class WriterTurn:
+    """SQLite allows one writer at a time. This process's write transactions queue here for their
+    turn instead of in SQLite's busy handler, which sleeps up to 100 ms between tries (a p99 of over
+    a second with 10 concurrent submits). Writers in other processes still meet ``busy_timeout``.
+    A turn not had within the busy timeout fails like a busy database (503)."""
+
+    def __init__(self, timeout: float = SQLITE_BUSY_TIMEOUT_MS / 1000) -> None:
+        self.lock = threading.RLock()
+        self.timeout = timeout
+
+    def __enter__(self) -> None:
+        if not self.lock.acquire(timeout=self.timeout):
+            raise OperationalError(
+                "BEGIN IMMEDIATE", None, TimeoutError(f"no write turn within {self.timeout:g} s: database is busy")
+            )
+
+    def __exit__(self, *exc: object) -> None:
+        self.lock.release()
 
 
 @dataclass
@@ -97,9 +121,7 @@ class Database:
     write_sessions: sessionmaker[Session]
     quick_reads: sessionmaker[Session] | None = None
     writer_turn: AbstractContextManager[Any] = field(default_factory=contextlib.nullcontext)
-    """SQLite: this process's write transactions queue here for their turn, instead of in SQLite's
-    busy handler, which sleeps up to 100 ms between tries (a p99 of over a second for 10 concurrent
-    submits). Other processes' writers still meet ``busy_timeout``."""
+    """SQLite: this process's write transactions queue here for their turn (``WriterTurn``)."""
 
     @classmethod
     def from_url(cls, url: str, **kwargs: Any) -> Database:
@@ -107,14 +129,16 @@ class Database:
         writer = engine.execution_options(sqlite_begin="IMMEDIATE")
         quick = None
         if engine.dialect.name == "sqlite" and engine.url.database not in (None, "", ":memory:"):
-            quick_engine = create_db_engine(url, pool_size=1, max_overflow=0, pool_timeout=1)
+            quick_engine = create_db_engine(
+                url, pool_size=1, max_overflow=0, pool_timeout=1, busy_timeout_ms=QUICK_READ_BUSY_TIMEOUT_MS
+            )
             quick = sessionmaker(quick_engine, expire_on_commit=False)
         return cls(
             engine=engine,
             read_sessions=sessionmaker(engine, expire_on_commit=False),
             write_sessions=sessionmaker(writer, expire_on_commit=False),
             quick_reads=quick,
-            writer_turn=threading.RLock() if engine.dialect.name == "sqlite" else contextlib.nullcontext(),
+            writer_turn=WriterTurn() if engine.dialect.name == "sqlite" else contextlib.nullcontext(),
         )
 
     @property
@@ -123,7 +147,11 @@ class Database:
 
     @contextmanager
     def write(self) -> Iterator[Session]:
-        """A write transaction, committed on success and rolled back on error."""
+        """A write transaction, committed on success and rolled back on error.
+
+        Enter and leave it in one thread, within one call (a route's body, a function run in the
+        thread pool): on SQLite it holds this process's writer turn until it ends.
+        """
         with self.writer_turn, self.write_sessions() as session, session.begin():
             yield session
 

@@ -460,6 +460,18 @@ def test_a_metrics_body_that_is_not_json_is_422_under_body(client: TestClient) -
     assert client.get(f"/jobs/{job_id}/metrics").json()["series"] == {}
 
 
+def test_a_metrics_body_sent_as_another_media_type_is_422(client: TestClient) -> None:
+    job_id, token = start(client, pretrain_body())
+    raw = f'{{"lease_token": "{token}", "points": [{{"name": "loss", "step": 1, "value": 0.5}}]}}'
+    r = client.post(f"/worker/jobs/{job_id}/metrics", content=raw, headers={"Content-Type": "text/plain"})
+    assert r.status_code == 422
+    assert r.json()["detail"][0]["loc"] == ["body"] and "application/json" in r.json()["detail"][0]["msg"]
+    ok = client.post(
+        f"/worker/jobs/{job_id}/metrics", content=raw, headers={"Content-Type": "application/json; charset=utf-8"}
+    )
+    assert ok.status_code == 200, ok.text
+
+
 def test_the_metrics_body_is_documented_in_openapi(client: TestClient) -> None:
     """The batch is parsed from raw bytes (faster), so its schema is written into the operation by hand."""
     op = client.get("/openapi.json").json()["paths"]["/worker/jobs/{job_id}/metrics"]["post"]

@@ -12,7 +12,7 @@ from fastapi import Path as PathParam
 from fastapi.responses import FileResponse
 from sqlalchemy.exc import IntegrityError
 
-from app.api.deps import DatabaseDep, SessionDep, SettingsDep, WakeupDep, WriteSessionDep, quick_read
+from app.api.deps import DatabaseDep, SessionDep, SettingsDep, WakeupDep, quick_read
 from app.core import artifacts, metrics, queue
 from app.core.errors import InvalidRequest, NotFound
 from app.core.models import Checkpoint
@@ -111,9 +111,10 @@ async def get_job(job_id: JobId, db: DatabaseDep) -> Response:
 
 
 @router.post("/{job_id}/cancel", responses=_ERRORS)
-def cancel_job(job_id: JobId, session: WriteSessionDep) -> JobPublic:
+def cancel_job(job_id: JobId, db: DatabaseDep) -> JobPublic:
     """Cancel: a queued job at once, a running one at its worker's next heartbeat."""
-    return JobPublic.of(queue.cancel_job(session, job_id))
+    with db.write() as session:
+        return JobPublic.of(queue.cancel_job(session, job_id))
 
 
 @router.delete("/{job_id}", status_code=status.HTTP_204_NO_CONTENT, responses=_ERRORS)

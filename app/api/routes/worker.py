@@ -11,11 +11,12 @@ import asyncio
 import math
 from typing import Annotated
 
+import anyio
 from fastapi import APIRouter, Depends, Header, Query, Request, Response, status
 from fastapi import Path as PathParam
 from fastapi.concurrency import run_in_threadpool
 
-from app.api.deps import DatabaseDep, SessionDep, SettingsDep, WakeupDep, WriteSessionDep, require_worker_token
+from app.api.deps import DatabaseDep, SessionDep, SettingsDep, WakeupDep, require_worker_token
 from app.api.json_body import json_body, openapi_body
 from app.api.routes.jobs import Format, JobId, Tag, serve_checkpoint
 from app.core import artifacts, queue
@@ -107,12 +108,13 @@ async def claim_job(
 
 
 @router.post("/jobs/{job_id}/heartbeat", responses=_FENCED)
-def heartbeat(
-    job_id: JobId, body: HeartbeatRequest, session: WriteSessionDep, settings: SettingsDep
-) -> HeartbeatResponse:
+def heartbeat(job_id: JobId, body: HeartbeatRequest, db: DatabaseDep, settings: SettingsDep) -> HeartbeatResponse:
     """Renew the lease and report progress; the answer says whether a cancel was requested."""
     progress = body.progress.model_dump() if body.progress else None
-    cancel = queue.heartbeat(session, job_id, body.lease_token, lease_seconds=settings.lease_seconds, progress=progress)
+    with db.write() as session:
+        cancel = queue.heartbeat(
+            session, job_id, body.lease_token, lease_seconds=settings.lease_seconds, progress=progress
+        )
     return HeartbeatResponse(cancel_requested=cancel)
 
 
@@ -122,11 +124,13 @@ def heartbeat(
     openapi_extra=openapi_body(MetricsBatch),
 )
 def report_metrics(
-    job_id: JobId, body: Annotated[MetricsBatch, Depends(json_body(MetricsBatch))], session: WriteSessionDep
+    job_id: JobId, body: Annotated[MetricsBatch, Depends(json_body(MetricsBatch))], db: DatabaseDep
 ) -> MetricsAccepted:
     """Store up to 1,000 metric points in one transaction; a step reported again replaces the value."""
     points = body.model_dump(include={"points"})["points"]
-    return MetricsAccepted(accepted=queue.record_metrics(session, job_id, body.lease_token, points))
+    with db.write() as session:
+        accepted = queue.record_metrics(session, job_id, body.lease_token, points)
+    return MetricsAccepted(accepted=accepted)
 
 
 @router.put(
@@ -227,7 +231,8 @@ async def receive_into(request: Request, upload: artifacts.PendingUpload) -> Non
             await run_in_threadpool(upload.write_all, chunks)
     except BaseException:
         if writing is not None:  # the thread may still be writing: let it end before the file is discarded
-            await asyncio.wait({writing})
+            with anyio.CancelScope(shield=True):
+                await asyncio.wait({writing})
             if not writing.cancelled():
                 writing.exception()  # retrieved; the error raised is the first one
         raise
@@ -254,16 +259,21 @@ def download_checkpoint(
 
 
 @router.post("/jobs/{job_id}/finish", responses=_FENCED)
-def finish_job(job_id: JobId, body: FinishRequest, session: WriteSessionDep) -> JobPublic:
+def finish_job(job_id: JobId, body: FinishRequest, db: DatabaseDep, wakeup: WakeupDep) -> JobPublic:
     """End the job: succeeded (with result), failed (with error; not retried) or cancelled."""
-    job = queue.finish_job(session, job_id, body.lease_token, status=body.status, error=body.error, result=body.result)
-    session.info["wake_claimers"] = True  # jobs waiting for this one may be claimable now
-    return JobPublic.of(job)
+    with db.write() as session:
+        job = queue.finish_job(
+            session, job_id, body.lease_token, status=body.status, error=body.error, result=body.result
+        )
+        public = JobPublic.of(job)
+    wakeup.notify()  # jobs waiting for this one may be claimable now
+    return public
 
 
 @router.post("/jobs/{job_id}/release", responses=_FENCED)
-def release_job(job_id: JobId, body: ReleaseRequest, session: WriteSessionDep) -> JobPublic:
+def release_job(job_id: JobId, body: ReleaseRequest, db: DatabaseDep, wakeup: WakeupDep) -> JobPublic:
     """Give the job back to the queue without spending an attempt (worker shutting down)."""
-    job = queue.release_job(session, job_id, body.lease_token)
-    session.info["wake_claimers"] = True
-    return JobPublic.of(job)
+    with db.write() as session:
+        public = JobPublic.of(queue.release_job(session, job_id, body.lease_token))
+    wakeup.notify()
+    return public
