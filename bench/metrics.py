@@ -2,12 +2,14 @@
 
 Each round claims a fresh job through the worker protocol and reports one ``train_loss`` series
 into it with ``POST /worker/jobs/{id}/metrics`` in batches of 1,000 points, one request after the
-other as a worker sends them (JSON encoding included); then reads it back with
-``GET /jobs/{id}/metrics``, whole and with ``max_points=500``: time and bytes of each.
+other, sent by the worker's own client (``WorkerClient.send_metrics``, JSON encoding included);
+then reads it back with ``GET /jobs/{id}/metrics``, whole and with ``max_points=500``: time and
+bytes of each.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import tempfile
 import time
@@ -15,6 +17,8 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+
+from worker.client import WorkerClient
 
 from .servers import ApiServer, submit
 from .stats import Result, at_least, interleave
@@ -38,8 +42,8 @@ def claim_new_job(http: httpx.Client) -> tuple[int, str]:
     return job_id, str(claimed["lease_token"])
 
 
-def ingest(http: httpx.Client, job_id: int, token: str, points: int) -> float:
-    """Seconds to report ``points`` points of one series in batches of 1,000."""
+def ingest(client: WorkerClient, job_id: int, token: str, points: int) -> float:
+    """Seconds for the worker's client to report ``points`` points of one series in batches of 1,000."""
     now = time.time()
     started = time.perf_counter()
     for first in range(1, points + 1, BATCH):
@@ -47,8 +51,7 @@ def ingest(http: httpx.Client, job_id: int, token: str, points: int) -> float:
             {"name": "train_loss", "step": s, "epoch": s // 1000 + 1, "value": 1.0 / math.sqrt(s), "time": now}
             for s in range(first, min(first + BATCH, points + 1))
         ]
-        r = http.post(f"/worker/jobs/{job_id}/metrics", json={"lease_token": token, "points": batch})
-        r.raise_for_status()
+        client.send_metrics(job_id, token, batch)
     return time.perf_counter() - started
 
 
@@ -72,13 +75,14 @@ def run(*, quick: bool) -> Result:
         tempfile.TemporaryDirectory(prefix="bench-metrics-") as tmp,
         ApiServer(Path(tmp) / "api", lease_seconds=NO_REAPING) as api,
         httpx.Client(base_url=api.url, timeout=120) as http,
+        contextlib.closing(WorkerClient(api.url, timeout=120)) as worker_client,
     ):
         current: dict[str, int] = {}
 
         def ingestion() -> float:
             job_id, token = claim_new_job(http)
             current["job"] = job_id
-            return points / ingest(http, job_id, token, points)
+            return points / ingest(worker_client, job_id, token, points)
 
         runs = interleave(
             {

@@ -81,6 +81,7 @@ def settle(*pids: int, timeout: float = 60.0) -> None:
         time.sleep(1.0)
         if sum(tree_cpu_seconds(pid) for pid in pids) - before < 0.01:
             return
+    print(f"bench: processes {pids} still busy after {timeout:.0f} s; measuring anyway", file=sys.stderr)
 
 
 def _env(**extra: str) -> dict[str, str]:

@@ -51,7 +51,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--prestart",
         action=argparse.BooleanOptionalAction,
-        default=env("TRAINJOBS_PRESTART", "1") not in ("0", "false", "no"),
+        default=env("TRAINJOBS_PRESTART", "1").strip().lower() not in ("0", "false", "no", "off"),
         help="start the next job's process while idle, its imports done (default on; TRAINJOBS_PRESTART=0 is off)",
     )
     p.add_argument("--log-level", default=env("TRAINJOBS_LOG_LEVEL", "INFO"))

@@ -60,9 +60,14 @@ class Agent:
                 self.next_child = None
 
     def _prestart(self) -> None:
-        if self.config.prestart and self.next_child is None and not self.shutdown.requested.is_set():
+        if not self.config.prestart or self.once or self.next_child is not None or self.shutdown.requested.is_set():
+            return
+        try:
             self.next_child = Child(mp.get_context(self.config.start_method))
-            log.info("started the next job's process ahead: pid %s", self.next_child.pid)
+        except OSError as exc:  # out of memory or file descriptors: the job will start its own process
+            log.warning("could not start the next job's process ahead (%s); going on without", exc)
+            return
+        log.info("started the next job's process ahead: pid %s", self.next_child.pid)
 
     def _serve(self) -> int:
         delay, outage_logged = 0.5, False

@@ -58,9 +58,15 @@ class Child:
         self.process = context.Process(
             target=run_child, args=(inbox_end, messages_end, self.stop), name="trainjobs-job"
         )
-        self.process.start()
-        inbox_end.close()  # our copies of the child's ends: its exit then reads as EOF
-        messages_end.close()
+        try:
+            self.process.start()
+        except BaseException:
+            for end in (self.inbox, self.messages):
+                end.close()
+            raise
+        finally:
+            inbox_end.close()  # our copies of the child's ends: its exit then reads as EOF
+            messages_end.close()
 
     @property
     def pid(self) -> int:
@@ -79,12 +85,11 @@ class Child:
             self.inbox.close()
 
     def discard(self) -> None:
-        """End a child that has no job (or lost it): closing its inbox ends a waiting child; else it is killed."""
+        """End a child that has no job, or whose job is over for this worker: it has nothing to save."""
         self.inbox.close()
-        self.process.join(timeout=5)
         if self.process.is_alive():
             self.process.kill()
-            self.process.join()
+        self.process.join()
         self.messages.close()
 
 
@@ -142,6 +147,7 @@ class JobRun:
         self.dropped_metrics = 0
         self.last_flush = time.monotonic()
         self._outage_logged = False
+        self._non_finite_logged = False
 
     # --- the whole job -----------------------------------------------------------
 
@@ -191,9 +197,11 @@ class JobRun:
             self.config.device,
             f", resuming from epoch {self.job['resume_checkpoint']['epoch']}" if resume else "",
         )
-        final, killed = self._relay(child.process, child.messages)
-        child.process.join()
-        child.messages.close()
+        try:
+            final, killed = self._relay(child.process, child.messages)
+            child.process.join()
+        finally:  # the lease lost, or the service refusing an upload: the child must not outlive its job
+            child.discard()
         return self._report(final, killed, child.process.exitcode)
 
     # --- while the child runs -----------------------------------------------------
@@ -233,7 +241,11 @@ class JobRun:
     def _handle(self, message: tuple[Any, ...]) -> None:
         kind = message[0]
         if kind == "metrics":
-            self.metrics.extend(message[1])
+            points = [p for p in message[1] if math.isfinite(p["value"])]
+            if len(points) < len(message[1]) and not self._non_finite_logged:
+                log.warning("job %s: dropped metric points that are not finite numbers (NaN or infinity)", self.id)
+                self._non_finite_logged = True
+            self.metrics.extend(points)
             overflow = len(self.metrics) - METRICS_BUFFER_MAX
             for _ in range(max(0, overflow)):
                 self.metrics.popleft()

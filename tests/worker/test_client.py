@@ -6,6 +6,7 @@ import hashlib
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -14,6 +15,7 @@ from app.core.migrate import upgrade
 from tests.conftest import TINY_JOB
 from tests.servers import ApiServer
 from worker.client import ServiceUnavailable, WorkerClient
+from worker.runner import JobRun, Shutdown, WorkerConfig
 
 
 @pytest.fixture
@@ -48,3 +50,31 @@ def test_a_checkpoint_goes_up_and_comes_back_byte_for_byte(tmp_path: Path, lease
         assert not wrong.with_suffix(".pt.part").exists()
     finally:
         client.close()
+
+
+def test_metrics_sent_by_the_client_are_stored(leased: tuple[str, int, str]) -> None:
+    api_url, job_id, token = leased
+    client = WorkerClient(api_url)
+    try:
+        points = [{"name": "train_loss", "step": s, "epoch": 1, "value": 1 / s, "time": 1.7e9} for s in range(1, 1001)]
+        client.send_metrics(job_id, token, points)
+    finally:
+        client.close()
+    series = httpx.get(f"{api_url}/jobs/{job_id}/metrics").json()["series"]["train_loss"]
+    assert [(p["step"], p["value"]) for p in series] == [(s, 1 / s) for s in range(1, 1001)]
+
+
+def test_points_that_are_not_finite_are_dropped_before_sending(tmp_path: Path) -> None:
+    """A NaN in one point must not lose the batch (the service refuses non-finite values) or crash the relay."""
+    sent: list[dict[str, Any]] = []
+
+    class Recording:
+        def send_metrics(self, job_id: int, token: str, points: list[dict[str, Any]]) -> None:
+            sent.extend(points)
+
+    job = {"id": 1, "lease_token": "t", "attempt": 1, "max_attempts": 3, "spec": {}}
+    run = JobRun(Recording(), job, WorkerConfig("w", "cpu", tmp_path, tmp_path), Shutdown())  # type: ignore[arg-type]
+    values = [0.5, float("nan"), float("inf"), 0.25]
+    run._handle(("metrics", [{"name": "loss", "step": i, "value": v} for i, v in enumerate(values)]))
+    run._flush_metrics(force=True)
+    assert [(p["step"], p["value"]) for p in sent] == [(0, 0.5), (3, 0.25)]

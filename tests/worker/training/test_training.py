@@ -325,3 +325,16 @@ def test_channels_last_on_cpu_trains_the_same_as_contiguous(tmp_path: Path) -> N
     assert weights[0].keys() == weights[1].keys()
     for name, tensor in weights[0].items():
         torch.testing.assert_close(tensor, weights[1][name], rtol=1e-4, atol=1e-5)
+
+
+def test_channels_last_is_used_for_conv_nets_on_cuda_and_cpu_only() -> None:
+    from worker.training.loop import use_channels_last
+
+    cnn = build_classifier(finetune({"arch": "small_cnn"}).model, (3, 16, 16), 4)
+    mlp = build_classifier(finetune({"arch": "mlp", "hidden": [8], "bottleneck": 4}).model, (3, 16, 16), 4)
+    on, off = finetune({"arch": "small_cnn"}).train, finetune({"arch": "small_cnn"}, channels_last=False).train
+    assert use_channels_last(on, torch.device("cpu"), cnn)
+    assert use_channels_last(on, torch.device("cuda"), cnn)
+    assert not use_channels_last(on, torch.device("mps"), cnn)
+    assert not use_channels_last(on, torch.device("cpu"), mlp)
+    assert not use_channels_last(off, torch.device("cpu"), cnn)
