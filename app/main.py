@@ -21,7 +21,15 @@ from app.api.wakeup import Wakeup
 from app.core import queue
 from app.core.config import Settings, get_settings
 from app.core.db import Database
-from app.core.errors import Conflict, InvalidRequest, JobNotFound, NotFound, TooLarge, TrainjobsError
+from app.core.errors import (
+    Conflict,
+    InvalidRequest,
+    JobNotFound,
+    NotFound,
+    PreconditionFailed,
+    TooLarge,
+    TrainjobsError,
+)
 from app.core.migrate import check_schema_current
 
 log = logging.getLogger("trainjobs.api")
@@ -112,6 +120,8 @@ def install_error_handlers(app: FastAPI) -> None:
             return detail(exc, status.HTTP_404_NOT_FOUND)
         if isinstance(exc, Conflict):
             return detail(exc, status.HTTP_409_CONFLICT)
+        if isinstance(exc, PreconditionFailed):
+            return detail(exc, status.HTTP_412_PRECONDITION_FAILED)
         if isinstance(exc, TooLarge):
             return detail(exc, status.HTTP_413_CONTENT_TOO_LARGE)
         if isinstance(exc, InvalidRequest):

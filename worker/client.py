@@ -83,7 +83,13 @@ class WorkerClient:
         epoch: int,
         step: int,
         metric: float | None,
-    ) -> None:
+        stored: dict[str, str] | None = None,
+    ) -> str:
+        """Upload ``path`` as the job's ``tag`` checkpoint; returns its sha256.
+
+        ``stored`` maps tags already uploaded in this format to their sha256: a file stored under
+        another tag is not sent again (``X-Checkpoint-Same-As``), the service links it.
+        """
         digest = sha256_file(path)
         headers = {
             "X-Lease-Token": lease_token,
@@ -91,10 +97,17 @@ class WorkerClient:
             "X-Checkpoint-Epoch": str(epoch),
             "X-Checkpoint-Step": str(step),
             "Content-Type": "application/octet-stream",
-            "Content-Length": str(path.stat().st_size),
         }
         if metric is not None:
             headers["X-Checkpoint-Metric"] = repr(float(metric))
+        url = f"/worker/jobs/{job_id}/checkpoints/{tag}"
+        same = next((t for t, sha in (stored or {}).items() if sha == digest), None)
+        if same is not None:
+            try:
+                self._request("PUT", url, params={"format": fmt}, headers={**headers, "X-Checkpoint-Same-As": same})
+                return digest
+            except ProtocolError:
+                pass  # not there any more (or an older service): send the file
 
         def body() -> Iterator[bytes]:
             with path.open("rb") as f:
@@ -103,12 +116,13 @@ class WorkerClient:
 
         self._request(
             "PUT",
-            f"/worker/jobs/{job_id}/checkpoints/{tag}",
+            url,
             params={"format": fmt},
             content=body(),
-            headers=headers,
+            headers={**headers, "Content-Length": str(path.stat().st_size)},
             timeout=httpx.Timeout(30.0, read=600.0, write=600.0),
         )
+        return digest
 
     def download(self, url: str, dest: Path, sha256: str) -> Path:
         """GET a checkpoint to ``dest`` and check its hash."""

@@ -148,6 +148,8 @@ class JobRun:
         self.last_flush = time.monotonic()
         self._outage_logged = False
         self._non_finite_logged = False
+        self.stored: dict[str, dict[str, str]] = {}
+        """format -> tag -> sha256 of what this run uploaded: one file saved as best and last goes once."""
 
     # --- the whole job -----------------------------------------------------------
 
@@ -259,12 +261,22 @@ class JobRun:
             if metric is not None and not math.isfinite(metric):
                 metric = None
             staged = Path(path)
-            self._retrying(
-                f"upload of the '{tag}' checkpoint",
-                lambda: self.client.upload_checkpoint(
-                    self.id, self.token, tag=tag, fmt=fmt, path=staged, epoch=epoch, step=step, metric=metric
-                ),
-            )
+            stored = self.stored.setdefault(fmt, {})
+
+            def upload() -> None:
+                stored[tag] = self.client.upload_checkpoint(
+                    self.id,
+                    self.token,
+                    tag=tag,
+                    fmt=fmt,
+                    path=staged,
+                    epoch=epoch,
+                    step=step,
+                    metric=metric,
+                    stored=stored,
+                )
+
+            self._retrying(f"upload of the '{tag}' checkpoint", upload)
             staged.unlink(missing_ok=True)
 
     def _heartbeat_loop(self) -> None:

@@ -46,6 +46,19 @@ class PendingUpload:
         self.size = 0
         self.max_bytes = max_bytes
 
+    @classmethod
+    def linked(cls, artifacts_dir: Path, job_id: int, source: Path) -> PendingUpload:
+        """A pending upload whose file is a stored file of the job (hard-linked; copied where links fail)."""
+        upload = cls(artifacts_dir, job_id, max_bytes=0)
+        upload.file.close()
+        upload.path.unlink()
+        try:
+            os.link(source, upload.path)
+        except OSError:
+            shutil.copyfile(source, upload.path)
+        upload.size = upload.path.stat().st_size
+        return upload
+
     def write(self, chunk: bytes) -> None:
         self.write_all([chunk])
 

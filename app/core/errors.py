@@ -48,6 +48,10 @@ class Conflict(TrainjobsError):
     pass
 
 
+class PreconditionFailed(TrainjobsError):
+    pass
+
+
 class LeaseLost(Conflict):
     def __init__(self, job_id: int) -> None:
         super().__init__(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
@@ -430,3 +431,80 @@ def test_a_large_streamed_upload_over_the_limit_stops_with_413_and_stores_nothin
         assert r.status_code == 413
         assert client.get(f"/jobs/{job_id}/checkpoints").json()["data"] == []
         assert files_of_job(settings.artifacts_dir, job_id) == []
+
+
+# --- X-Checkpoint-Same-As: one file saved as two tags is sent once --------------------------------
+
+
+def same_as(
+    client: TestClient, job_id: int, token: str, source: str, digest: str, tag: str = "last", **extra: Any
+) -> Any:
+    headers = {
+        "X-Lease-Token": token,
+        "X-Checkpoint-Sha256": digest,
+        "X-Checkpoint-Epoch": "2",
+        "X-Checkpoint-Step": "20",
+        "X-Checkpoint-Same-As": source,
+        **extra,
+    }
+    return client.put(f"/worker/jobs/{job_id}/checkpoints/{tag}?format=pt", headers=headers)
+
+
+def test_same_as_stores_the_other_tags_file_without_a_body(
+    client: TestClient, settings: Settings, running: tuple[int, str]
+) -> None:
+    job_id, token = running
+    assert put_checkpoint(client, job_id, token, DATA, "best").status_code == 201
+
+    r = same_as(client, job_id, token, "best", sha256(DATA))
+
+    assert r.status_code == 201, r.text
+    assert (r.json()["tag"], r.json()["size"], r.json()["sha256"], r.json()["step"]) == (
+        "last",
+        len(DATA),
+        sha256(DATA),
+        20,
+    )
+    assert client.get(f"/jobs/{job_id}/checkpoint", params={"tag": "last"}).content == DATA
+    folder = settings.artifacts_dir / "jobs" / str(job_id)
+    best, last = sorted(folder.glob("best-*.pt")), sorted(folder.glob("last-*.pt"))
+    assert len(best) == len(last) == 1 and best[0].samefile(last[0])  # linked, not copied
+    # Each tag's file lives on its own: a new best leaves last as it was.
+    other = DATA[::-1]
+    assert put_checkpoint(client, job_id, token, other, "best").status_code == 201
+    assert client.get(f"/jobs/{job_id}/checkpoint", params={"tag": "last"}).content == DATA
+    assert client.get(f"/jobs/{job_id}/checkpoint", params={"tag": "best"}).content == other
+
+
+def test_same_as_a_missing_or_different_checkpoint_is_412_and_stores_nothing(
+    client: TestClient, settings: Settings, running: tuple[int, str]
+) -> None:
+    job_id, token = running
+    assert same_as(client, job_id, token, "best", sha256(DATA)).status_code == 412  # no best yet
+    assert put_checkpoint(client, job_id, token, DATA, "best").status_code == 201
+
+    r = same_as(client, job_id, token, "best", sha256(b"something else"))
+
+    assert r.status_code == 412
+    assert "upload the file" in r.json()["detail"]
+    assert [c["tag"] for c in client.get(f"/jobs/{job_id}/checkpoints").json()["data"]] == ["best"]
+    assert [n.split("-")[0] for n in files_of_job(settings.artifacts_dir, job_id)] == ["best"]
+
+
+def test_same_as_is_fenced_and_refuses_a_body(client: TestClient, running: tuple[int, str]) -> None:
+    job_id, token = running
+    assert put_checkpoint(client, job_id, token, DATA, "best").status_code == 201
+    assert same_as(client, job_id, "not-the-token", "best", sha256(DATA)).status_code == 409
+    with_body = client.put(
+        f"/worker/jobs/{job_id}/checkpoints/last?format=pt",
+        content=DATA,
+        headers={
+            "X-Lease-Token": token,
+            "X-Checkpoint-Sha256": sha256(DATA),
+            "X-Checkpoint-Epoch": "1",
+            "X-Checkpoint-Step": "1",
+            "X-Checkpoint-Same-As": "best",
+        },
+    )
+    assert with_body.status_code == 422
+    assert same_as(client, job_id, token, "worst", sha256(DATA)).status_code == 422

@@ -78,3 +78,36 @@ def test_points_that_are_not_finite_are_dropped_before_sending(tmp_path: Path) -
     run._handle(("metrics", [{"name": "loss", "step": i, "value": v} for i, v in enumerate(values)]))
     run._flush_metrics(force=True)
     assert [(p["step"], p["value"]) for p in sent] == [(0, 0.5), (3, 0.25)]
+
+
+def test_a_file_uploaded_as_best_is_not_sent_again_as_last(tmp_path: Path, leased: tuple[str, int, str]) -> None:
+    api_url, job_id, token = leased
+    source = tmp_path / "best.pt"
+    source.write_bytes(os.urandom(3 * 1024 * 1024))
+    client = WorkerClient(api_url)
+    stored: dict[str, str] = {}
+    try:
+        for tag in ("best", "last"):
+            stored[tag] = client.upload_checkpoint(
+                job_id, token, tag=tag, fmt="pt", path=source, epoch=1, step=5, metric=None, stored=stored
+            )
+        # The service lost its best file: the next same-content upload falls back to sending it.
+        folder = tmp_path / "artifacts" / "jobs" / str(job_id)
+        best, last = next(folder.glob("best-*.pt")), next(folder.glob("last-*.pt"))
+        assert best.samefile(last)  # the service linked it: the second upload sent no body
+        best.unlink()
+        last.unlink()
+        client.upload_checkpoint(
+            job_id,
+            token,
+            tag="last",
+            fmt="pt",
+            path=source,
+            epoch=2,
+            step=9,
+            metric=None,
+            stored={"best": stored["best"]},
+        )
+    finally:
+        client.close()
+    assert httpx.get(f"{api_url}/jobs/{job_id}/checkpoint", params={"tag": "last"}).content == source.read_bytes()

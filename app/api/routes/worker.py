@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+from pathlib import Path
 from typing import Annotated
 
 import anyio
@@ -22,7 +23,7 @@ from app.api.routes.jobs import Format, JobId, Tag, serve_checkpoint
 from app.core import artifacts, queue
 from app.core.config import Settings
 from app.core.db import Database
-from app.core.errors import InvalidRequest, TooLarge
+from app.core.errors import InvalidRequest, NotFound, PreconditionFailed, TooLarge
 from app.core.models import Checkpoint
 from app.schemas import (
     CheckpointPublic,
@@ -136,8 +137,13 @@ def report_metrics(
 @router.put(
     "/jobs/{job_id}/checkpoints/{tag}",
     status_code=status.HTTP_201_CREATED,
-    responses={**_FENCED, 413: {"description": "Larger than MAX_UPLOAD_BYTES."}, 422: {"description": "Bad headers."}},
-    openapi_extra={"requestBody": {"content": {"application/octet-stream": {}}, "required": True}},
+    responses={
+        **_FENCED,
+        412: {"description": "X-Checkpoint-Same-As: that checkpoint is not stored with this sha256; send the file."},
+        413: {"description": "Larger than MAX_UPLOAD_BYTES."},
+        422: {"description": "Bad headers."},
+    },
+    openapi_extra={"requestBody": {"content": {"application/octet-stream": {}}, "required": False}},
 )
 async def upload_checkpoint(
     job_id: JobId,
@@ -150,24 +156,57 @@ async def upload_checkpoint(
     x_checkpoint_epoch: Annotated[int, Header(ge=0, le=2**31 - 1)],
     x_checkpoint_step: Annotated[int, Header(ge=0, le=2**62)],
     x_checkpoint_metric: Annotated[float | None, Header()] = None,
+    x_checkpoint_same_as: Annotated[
+        Tag | None, Header(description="Send no body: the file is the one stored as this job's checkpoint of that tag.")
+    ] = None,
     format: Annotated[Format, Query()] = "pt",
 ) -> CheckpointPublic:
-    """Upload a checkpoint file (streamed; written to a temporary file, checked, fsynced, renamed)."""
+    """Upload a checkpoint file (streamed; written to a temporary file, checked, fsynced, renamed).
+
+    With ``X-Checkpoint-Same-As: <tag>`` and no body, the checkpoint is the file already stored for
+    that tag (same format), provided its sha256 is the one declared: a worker saving one file as
+    both ``best`` and ``last`` sends it once. 412 if it is not; then send the file.
+    """
     if x_checkpoint_metric is not None and not math.isfinite(x_checkpoint_metric):
         raise InvalidRequest("X-Checkpoint-Metric must be a finite number", ("header", "x-checkpoint-metric"))
     declared = request.headers.get("content-length")
     if declared is not None and declared.isascii() and declared.isdigit() and int(declared) > settings.max_upload_bytes:
         raise _too_large(settings)
 
-    def fence() -> None:
+    def fence() -> Path | None:
         with db.write() as session:
             queue.check_lease(session, job_id, x_lease_token)
+            if x_checkpoint_same_as is None:
+                return None
+            try:
+                source = queue.find_checkpoint(session, job_id, x_checkpoint_same_as, format)
+            except NotFound:
+                source = None
+            if source is None or source.sha256 != x_checkpoint_sha256.lower():
+                raise PreconditionFailed(
+                    f"job {job_id} has no '{x_checkpoint_same_as}' checkpoint ({format}) with sha256 "
+                    f"{x_checkpoint_sha256.lower()}; upload the file itself"
+                )
+            return settings.artifacts_dir / source.path
 
-    await run_in_threadpool(fence)  # refuse a stale worker before it sends gigabytes
-    upload = await run_in_threadpool(artifacts.PendingUpload, settings.artifacts_dir, job_id, settings.max_upload_bytes)
+    same_as = await run_in_threadpool(fence)  # refuse a stale worker before it sends gigabytes
+    if same_as is not None:
+        if declared not in (None, "0"):
+            raise InvalidRequest("send no body with X-Checkpoint-Same-As", ("header", "x-checkpoint-same-as"))
+        try:
+            upload = await run_in_threadpool(artifacts.PendingUpload.linked, settings.artifacts_dir, job_id, same_as)
+        except FileNotFoundError as exc:
+            raise PreconditionFailed(f"the '{x_checkpoint_same_as}' checkpoint file is gone; upload the file") from exc
+    else:
+        upload = await run_in_threadpool(
+            artifacts.PendingUpload, settings.artifacts_dir, job_id, settings.max_upload_bytes
+        )
     try:
-        await receive_into(request, upload)
-        sha256 = await run_in_threadpool(upload.finish, x_checkpoint_sha256)
+        if same_as is None:
+            await receive_into(request, upload)
+            sha256 = await run_in_threadpool(upload.finish, x_checkpoint_sha256)
+        else:
+            sha256 = x_checkpoint_sha256.lower()
         relpath = artifacts.checkpoint_relpath(job_id, tag, format, sha256)
 
         def commit() -> tuple[CheckpointPublic, str | None]:
