@@ -1,24 +1,22 @@
-"""Real API server processes for tests: start on a free port, wait until healthy, kill."""
+"""Real API server processes for tests: start on a free port, wait until healthy, kill.
+
+Start-up is bench.servers' (the tests may use the benchmarks' helpers; the benchmarks never import tests).
+"""
 
 from __future__ import annotations
 
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
-import httpx
+from bench.servers import free_port, wait_healthy
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+__all__ = ["ApiServer", "WorkerProcess", "free_port", "pid_alive", "wait_until"]
 
 
 class ApiServer:
@@ -43,17 +41,8 @@ class ApiServer:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "app.cli", "--log-level", "warning"], env=self.env, stdout=out, stderr=out
             )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"API exited with {self.proc.returncode}: {self.log.read_text()[-2000:]}")
-            try:
-                if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
-                    return self
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
-        raise RuntimeError(f"API did not become healthy: {self.log.read_text()[-2000:]}")
+        wait_healthy(self.proc, self.url, self.log, timeout)
+        return self
 
     def kill(self, sig: int = signal.SIGKILL) -> None:
         if self.proc is not None and self.proc.poll() is None:

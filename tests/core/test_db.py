@@ -70,10 +70,8 @@ def test_quick_reads_see_committed_writes_while_a_writer_holds_the_lock(tmp_path
         s.execute(text("INSERT INTO t VALUES (1)"))
     with db.write() as writer:
         writer.execute(text("UPDATE t SET n = 2"))  # the write lock is held, uncommitted
-        started = time.monotonic()
-        with db.quick_reads() as quick, quick.begin():
+        with db.quick_reads() as quick, quick.begin():  # would raise 'database is locked' if it waited
             assert quick.execute(text("SELECT n FROM t")).scalar_one() == 1
-        assert time.monotonic() - started < 1.0
     with db.quick_reads() as quick, quick.begin():
         assert quick.execute(text("SELECT n FROM t")).scalar_one() == 2
         assert quick.execute(text("PRAGMA journal_mode")).scalar() == "wal"

@@ -54,25 +54,26 @@ def synthetic(**options: Any) -> dict[str, Any]:
     return {"name": "synthetic", "num_samples": 60, "image_shape": [3, 16, 16], "num_classes": 4, **options}
 
 
-def finetune(model: dict[str, Any], dataset: dict[str, Any] | None = None, **train: Any) -> FinetuneSpec:
+def spec_of(
+    kind: str, model: dict[str, Any], dataset: dict[str, Any] | None, train: dict[str, Any]
+) -> PretrainSpec | FinetuneSpec:
+    """A parsed job spec: one epoch in batches of 16 on small synthetic images unless told otherwise."""
     body = {
-        "kind": "finetune",
+        "kind": kind,
         "dataset": dataset or synthetic(),
         "model": model,
         "train": {"epochs": 1, "batch_size": 16, **train},
     }
-    spec = parse_job_spec(body)
+    return parse_job_spec(body)
+
+
+def finetune(model: dict[str, Any], dataset: dict[str, Any] | None = None, **train: Any) -> FinetuneSpec:
+    spec = spec_of("finetune", model, dataset, train)
     assert isinstance(spec, FinetuneSpec)
     return spec
 
 
 def pretrain(model: dict[str, Any], dataset: dict[str, Any] | None = None, **train: Any) -> PretrainSpec:
-    body = {
-        "kind": "pretrain",
-        "dataset": dataset or synthetic(),
-        "model": model,
-        "train": {"epochs": 1, "batch_size": 16, **train},
-    }
-    spec = parse_job_spec(body)
+    spec = spec_of("pretrain", model, dataset, train)
     assert isinstance(spec, PretrainSpec)
     return spec
