@@ -18,7 +18,7 @@ from sqlalchemy.exc import DataError, OperationalError
 from app import __version__
 from app.api.routes import health, jobs, worker
 from app.api.wakeup import Wakeup
-from app.core import queue
+from app.core import leases
 from app.core.config import Settings, get_settings
 from app.core.db import Database
 from app.core.errors import (
@@ -31,6 +31,7 @@ from app.core.errors import (
     TrainjobsError,
 )
 from app.core.migrate import check_schema_current
+from app.core.states import JobStatus
 
 log = logging.getLogger("trainjobs.api")
 
@@ -60,9 +61,9 @@ class ReapGate:
 async def reap_periodically(db: Database, settings: Settings, wakeup: Wakeup, gate: ReapGate) -> None:
     """Requeue jobs whose worker vanished, even when no worker is claiming."""
 
-    def reap() -> list[tuple[int, str]]:
+    def reap() -> list[tuple[int, JobStatus]]:
         with db.write() as session:
-            return queue.reap_expired_leases(session)
+            return leases.reap_expired_leases(session)
 
     while True:
         await asyncio.sleep(settings.reap_interval_seconds)
@@ -75,7 +76,7 @@ async def reap_periodically(db: Database, settings: Settings, wakeup: Wakeup, ga
             continue
         for job_id, new_status in changed:
             log.warning("job %s: lease expired, now %s", job_id, new_status)
-        if any(s == "queued" for _, s in changed):
+        if any(s == JobStatus.QUEUED for _, s in changed):
             wakeup.notify()
 
 

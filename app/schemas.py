@@ -1,37 +1,28 @@
-"""Request and response models of the HTTP API (job specs themselves live in app/core/specs.py)."""
+"""Response models of the public API (job specs: app/core/specs; worker protocol: app/core/protocol.py)."""
 
 from __future__ import annotations
 
-import math
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, Field
 
 from app.core.models import Checkpoint, Job
-from app.core.specs import Text
-
-
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class Progress(_Model):
-    epoch: int = Field(0, ge=0, description="Epochs completed.")
-    epochs: int = Field(0, ge=0, description="Epochs asked for.")
-    step: int = Field(0, ge=0, description="Optimizer steps completed.")
+from app.core.protocol import Progress, checkpoint_path
+from app.core.states import CheckpointFormat, CheckpointTag, JobKind, JobStatus
 
 
 class JobPublic(BaseModel):
     """A job as the API shows it."""
 
     id: int
-    kind: Literal["pretrain", "finetune"]
+    kind: JobKind
     name: str | None
-    status: Literal["queued", "running", "succeeded", "failed", "cancelled"]
+    status: JobStatus
     priority: int
     spec: dict[str, Any] = Field(description="The job as submitted, with preset and defaults filled in.")
     depends_on: int | None = Field(description="The pretrain job this finetune waits for and starts from.")
+    parent_id: int | None = Field(description="The job this one is part of (none yet: sweeps will use it).")
     attempt: int = Field(description="Runs started so far (a run given back on worker shutdown is not counted).")
     max_attempts: int
     cancel_requested: bool
@@ -49,12 +40,13 @@ class JobPublic(BaseModel):
     def of(cls, job: Job) -> JobPublic:
         return cls(
             id=job.id,
-            kind=job.kind,  # type: ignore[arg-type]
+            kind=job.kind,
             name=job.name,
-            status=job.status,  # type: ignore[arg-type]
+            status=job.status,
             priority=job.priority,
             spec=job.spec,
-            depends_on=job.depends_on,
+            depends_on=job.init_job_id,
+            parent_id=job.parent_id,
             attempt=job.attempt,
             max_attempts=job.max_attempts,
             cancel_requested=job.cancel_requested,
@@ -95,8 +87,8 @@ class MetricsPublic(BaseModel):
 
 
 class CheckpointPublic(BaseModel):
-    tag: Literal["last", "best"]
-    format: Literal["pt", "safetensors"]
+    tag: CheckpointTag
+    format: CheckpointFormat
     epoch: int
     step: int
     size: int
@@ -106,115 +98,22 @@ class CheckpointPublic(BaseModel):
     url: str
 
     @classmethod
-    def of(cls, ckpt: Checkpoint, url: str) -> CheckpointPublic:
+    def of(cls, ckpt: Checkpoint, *, worker: bool = False) -> CheckpointPublic:
         return cls(
-            tag=ckpt.tag,  # type: ignore[arg-type]
-            format=ckpt.format,  # type: ignore[arg-type]
+            tag=ckpt.tag,
+            format=ckpt.format,
             epoch=ckpt.epoch,
             step=ckpt.step,
             size=ckpt.size,
             sha256=ckpt.sha256,
             metric_value=ckpt.metric_value,
             created_at=ckpt.created_at,
-            url=url,
+            url=checkpoint_path(ckpt.job_id, ckpt.tag, ckpt.format, worker=worker),
         )
 
 
 class CheckpointsPublic(BaseModel):
     data: list[CheckpointPublic]
-
-
-# --- worker protocol --------------------------------------------------------------
-
-LeaseToken = Field(min_length=1, max_length=64, description="The token the claim returned.")
-
-
-def check_json_value(value: Any, where: str = "result") -> None:
-    """Finite numbers and NUL-free strings only: PostgreSQL's JSON refuses the rest."""
-    if isinstance(value, float) and not math.isfinite(value):
-        raise ValueError(f"{where} holds {value}; send finite numbers (or null)")
-    if isinstance(value, str) and "\x00" in value:
-        raise ValueError(f"{where} holds a string with a NUL character")
-    if isinstance(value, dict):
-        for key, item in value.items():
-            check_json_value(key, where)
-            check_json_value(item, f"{where}.{key}")
-    elif isinstance(value, list):
-        for i, item in enumerate(value):
-            check_json_value(item, f"{where}[{i}]")
-
-
-class ClaimRequest(_Model):
-    worker_id: Text = Field(min_length=1, max_length=200, description="e.g. host:pid")
-    device: Text | None = Field(None, max_length=64, description="e.g. cuda:0, cpu")
-    wait_seconds: float = Field(0.0, ge=0.0, le=300.0, description="Long poll: wait up to this long for a job.")
-
-
-class CheckpointRef(BaseModel):
-    job_id: int
-    tag: str
-    format: str
-    epoch: int
-    step: int
-    size: int
-    sha256: str
-    url: str = Field(description="Path under the service to GET it from (worker auth).")
-
-
-class ClaimedJob(BaseModel):
-    id: int
-    kind: str
-    spec: dict[str, Any]
-    attempt: int
-    max_attempts: int
-    lease_token: str
-    lease_seconds: float
-    heartbeat_seconds: float
-    resume_checkpoint: CheckpointRef | None = Field(description="This job's last checkpoint: continue from it.")
-    init_checkpoint: CheckpointRef | None = Field(description="The base pretrain job's checkpoint (init from job).")
-
-
-class HeartbeatRequest(_Model):
-    lease_token: Text = LeaseToken
-    progress: Progress | None = None
-
-
-class HeartbeatResponse(BaseModel):
-    cancel_requested: bool
-
-
-class MetricIn(_Model):
-    name: str = Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.\-/]+$")
-    step: int = Field(ge=0, le=2**62)
-    epoch: int | None = Field(None, ge=0, le=2**31 - 1)
-    value: float = Field(allow_inf_nan=False, description="A finite number.")
-    time: float | None = Field(None, ge=0, le=1e11, description="Unix seconds; default: when received.")
-
-
-class MetricsBatch(_Model):
-    lease_token: Text = LeaseToken
-    points: list[MetricIn] = Field(max_length=1000)
-
-
-class MetricsAccepted(BaseModel):
-    accepted: int
-
-
-class FinishRequest(_Model):
-    lease_token: Text = LeaseToken
-    status: Literal["succeeded", "failed", "cancelled"]
-    error: Text | None = Field(None, max_length=20_000)
-    result: dict[str, Any] | None = None
-
-    @field_validator("result")
-    @classmethod
-    def _storable(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
-        check_json_value(value)
-        return value
-
-
-class ReleaseRequest(_Model):
-    lease_token: Text = LeaseToken
 
 
 class Health(BaseModel):

@@ -19,7 +19,9 @@ from typing import Any
 
 import httpx
 
-from .servers import REPO, ApiServer, submit
+from devtools.servers import REPO, ApiServer
+
+from .servers import submit
 from .stats import Result, at_least, at_most, interleave
 
 CONNECTIONS = 10

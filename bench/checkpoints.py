@@ -24,10 +24,11 @@ from pathlib import Path
 
 import httpx
 
+from app.core.states import CheckpointFormat, CheckpointTag
+from devtools.servers import ApiServer
 from worker.client import WorkerClient
 
 from .metrics import NO_REAPING, claim_new_job
-from .servers import ApiServer
 from .stats import Result, at_least, interleave, ratios
 
 CHUNK = 1 << 20
@@ -96,7 +97,14 @@ def run(*, quick: bool) -> Result:
 
                 def put() -> None:
                     client.upload_checkpoint(
-                        job_id, token, tag="last", fmt="pt", path=source, epoch=1, step=next(step), metric=None
+                        job_id,
+                        token,
+                        tag=CheckpointTag.LAST,
+                        fmt=CheckpointFormat.PT,
+                        path=source,
+                        epoch=1,
+                        step=next(step),
+                        metric=None,
                     )
 
                 speed = timed_mb_per_s(size, put)

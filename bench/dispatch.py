@@ -23,7 +23,9 @@ from typing import Any
 
 import httpx
 
-from .servers import ApiServer, WorkerProcess, cpu_seconds, settle, submit, tree_cpu_seconds, wait_for_status
+from devtools.servers import ApiServer
+
+from .servers import cpu_seconds, settle, start_worker, submit, tree_cpu_seconds, wait_for_status
 from .stats import Result, at_most, percentile
 
 TINY_JOB: dict[str, Any] = {
@@ -78,7 +80,7 @@ def run(*, quick: bool, device: str, threads: int) -> Result:
         root = Path(tmp)
         with (
             ApiServer(root / "api") as api,
-            WorkerProcess(api.url, root / "worker", device=device, threads=1, start_method=START_METHOD) as worker,
+            start_worker(api.url, root / "worker", device=device, threads=1, start_method=START_METHOD) as worker,
             httpx.Client(base_url=api.url, timeout=30) as http,
         ):
             # The first job proves the worker is up (its start-up imports are not dispatch latency).

@@ -18,9 +18,11 @@ from typing import Any
 
 import httpx
 
+from app.core.protocol import MetricIn
+from devtools.servers import ApiServer
 from worker.client import WorkerClient
 
-from .servers import ApiServer, submit
+from .servers import submit
 from .stats import Result, at_least, interleave
 
 BATCH = 1000
@@ -47,8 +49,8 @@ def ingest(client: WorkerClient, job_id: int, token: str, points: int) -> float:
     now = time.time()
     started = time.perf_counter()
     for first in range(1, points + 1, BATCH):
-        batch = [
-            {"name": "train_loss", "step": s, "epoch": s // 1000 + 1, "value": 1.0 / math.sqrt(s), "time": now}
+        batch = [  # as the worker builds them (worker/runner.py)
+            MetricIn.model_construct(name="train_loss", step=s, epoch=s // 1000 + 1, value=1.0 / math.sqrt(s), time=now)
             for s in range(first, min(first + BATCH, points + 1))
         ]
         client.send_metrics(job_id, token, batch)

@@ -29,10 +29,11 @@ import httpx
 import torch
 
 from app.core.specs import parse_job_spec
+from devtools.servers import ApiServer
 from worker.training import MetricPoint, TrainingContext, run_training
 
 from .dispatch import TINY_JOB
-from .servers import ApiServer, WorkerProcess, settle, submit, wait_for_status
+from .servers import settle, start_worker, submit, wait_for_status
 from .stats import Result, at_most, interleave, ratios
 
 START_METHODS = ("spawn", "forkserver")
@@ -125,7 +126,7 @@ def run(*, quick: bool, device: str, threads: int) -> Result:
             # One API per worker, so that each job goes to the worker of its variant.
             api = stack.enter_context(ApiServer(root / f"api-{method}"))
             worker = stack.enter_context(
-                WorkerProcess(api.url, root / method, device=device, threads=threads, start_method=method)
+                start_worker(api.url, root / method, device=device, threads=threads, start_method=method)
             )
             workers.append(worker.pid)
             http = stack.enter_context(httpx.Client(base_url=api.url, timeout=30))

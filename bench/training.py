@@ -27,11 +27,11 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from app.core.specs import FinetuneSpec, PretrainSpec, dataset_input_shape, parse_job_spec
+from app.core.specs import FinetuneSpec, PretrainSpec, parse_job_spec
 from worker.training import MetricPoint, TrainingContext, run_training
 from worker.training.data import load_dataset, normalize, steps_per_epoch
-from worker.training.loop import make_optimizer, use_channels_last
 from worker.training.nets import build_autoencoder, build_classifier
+from worker.training.task import make_optimizer, use_channels_last
 
 from .reference_loop import Arch, train_reference
 from .stats import Result, at_least, at_most, interleave, ratios
@@ -83,7 +83,7 @@ def run_trainjobs(spec: PretrainSpec | FinetuneSpec, device: str) -> Run:
 
 def run_limit(spec: PretrainSpec | FinetuneSpec, device: str, steps: int) -> Run:
     """trainjobs' model and optimizer, ``steps`` steps on one batch that never changes, already on the device."""
-    shape = dataset_input_shape(spec.dataset)
+    shape = spec.dataset.input_shape()
     torch.manual_seed(spec.train.seed)
     started = time.perf_counter()
     with torch.device(device):

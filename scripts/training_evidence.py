@@ -29,8 +29,10 @@ import torch
 from app.core.specs import FinetuneSpec, parse_job_spec
 from worker.training import TrainingContext, run_training
 from worker.training.data import Images, load_dataset
-from worker.training.loop import Task, fit
+from worker.training.finetune import ClassificationTask
+from worker.training.loop import fit
 from worker.training.nets import build_classifier
+from worker.training.task import Runtime, make_optimizer
 
 MLP = {"hidden": [512, 256], "bottleneck": 64}
 
@@ -109,7 +111,8 @@ def linear_probe_then_finetune(runner: Runner, seed: int, base: Path) -> float:
     torch.manual_seed(seed)
     model = build_classifier(spec.model, (1, 8, 8), 10)
     model.load_state_dict(torch.load(probe_dir / "last.pt", weights_only=True)["model"])
-    task = Task(model=model, trainable=list(model.parameters()), classify=True)
+    runtime = Runtime.of(spec.train, "cpu", model)
+    task = ClassificationTask(model, runtime, make_optimizer(model.parameters(), spec.train, runtime.device), False)
     return float(fit(spec, runner.context(), task, splits)["test_accuracy"])
 
 

@@ -15,8 +15,8 @@ from alembic import command
 from sqlalchemy import create_engine, text
 
 from app.core.migrate import alembic_config, upgrade
+from devtools.servers import ApiServer
 from tests.conftest import TABLES, pretrain_body
-from tests.servers import ApiServer
 
 pytestmark = pytest.mark.slow
 
@@ -24,7 +24,7 @@ pytestmark = pytest.mark.slow
 def test_accepted_jobs_survive_sigkill_of_the_api(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'trainjobs.db'}"
     upgrade(url)
-    server = ApiServer(url, tmp_path).start()
+    server = ApiServer(tmp_path, url).start()
     accepted: list[int] = []
     lock = threading.Lock()
     stop = threading.Event()
@@ -50,7 +50,7 @@ def test_accepted_jobs_survive_sigkill_of_the_api(tmp_path: Path) -> None:
     for t in threads:
         t.join()
 
-    with ApiServer(url, tmp_path) as again, httpx.Client(base_url=again.url) as http:
+    with ApiServer(tmp_path, url) as again, httpx.Client(base_url=again.url) as http:
         for job_id in accepted:
             r = http.get(f"/jobs/{job_id}")
             assert r.status_code == 200, job_id
@@ -62,7 +62,7 @@ def test_two_api_processes_on_postgresql_never_hand_out_a_job_twice(postgres_url
     with engine.begin() as conn:
         conn.execute(text(f"TRUNCATE {TABLES} RESTART IDENTITY CASCADE"))
     engine.dispose()
-    with ApiServer(postgres_url, tmp_path) as a, ApiServer(postgres_url, tmp_path) as b:
+    with ApiServer(tmp_path, postgres_url) as a, ApiServer(tmp_path, postgres_url) as b:
         with httpx.Client(base_url=a.url) as http:
             for _ in range(120):
                 assert http.post("/jobs", json=pretrain_body()).status_code == 201
@@ -86,7 +86,7 @@ def test_two_api_processes_on_postgresql_never_hand_out_a_job_twice(postgres_url
 def test_api_refuses_to_start_on_an_old_schema(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'old.db'}"
     command.stamp(alembic_config(url), "base")
-    env = {"TRAINJOBS_DATABASE_URL": url, "TRAINJOBS_PORT": "1", "PATH": "/usr/bin:/bin"}
+    env = {"database_url": url, "port": "1", "PATH": "/usr/bin:/bin"}
     proc = subprocess.run(
         [sys.executable, "-m", "app.cli"], env=env, capture_output=True, text=True, timeout=60, check=False
     )
@@ -102,7 +102,7 @@ def test_a_burst_of_concurrent_worker_writes_all_succeed(tmp_path: Path) -> None
     """More concurrent writes than the API's thread pool has threads: none fails, none hangs (SQLite)."""
     url = f"sqlite:///{tmp_path / 'db.sqlite'}"
     upgrade(url)
-    with ApiServer(url, tmp_path) as api, httpx.Client(base_url=api.url, timeout=60) as http:
+    with ApiServer(tmp_path, url) as api, httpx.Client(base_url=api.url, timeout=60) as http:
         job_id = http.post("/jobs", json=pretrain_body()).json()["id"]
         token = http.post("/worker/claim", json={"worker_id": "w", "device": "cpu", "wait_seconds": 0}).json()[
             "lease_token"

@@ -20,6 +20,7 @@ def test_app_main_does_not_import_torch() -> None:
 
 def test_core_imports_neither_fastapi_nor_torch() -> None:
     modules = imported_after(
-        "import app.core.queue, app.core.specs, app.core.metrics, app.core.artifacts, app.core.migrate"
+        "import app.core.jobs, app.core.leases, app.core.checkpoints, app.core.metrics, app.core.specs, "
+        "app.core.protocol, app.core.migrate"
     )
     assert not {"fastapi", "starlette", "torch"} & modules

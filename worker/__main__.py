@@ -1,84 +1,102 @@
-"""``trainjobs-worker`` / ``python -m worker``: run jobs from a trainjobs service on one device."""
+"""``trainjobs-worker`` / ``python -m worker``: run jobs from a trainjobs service on one device.
+
+Every option's default comes from ``WorkerSettings`` (the ``TRAINJOBS_*`` variables or ``.env``).
+"""
 
 from __future__ import annotations
 
 import argparse
 import logging
 import multiprocessing
-import os
-import re
 import sys
 from pathlib import Path
 
 from worker.agent import Agent, default_worker_id, resolve_device
 from worker.client import WorkerClient
-from worker.runner import WorkerConfig
+from worker.settings import WorkerConfig, WorkerSettings
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    env = os.environ.get
+def parse_args(argv: list[str] | None, defaults: WorkerSettings) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="trainjobs-worker", description="Run trainjobs jobs on one device (one worker per GPU)."
     )
-    p.add_argument(
-        "--api", default=env("TRAINJOBS_API_URL", "http://127.0.0.1:8000"), help="service URL (TRAINJOBS_API_URL)"
-    )
-    p.add_argument("--token", default=env("TRAINJOBS_WORKER_TOKEN"), help="worker token (TRAINJOBS_WORKER_TOKEN)")
-    p.add_argument("--device", default=env("TRAINJOBS_DEVICE", "auto"), help="auto|cpu|cuda|cuda:N|mps (default auto)")
-    p.add_argument("--worker-id", default=None, help="default host:pid")
+    p.add_argument("--api", default=defaults.api_url, help="service URL (TRAINJOBS_API_URL; %(default)s)")
+    p.add_argument("--token", default=None, help="worker token (TRAINJOBS_WORKER_TOKEN)")
+    p.add_argument("--device", default=defaults.device, help="auto|cpu|cuda|cuda:N|mps (TRAINJOBS_DEVICE; %(default)s)")
+    p.add_argument("--worker-id", default=defaults.worker_id, help="default host:pid (TRAINJOBS_WORKER_ID)")
     p.add_argument("--max-jobs", type=int, default=None, help="exit after this many jobs")
     p.add_argument(
         "--once", action="store_true", help="run at most one job, then exit (exits at once if none is queued)"
     )
+    p.add_argument("--work-dir", type=Path, default=defaults.work_dir, help="local scratch (TRAINJOBS_WORK_DIR)")
+    p.add_argument("--data-dir", type=Path, default=defaults.data_dir, help="datasets (TRAINJOBS_DATA_DIR)")
     p.add_argument(
-        "--work-dir", type=Path, default=Path(env("TRAINJOBS_WORK_DIR", "./var/worker")), help="local scratch"
+        "--grace-seconds",
+        type=float,
+        default=defaults.grace_seconds,
+        help="on SIGTERM, how long the job may take to stop (TRAINJOBS_GRACE_SECONDS; %(default)s)",
     )
     p.add_argument(
-        "--data-dir",
-        type=Path,
-        default=Path(env("TRAINJOBS_DATA_DIR", "./var/data")),
-        help="datasets (TRAINJOBS_DATA_DIR)",
+        "--poll-seconds",
+        type=float,
+        default=defaults.poll_seconds,
+        help="long-poll length of each claim (TRAINJOBS_POLL_SECONDS; %(default)s)",
     )
-    p.add_argument("--grace-seconds", type=float, default=60.0, help="on SIGTERM, how long the job may take to stop")
-    p.add_argument("--poll-seconds", type=float, default=5.0, help="long-poll length of each claim")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads of each job (default: torch's)")
+    p.add_argument(
+        "--threads", type=int, default=defaults.threads, help="torch CPU threads of each job (TRAINJOBS_THREADS)"
+    )
     p.add_argument(
         "--start-method",
         choices=["spawn", "forkserver"],
-        default=env("TRAINJOBS_START_METHOD", "spawn"),
-        help="how each job's process starts: spawn (default) or forkserver (torch imported once; faster starts)",
+        default=defaults.start_method,
+        help="how each job's process starts: spawn or forkserver (torch imported once; faster starts) "
+        "(TRAINJOBS_START_METHOD; %(default)s)",
     )
     p.add_argument(
         "--prestart",
         action=argparse.BooleanOptionalAction,
-        default=env("TRAINJOBS_PRESTART", "1").strip().lower() not in ("0", "false", "no", "off"),
-        help="start the next job's process while idle, its imports done (default on; TRAINJOBS_PRESTART=0 is off)",
+        default=defaults.prestart,
+        help="start the next job's process while idle, its imports done (TRAINJOBS_PRESTART; on by default)",
     )
-    p.add_argument("--log-level", default=env("TRAINJOBS_LOG_LEVEL", "INFO"))
+    p.add_argument("--log-level", default=defaults.log_level, help="TRAINJOBS_LOG_LEVEL (%(default)s)")
     return p.parse_args(argv)
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("httpx").setLevel(logging.WARNING)
-    worker_id = args.worker_id or default_worker_id()
-    safe_id = re.sub(r"[^A-Za-z0-9_.-]", "_", worker_id)
-    config = WorkerConfig(
-        worker_id=worker_id,
-        device=resolve_device(args.device),
-        work_dir=args.work_dir / safe_id,
-        data_dir=args.data_dir,
-        grace_seconds=args.grace_seconds,
-        threads=args.threads,
-        start_method=args.start_method,
-        prestart=args.prestart,
+def settings_from(args: argparse.Namespace, defaults: WorkerSettings) -> WorkerSettings:
+    """The environment's settings with the command line's options on top (validated again)."""
+    token = args.token if args.token is not None else defaults.worker_token
+    return defaults.model_validate(
+        {
+            **defaults.model_dump(),
+            "api_url": args.api,
+            "worker_token": token,
+            "device": args.device,
+            "worker_id": args.worker_id,
+            "work_dir": args.work_dir,
+            "data_dir": args.data_dir,
+            "grace_seconds": args.grace_seconds,
+            "poll_seconds": args.poll_seconds,
+            "threads": args.threads,
+            "start_method": args.start_method,
+            "prestart": args.prestart,
+            "log_level": args.log_level,
+        }
     )
-    if args.start_method == "forkserver":
+
+
+def main(argv: list[str] | None = None) -> int:
+    defaults = WorkerSettings()
+    args = parse_args(argv, defaults)
+    settings = settings_from(args, defaults)
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    config = WorkerConfig.of(settings, settings.worker_id or default_worker_id(), resolve_device(settings.device))
+    if settings.start_method == "forkserver":
         # torch._dynamo: every optimizer imports it on first use, about 3 s of CPU a job otherwise.
         multiprocessing.set_forkserver_preload(["torch", "torch._dynamo", "worker.child", "worker.training"])
-    client = WorkerClient(args.api, args.token)
-    agent = Agent(client, config, poll_seconds=args.poll_seconds, max_jobs=args.max_jobs, once=args.once)
+    token = settings.worker_token.get_secret_value() if settings.worker_token else None
+    client = WorkerClient(settings.api_url, token)
+    agent = Agent(client, config, max_jobs=args.max_jobs, once=args.once)
     agent.install_signal_handlers()
     try:
         return agent.run()

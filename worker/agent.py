@@ -7,8 +7,10 @@ import multiprocessing as mp
 import signal
 from types import FrameType
 
+from app.core.protocol import ClaimedJob
 from worker.client import LeaseGone, ProtocolError, ServiceUnavailable, WorkerClient
-from worker.runner import Child, JobRun, Outcome, Shutdown, WorkerConfig
+from worker.runner import Child, JobRun, Outcome, Shutdown
+from worker.settings import WorkerConfig
 
 log = logging.getLogger("trainjobs.worker")
 
@@ -21,13 +23,11 @@ class Agent:
         client: WorkerClient,
         config: WorkerConfig,
         *,
-        poll_seconds: float = 5.0,
         max_jobs: int | None = None,
         once: bool = False,
     ) -> None:
         self.client = client
         self.config = config
-        self.poll_seconds = poll_seconds
         self.max_jobs = 1 if once else max_jobs
         self.once = once
         self.shutdown = Shutdown()
@@ -60,10 +60,15 @@ class Agent:
                 self.next_child = None
 
     def _prestart(self) -> None:
-        if not self.config.prestart or self.once or self.next_child is not None or self.shutdown.requested.is_set():
+        if (
+            not self.config.settings.prestart
+            or self.once
+            or self.next_child is not None
+            or self.shutdown.requested.is_set()
+        ):
             return
         try:
-            self.next_child = Child(mp.get_context(self.config.start_method))
+            self.next_child = Child(mp.get_context(self.config.settings.start_method))
         except OSError as exc:  # out of memory or file descriptors: the job will start its own process
             log.warning("could not start the next job's process ahead (%s); going on without", exc)
             return
@@ -74,7 +79,7 @@ class Agent:
         self._prestart()
         while not self.shutdown.requested.is_set():
             try:
-                job = self.client.claim(self.config.worker_id, self.config.device, self.poll_seconds)
+                job = self.client.claim(self.config.worker_id, self.config.device, self.config.settings.poll_seconds)
             except ServiceUnavailable as exc:
                 if not outage_logged:
                     log.warning("service unavailable (%s); retrying with backoff up to %.0f s", exc, MAX_BACKOFF)
@@ -93,7 +98,7 @@ class Agent:
                     break
                 continue
             if self.shutdown.requested.is_set():
-                self._give_back(job["id"], job["lease_token"])
+                self._give_back(job.id, job.lease_token)
                 break
             self.outcomes.append(self._run(job))
             if self.max_jobs is not None and len(self.outcomes) >= self.max_jobs:
@@ -102,15 +107,15 @@ class Agent:
         log.info("worker %s stopped after %s job(s)", self.config.worker_id, len(self.outcomes))
         return 0
 
-    def _run(self, job: dict[str, object]) -> Outcome:
-        run = JobRun(self.client, dict(job), self.config, self.shutdown, prestarted=self.next_child)
+    def _run(self, job: ClaimedJob) -> Outcome:
+        run = JobRun(self.client, job, self.config, self.shutdown, prestarted=self.next_child)
         self.next_child = None
         try:
             return run.run()
         except (ServiceUnavailable, ProtocolError) as exc:
             log.error(
                 "job %s: could not report to the service (%s); its lease will expire and it will be retried",
-                job["id"],
+                job.id,
                 exc,
             )
             return "lease_lost"

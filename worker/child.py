@@ -9,9 +9,8 @@ once. It touches no GPU before its job arrives. It dies with the parent (Linux
 ``PR_SET_PDEATHSIG``; elsewhere it stops when it sees it has been orphaned). When it exits,
 every byte of GPU memory it held goes back to the driver.
 
-Messages, in order, are tuples: ``("metrics", points)``, ``("progress", epoch, epochs, step)``,
-``("checkpoint", tag, format, staged_path, epoch, step, metric)``, then one of
-``("done", result)``, ``("stopped",)`` or ``("failed", reason, traceback_tail)``.
+It receives one ``JobPayload`` and sends the messages of worker/messages.py: ``Metrics``,
+``Progress`` and ``CheckpointReady`` while it trains, then one of ``Done``, ``Stopped``, ``Failed``.
 """
 
 from __future__ import annotations
@@ -20,7 +19,6 @@ import contextlib
 import ctypes
 import itertools
 import os
-import shutil
 import signal
 import sys
 import time
@@ -28,7 +26,12 @@ import traceback
 from multiprocessing.connection import Connection
 from multiprocessing.synchronize import Event
 from pathlib import Path
-from typing import Any
+
+from app.core.errors import first_line
+from app.core.files import link_or_copy
+from app.core.protocol import MetricPoint
+from app.core.states import CheckpointFormat, CheckpointTag
+from worker.messages import CheckpointReady, Done, Failed, JobPayload, Metrics, Progress, Stopped
 
 TRACEBACK_LINES = 12
 
@@ -40,12 +43,11 @@ def die_with_parent() -> None:
             libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
-def one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    message = text[0] if text else ""
-    if _is_training_error(exc):
-        return message or type(exc).__name__
-    return f"{type(exc).__name__}: {message}" if message else type(exc).__name__
+def describe(exc: BaseException) -> str:
+    """The one line a failed job shows: a TrainingError's own message, else 'Type: first line'."""
+    if _is_training_error(exc) or not str(exc).strip():
+        return first_line(exc)
+    return f"{type(exc).__name__}: {first_line(exc)}"
 
 
 def _is_training_error(exc: BaseException) -> bool:
@@ -90,58 +92,53 @@ def run_child(inbox: Connection, out: Connection, stop: Event) -> None:
         finally:
             inbox.close()
         if broken is not None:
-            out.send(("failed", one_line(broken), traceback_tail(broken)))
+            out.send(Failed(describe(broken), traceback_tail(broken)))
             return
         _train(payload, out, stop, parent)
     finally:
         out.close()
 
 
-def _train(payload: dict[str, Any], out: Connection, stop: Event, parent: int) -> None:
+def _train(payload: JobPayload, out: Connection, stop: Event, parent: int) -> None:
     import torch
 
-    from app.core.specs import parse_job_spec
     from worker.training import StopRequested, TrainingContext, run_training
 
-    if payload.get("threads"):
-        torch.set_num_threads(int(payload["threads"]))
-    work_dir = Path(payload["work_dir"])
-    outbox = work_dir / "outbox"
+    if payload.threads:
+        torch.set_num_threads(payload.threads)
+    outbox = payload.work_dir / "outbox"
     outbox.mkdir(parents=True, exist_ok=True)
     sequence = itertools.count()
 
-    def report_metrics(points: list[Any]) -> None:
-        now = time.time()
-        out.send(("metrics", [{**p, "time": now} for p in points]))
+    def report_metrics(points: list[MetricPoint]) -> None:
+        out.send(Metrics(list(points), time.time()))
 
-    def on_checkpoint(tag: str, path: Path, epoch: int, step: int, metric: float | None) -> None:
+    def on_checkpoint(tag: CheckpointTag, path: Path, epoch: int, step: int, metric: float | None) -> None:
         # The training loop overwrites last.pt at the next checkpoint; hand the parent a name of its own.
         staged = outbox / f"{next(sequence):06d}-{path.name}"
-        try:
-            os.link(path, staged)
-        except OSError:
-            shutil.copyfile(path, staged)
-        fmt = "safetensors" if path.suffix == ".safetensors" else "pt"
-        out.send(("checkpoint", tag, fmt, str(staged), epoch, step, metric))
+        link_or_copy(path, staged)
+        fmt = (
+            CheckpointFormat.SAFETENSORS if path.suffix == CheckpointFormat.SAFETENSORS.suffix else CheckpointFormat.PT
+        )
+        out.send(CheckpointReady(tag, fmt, staged, epoch, step, metric))
 
     ctx = TrainingContext(
-        device=payload["device"],
-        data_dir=Path(payload["data_dir"]),
-        work_dir=work_dir / "run",
-        resume_from=Path(payload["resume_from"]) if payload.get("resume_from") else None,
-        init_from=Path(payload["init_from"]) if payload.get("init_from") else None,
+        device=payload.device,
+        data_dir=payload.data_dir,
+        work_dir=payload.work_dir / "run",
+        resume_from=payload.resume_from,
+        init_from=payload.init_from,
         report_metrics=report_metrics,
         on_checkpoint=on_checkpoint,
-        on_progress=lambda epoch, epochs, step: out.send(("progress", epoch, epochs, step)),
+        on_progress=lambda epoch, epochs, step: out.send(Progress(epoch, epochs, step)),
         should_stop=lambda: stop.is_set() or os.getppid() != parent,
     )
     ctx.work_dir.mkdir(parents=True, exist_ok=True)
     try:
-        spec = parse_job_spec(payload["spec"])
-        result = run_training(spec, ctx)
+        result = run_training(payload.spec, ctx)
     except StopRequested:
-        out.send(("stopped",))
+        out.send(Stopped())
     except Exception as exc:
-        out.send(("failed", one_line(exc), traceback_tail(exc)))
+        out.send(Failed(describe(exc), traceback_tail(exc)))
     else:
-        out.send(("done", result))
+        out.send(Done(result))

@@ -17,35 +17,27 @@ import signal
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from app.core.protocol import CheckpointRef, ClaimedJob, FinishStatus, MetricIn, Progress, Result, UnsupportedJob
+from app.core.states import CheckpointFormat, CheckpointTag, JobStatus
+from worker import messages
 from worker.child import run_child
 from worker.client import LeaseGone, ProtocolError, ServiceUnavailable, WorkerClient
+from worker.messages import CheckpointReady, Done, Ending, Failed, JobPayload, Metrics, Stopped
+from worker.settings import WorkerConfig
 
 log = logging.getLogger("trainjobs.worker")
 
-Outcome = Literal["succeeded", "failed", "cancelled", "released", "lease_lost"]
+Outcome = JobStatus | Literal["released", "lease_lost"]
+"""How a job ended for this worker: finished with a status, given back, or taken away."""
 
 METRICS_BATCH = 1000
 METRICS_FLUSH_SECONDS = 1.0
 METRICS_BUFFER_MAX = 200_000
-
-
-@dataclass
-class WorkerConfig:
-    worker_id: str
-    device: str
-    work_dir: Path
-    data_dir: Path
-    grace_seconds: float = 60.0
-    threads: int | None = None
-    start_method: str = "spawn"
-    """spawn: a new interpreter per job. forkserver: forked from a clean server that has imported torch
-    once (much faster job start; still a fresh process that inherits no CUDA state or threads)."""
-    prestart: bool = True
-    """Start the next job's process while idle, so that its imports are done when a job arrives."""
 
 
 class Child:
@@ -72,7 +64,7 @@ class Child:
     def pid(self) -> int:
         return int(self.process.pid)
 
-    def hand(self, payload: dict[str, Any]) -> bool:
+    def hand(self, payload: JobPayload) -> bool:
         """Give it its job; False if it is gone (it died while waiting)."""
         try:
             if not self.process.is_alive():
@@ -123,32 +115,32 @@ class JobRun:
     def __init__(
         self,
         client: WorkerClient,
-        job: dict[str, Any],
+        job: ClaimedJob,
         config: WorkerConfig,
         shutdown: Shutdown,
         prestarted: Child | None = None,
     ) -> None:
         self.client = client
         self.job = job
-        self.id: int = job["id"]
-        self.token: str = job["lease_token"]
+        self.id, self.token = job.id, job.lease_token
         self.config = config
+        self.settings = config.settings
         self.shutdown = shutdown
-        self.dir = config.work_dir / f"job-{self.id}-attempt-{job['attempt']}"
-        self.mp: Any = mp.get_context(config.start_method)  # typeshed's BaseContext lacks Process
+        self.dir = config.work_dir / f"job-{self.id}-attempt-{job.attempt}"
+        self.mp: Any = mp.get_context(self.settings.start_method)  # typeshed's BaseContext lacks Process
         self.prestarted = prestarted
         """A process started ahead for this job; still here after ``run`` if the job never got to use it."""
         self.stop: Any = None
         self.lease_lost = threading.Event()
         self.ended = threading.Event()
         self.cancel_requested = threading.Event()
-        self.progress: dict[str, int] | None = None
-        self.metrics: deque[dict[str, Any]] = deque()
+        self.progress: Progress | None = None
+        self.metrics: deque[MetricIn] = deque()
         self.dropped_metrics = 0
         self.last_flush = time.monotonic()
         self._outage_logged = False
         self._non_finite_logged = False
-        self.stored: dict[str, dict[str, str]] = {}
+        self.stored: dict[CheckpointFormat, dict[CheckpointTag, str]] = {}
         """format -> tag -> sha256 of what this run uploaded: one file saved as best and last goes once."""
 
     # --- the whole job -----------------------------------------------------------
@@ -168,17 +160,15 @@ class JobRun:
             shutil.rmtree(self.dir, ignore_errors=True)
 
     def _run(self) -> Outcome:
-        resume = self._download(self.job.get("resume_checkpoint"), "resume.pt")
-        init = self._download(self.job.get("init_checkpoint"), "init.pt")
-        payload = {
-            "spec": self.job["spec"],
-            "device": self.config.device,
-            "data_dir": str(self.config.data_dir),
-            "work_dir": str(self.dir),
-            "resume_from": str(resume) if resume else None,
-            "init_from": str(init) if init else None,
-            "threads": self.config.threads,
-        }
+        try:
+            spec = self.job.job_spec()
+        except UnsupportedJob as exc:  # the service is newer than this worker: no child, no traceback
+            return self._end(JobStatus.FAILED, error=str(exc))
+        resume = self._download(self.job.resume_checkpoint, "resume.pt")
+        init = self._download(self.job.init_checkpoint, "init.pt")
+        payload = JobPayload(
+            spec, self.config.device, self.settings.data_dir, self.dir, resume, init, self.settings.threads
+        )
         child, self.prestarted = self.prestarted, None
         ahead = child is not None and child.hand(payload)
         if not ahead:
@@ -192,12 +182,12 @@ class JobRun:
         log.info(
             "job %s: attempt %s of %s started child pid %s%s on %s%s",
             self.id,
-            self.job["attempt"],
-            self.job["max_attempts"],
+            self.job.attempt,
+            self.job.max_attempts,
             child.pid,
             " (started ahead)" if ahead else "",
             self.config.device,
-            f", resuming from epoch {self.job['resume_checkpoint']['epoch']}" if resume else "",
+            f", resuming from epoch {self.job.resume_checkpoint.epoch}" if self.job.resume_checkpoint else "",
         )
         try:
             final, killed = self._relay(child.process, child.messages)
@@ -208,11 +198,11 @@ class JobRun:
 
     # --- while the child runs -----------------------------------------------------
 
-    def _relay(self, child: Any, reader: Any) -> tuple[tuple[Any, ...] | None, str | None]:
+    def _relay(self, child: Any, reader: Any) -> tuple[Ending | None, str | None]:
         """Relay messages until the child ends; returns its final message and why we killed it, if we did."""
         grace_deadline: float | None = None
         killed: str | None = None
-        final: tuple[Any, ...] | None = None
+        final: Ending | None = None
         while True:
             if self.lease_lost.is_set():
                 child.kill()
@@ -222,17 +212,17 @@ class JobRun:
                 killed = "shutdown"
             if (self.shutdown.requested.is_set() or self.cancel_requested.is_set()) and grace_deadline is None:
                 self.stop.set()
-                grace_deadline = time.monotonic() + self.config.grace_seconds
+                grace_deadline = time.monotonic() + self.settings.grace_seconds
             if killed is None and grace_deadline is not None and time.monotonic() > grace_deadline:
                 log.warning(
-                    "job %s: training did not stop within %.0f s; killing it", self.id, self.config.grace_seconds
+                    "job %s: training did not stop within %.0f s; killing it", self.id, self.settings.grace_seconds
                 )
                 child.kill()
                 killed = "grace"
             try:
                 if reader.poll(0.2):
                     message = reader.recv()
-                    if message[0] in ("done", "stopped", "failed"):
+                    if isinstance(message, Done | Stopped | Failed):
                         final = message
                     else:
                         self._handle(message)
@@ -240,48 +230,48 @@ class JobRun:
                 return final, killed
             self._flush_metrics(force=False)
 
-    def _handle(self, message: tuple[Any, ...]) -> None:
-        kind = message[0]
-        if kind == "metrics":
-            points = [p for p in message[1] if math.isfinite(p["value"])]
-            if len(points) < len(message[1]) and not self._non_finite_logged:
-                log.warning("job %s: dropped metric points that are not finite numbers (NaN or infinity)", self.id)
-                self._non_finite_logged = True
-            self.metrics.extend(points)
-            overflow = len(self.metrics) - METRICS_BUFFER_MAX
-            for _ in range(max(0, overflow)):
-                self.metrics.popleft()
-                self.dropped_metrics += 1
-        elif kind == "progress":
-            _, epoch, epochs, step = message
-            self.progress = {"epoch": epoch, "epochs": epochs, "step": step}
-        elif kind == "checkpoint":
-            _, tag, fmt, path, epoch, step, metric = message
-            self._flush_metrics(force=True)
-            if metric is not None and not math.isfinite(metric):
-                metric = None
-            staged = Path(path)
-            stored = self.stored.setdefault(fmt, {})
+    def _handle(self, message: messages.ChildMessage) -> None:
+        if isinstance(message, Metrics):
+            self._buffer(message)
+        elif isinstance(message, messages.Progress):
+            self.progress = Progress(epoch=message.epoch, epochs=message.epochs, step=message.step)
+        else:
+            self._upload(message)
 
-            def upload() -> None:
-                stored[tag] = self.client.upload_checkpoint(
-                    self.id,
-                    self.token,
-                    tag=tag,
-                    fmt=fmt,
-                    path=staged,
-                    epoch=epoch,
-                    step=step,
-                    metric=metric,
-                    stored=stored,
-                )
+    def _buffer(self, message: Metrics) -> None:
+        points = [p for p in message.points if math.isfinite(p["value"])]
+        if len(points) < len(message.points) and not self._non_finite_logged:
+            log.warning("job %s: dropped metric points that are not finite numbers (NaN or infinity)", self.id)
+            self._non_finite_logged = True
+        self.metrics.extend(MetricIn.model_construct(**p, time=message.time) for p in points)
+        overflow = len(self.metrics) - METRICS_BUFFER_MAX
+        for _ in range(max(0, overflow)):
+            self.metrics.popleft()
+            self.dropped_metrics += 1
 
-            self._retrying(f"upload of the '{tag}' checkpoint", upload)
-            staged.unlink(missing_ok=True)
+    def _upload(self, ready: CheckpointReady) -> None:
+        self._flush_metrics(force=True)
+        metric = ready.metric if ready.metric is not None and math.isfinite(ready.metric) else None
+        stored = self.stored.setdefault(ready.format, {})
+
+        def upload() -> None:
+            stored[ready.tag] = self.client.upload_checkpoint(
+                self.id,
+                self.token,
+                tag=ready.tag,
+                fmt=ready.format,
+                path=ready.path,
+                epoch=ready.epoch,
+                step=ready.step,
+                metric=metric,
+                stored=stored,
+            )
+
+        self._retrying(f"upload of the '{ready.tag}' checkpoint", upload)
+        ready.path.unlink(missing_ok=True)
 
     def _heartbeat_loop(self) -> None:
-        interval = float(self.job.get("heartbeat_seconds", 5.0))
-        while not self.ended.wait(interval):
+        while not self.ended.wait(self.job.heartbeat_seconds):
             try:
                 if self.client.heartbeat(self.id, self.token, self.progress) and not self.cancel_requested.is_set():
                     log.info("job %s: cancel requested; stopping at the next step", self.id)
@@ -317,7 +307,7 @@ class JobRun:
             )
             self.dropped_metrics = 0
 
-    def _retrying(self, what: str, call: Any) -> None:
+    def _retrying(self, what: str, call: Callable[[], object]) -> None:
         """Call until it succeeds; LeaseGone propagates; an immediate shutdown gives up."""
         delay = 0.5
         while True:
@@ -343,41 +333,38 @@ class JobRun:
             log.info("job %s: service reachable again", self.id)
             self._outage_logged = False
 
-    def _download(self, ref: dict[str, Any] | None, name: str) -> Path | None:
-        if not ref:
+    def _download(self, ref: CheckpointRef | None, name: str) -> Path | None:
+        if ref is None:
             return None
         dest = self.dir / name
-        self._retrying(f"download of {ref['url']}", lambda: self.client.download(ref["url"], dest, ref["sha256"]))
+        self._retrying(f"download of {ref.url}", lambda: self.client.download(ref.url, dest, ref.sha256))
         return dest
 
     # --- the end ---------------------------------------------------------------------
 
-    def _report(self, final: tuple[Any, ...] | None, killed: str | None, exitcode: int | None) -> Outcome:
-        self._retrying("metrics upload", lambda: self._flush_or_raise())
-        kind = final[0] if final else None
-        if kind == "done" and killed is None:
-            result = final[1] if final else {}
-            self._retrying("finish", lambda: self.client.finish(self.id, self.token, "succeeded", result=result))
-            log.info("job %s: succeeded %s", self.id, result)
-            return "succeeded"
-        if kind == "failed":
-            reason, tail = final[1], final[2]  # type: ignore[index]
-            error = f"{reason}\n\n{tail}"
-            self._retrying("finish", lambda: self.client.finish(self.id, self.token, "failed", error=error))
-            log.warning("job %s: failed: %s", self.id, reason)
-            return "failed"
-        if self.cancel_requested.is_set() and (kind == "stopped" or killed == "grace"):
-            self._retrying("finish", lambda: self.client.finish(self.id, self.token, "cancelled"))
-            log.info("job %s: cancelled", self.id)
-            return "cancelled"
-        if self.shutdown.requested.is_set() and (kind == "stopped" or killed is not None):
+    def _end(self, status: FinishStatus, *, error: str | None = None, result: Result | None = None) -> Outcome:
+        self._retrying("finish", lambda: self.client.finish(self.id, self.token, status, error=error, result=result))
+        if status == JobStatus.FAILED:
+            log.warning("job %s: failed: %s", self.id, (error or "").split("\n")[0])
+        else:
+            log.info("job %s: %s %s", self.id, status, result or "")
+        return status
+
+    def _report(self, final: Ending | None, killed: str | None, exitcode: int | None) -> Outcome:
+        self._retrying("metrics upload", self._flush_or_raise)
+        if isinstance(final, Done) and killed is None:
+            return self._end(JobStatus.SUCCEEDED, result=final.result)
+        if isinstance(final, Failed):
+            error = f"{final.reason}\n\n{final.traceback}" if final.traceback else final.reason
+            return self._end(JobStatus.FAILED, error=error)
+        stopped = isinstance(final, Stopped)
+        if self.cancel_requested.is_set() and (stopped or killed == "grace"):
+            return self._end(JobStatus.CANCELLED)
+        if self.shutdown.requested.is_set() and (stopped or killed is not None):
             self._retrying("release", lambda: self.client.release(self.id, self.token))
             log.info("job %s: given back to the queue for another worker to resume", self.id)
             return "released"
-        reason = describe_exit(exitcode)
-        self._retrying("finish", lambda: self.client.finish(self.id, self.token, "failed", error=reason))
-        log.warning("job %s: failed: %s", self.id, reason)
-        return "failed"
+        return self._end(JobStatus.FAILED, error=describe_exit(exitcode))
 
     def _flush_or_raise(self) -> None:
         self._flush_metrics(force=True)

@@ -1,4 +1,15 @@
-"""Dependencies of the route modules: sessions, settings, worker auth.
+"""Dependencies of the route modules: sessions, settings, the caller's scope, worker auth.
+
+Three ways a route reaches the database; pick by what the route does:
+
+- ``SessionDep``: a read session for a plain ``def`` route, which FastAPI runs in the thread pool.
+  For reads that scan (lists, metric series, checkpoint lists and downloads).
+- ``DatabaseDep`` and ``with db.write() as session:`` in the route's body: every write. The
+  transaction (``BEGIN IMMEDIATE`` and this process's writer turn on SQLite) is entered and left
+  within that one call, in one thread; never hold it across an ``await``.
+- ``quick_read(db, fn)`` from an ``async def`` route: a read by primary key, run on the event loop
+  on SQLite (a WAL reader never waits) and in the thread pool elsewhere. For the hot polled reads
+  (``GET /jobs/{id}``); nothing that scans.
 
 Dependencies that do no I/O are ``async def``: FastAPI runs a plain ``def`` dependency in the
 thread pool, a thread hop per dependency per request.
@@ -18,6 +29,7 @@ from sqlalchemy.orm import Session
 from app.api.wakeup import Wakeup
 from app.core.config import Settings
 from app.core.db import Database
+from app.core.jobs import EVERYONE, Scope
 
 T = TypeVar("T")
 
@@ -61,7 +73,13 @@ async def quick_read(db: Database, read: Callable[[Session], T]) -> T:
     return await run_in_threadpool(in_thread)
 
 
+async def get_scope() -> Scope:
+    """The jobs the caller may see and act on (every job, until accounts)."""
+    return EVERYONE
+
+
 DatabaseDep = Annotated[Database, Depends(get_db)]
+ScopeDep = Annotated[Scope, Depends(get_scope)]
 SessionDep = Annotated[Session, Depends(get_read_session, scope="function")]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 WakeupDep = Annotated[Wakeup, Depends(get_wakeup)]

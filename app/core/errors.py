@@ -62,3 +62,9 @@ class LeaseLost(Conflict):
 
 class IdempotencyConflict(Conflict):
     pass
+
+
+def first_line(error: BaseException) -> str:
+    """The first line of an exception's message (its type's name when it has none)."""
+    text = str(error).strip().splitlines()
+    return text[0] if text else type(error).__name__

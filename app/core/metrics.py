@@ -1,18 +1,26 @@
-"""Reading metric series: filtering, summaries and downsampling that keeps the shape.
+"""Metric series: writes from workers (fenced upserts) and reads for users (summaries, downsampling).
 
-Series can hold 100,000s of points, so rows are read as plain tuples (no ORM
-objects) and downsampled per bucket keeping first, last, min and max: a plot
-of the result shows the same spikes as the full series.
+Series can hold 100,000s of points, so rows are written through Core on the table and read as
+plain tuples (no ORM objects), and downsampled per bucket keeping first, last, min and max: a
+plot of the result shows the same spikes as the full series.
 """
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Sequence
+from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import Table, select
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
+from sqlalchemy.sql.dml import Insert
 
-from app.core.models import MetricPoint
+from app.core.jobs import Scope, get_job
+from app.core.leases import check_lease
+from app.core.models import MetricPoint, utcnow
+from app.core.protocol import MetricIn
 
 Point = tuple[int, int | None, float, float]  # step, epoch, value, time
 
@@ -20,6 +28,43 @@ Point = tuple[int, int | None, float, float]  # step, epoch, value, time
 def higher_is_better(name: str) -> bool:
     """Accuracy-like series are maximised; losses and everything else minimised."""
     return "acc" in name or name.endswith(("_score", "_f1", "samples_per_second"))
+
+
+def record_metrics(
+    session: Session, job_id: int, lease_token: str, points: Sequence[MetricIn], *, now: datetime | None = None
+) -> int:
+    """Upsert metric points: a (job, name, step) reported again replaces the value. Fenced."""
+    now = now or utcnow()
+    check_lease(session, job_id, lease_token, now=now)
+    if not points:
+        return 0
+    received = now.timestamp()
+    rows = [
+        {
+            "job_id": job_id,
+            "name": p.name,
+            "step": p.step,
+            "epoch": p.epoch,
+            "value": p.value,
+            "time": received if p.time is None else p.time,
+        }
+        for p in points
+    ]
+    # Core on the table, not the ORM's bulk insert: the ORM's per-row bookkeeping cost more than the insert.
+    session.connection().execute(_upsert_metrics(session.get_bind().dialect.name), rows)
+    return len(rows)
+
+
+@functools.cache
+def _upsert_metrics(dialect: str) -> Insert:
+    table = MetricPoint.__table__
+    assert isinstance(table, Table)
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    stmt = insert(table)
+    return stmt.on_conflict_do_update(
+        index_elements=["job_id", "name", "step"],
+        set_={"epoch": stmt.excluded.epoch, "value": stmt.excluded.value, "time": stmt.excluded.time},
+    )
 
 
 def read_series(
@@ -80,3 +125,18 @@ def metrics_document(
         kept = downsample(points, max_points) if max_points else points
         out_series[name] = [{"step": s, "epoch": e, "value": v, "time": t} for s, e, v, t in kept]
     return {"job_id": job_id, "series": out_series, "summary": summary}
+
+
+def read_metrics(
+    session: Session,
+    scope: Scope,
+    job_id: int,
+    *,
+    name: str | None = None,
+    since_step: int | None = None,
+    max_points: int | None = None,
+) -> dict[str, Any]:
+    """GET /jobs/{id}/metrics for a caller who can see the job."""
+    get_job(session, scope, job_id)
+    series = read_series(session, job_id, name=name, since_step=since_step)
+    return metrics_document(job_id, series, max_points=max_points)

@@ -7,7 +7,8 @@ in app/core, so no request does surprise I/O.
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any
+from enum import StrEnum
+from typing import Any, TypeVar
 
 from sqlalchemy import (
     JSON,
@@ -27,6 +28,8 @@ from sqlalchemy import (
     text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from app.core.states import CheckpointFormat, CheckpointTag, JobKind, JobStatus, sql_in
 
 
 def utcnow() -> datetime:
@@ -53,6 +56,26 @@ class UTCDateTime(TypeDecorator[datetime]):
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
+E = TypeVar("E", bound=StrEnum)
+
+
+class StrEnumColumn(TypeDecorator[E]):
+    """A ``StrEnum`` stored as its plain string value (VARCHAR plus a check constraint, no native enum)."""
+
+    impl = String(16)
+    cache_ok = True
+
+    def __init__(self, enum: type[E]) -> None:
+        super().__init__()
+        self.enum = enum
+
+    def process_bind_param(self, value: E | str | None, dialect: Dialect) -> str | None:
+        return None if value is None else self.enum(value).value
+
+    def process_result_value(self, value: str | None, dialect: Dialect) -> E | None:
+        return None if value is None else self.enum(value)
+
+
 class Base(DeclarativeBase):
     type_annotation_map = {datetime: UTCDateTime(), dict[str, Any]: JSON()}
 
@@ -61,12 +84,19 @@ class Job(Base):
     __tablename__ = "jobs"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    kind: Mapped[str] = mapped_column(String(16))
+    kind: Mapped[JobKind] = mapped_column(StrEnumColumn(JobKind))
     name: Mapped[str | None] = mapped_column(String(200))
-    status: Mapped[str] = mapped_column(String(16), default="queued")
+    status: Mapped[JobStatus] = mapped_column(StrEnumColumn(JobStatus), default=JobStatus.QUEUED)
     spec: Mapped[dict[str, Any]]
     priority: Mapped[int] = mapped_column(Integer, default=0)
-    depends_on: Mapped[int | None] = mapped_column(ForeignKey("jobs.id", ondelete="RESTRICT"))
+    init_job_id: Mapped[int | None] = mapped_column(
+        ForeignKey("jobs.id", ondelete="RESTRICT"),
+        doc="The pretrain job whose encoder this finetune starts from: it waits for that job to succeed.",
+    )
+    parent_id: Mapped[int | None] = mapped_column(
+        ForeignKey("jobs.id", ondelete="RESTRICT", name="fk_jobs_parent_id_jobs"),
+        doc="The job this one is part of (a sweep's trial points at its sweep); no effect on when it runs.",
+    )
     attempt: Mapped[int] = mapped_column(Integer, default=0)
     max_attempts: Mapped[int] = mapped_column(Integer, default=3)
     lease_token: Mapped[str | None] = mapped_column(String(64))
@@ -83,25 +113,26 @@ class Job(Base):
     finished_at: Mapped[datetime | None]
 
     __table_args__ = (
-        CheckConstraint("status IN ('queued', 'running', 'succeeded', 'failed', 'cancelled')", name="status_valid"),
-        CheckConstraint("kind IN ('pretrain', 'finetune')", name="kind_valid"),
+        CheckConstraint(sql_in("status", JobStatus), name="status_valid"),
+        CheckConstraint(sql_in("kind", JobKind), name="kind_valid"),
         # The claim reads only queued rows: keep that index small as finished jobs pile up.
         Index(
             "ix_jobs_claimable",
             "priority",
             "created_at",
             "id",
-            sqlite_where=text("status = 'queued'"),
-            postgresql_where=text("status = 'queued'"),
+            sqlite_where=text(f"status = '{JobStatus.QUEUED.value}'"),
+            postgresql_where=text(f"status = '{JobStatus.QUEUED.value}'"),
         ),
         Index(
             "ix_jobs_running_lease",
             "lease_expires_at",
-            sqlite_where=text("status = 'running'"),
-            postgresql_where=text("status = 'running'"),
+            sqlite_where=text(f"status = '{JobStatus.RUNNING.value}'"),
+            postgresql_where=text(f"status = '{JobStatus.RUNNING.value}'"),
         ),
         Index("ix_jobs_status_id", "status", "id"),
-        Index("ix_jobs_depends_on", "depends_on"),
+        Index("ix_jobs_init_job_id", "init_job_id"),
+        Index("ix_jobs_parent_id", "parent_id"),
         # Never hand a deleted job's id to a new job: links to /jobs/{id} must not change meaning.
         {"sqlite_autoincrement": True},
     )
@@ -125,8 +156,8 @@ class Checkpoint(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
-    tag: Mapped[str] = mapped_column(String(16))
-    format: Mapped[str] = mapped_column(String(16), default="pt")
+    tag: Mapped[CheckpointTag] = mapped_column(StrEnumColumn(CheckpointTag))
+    format: Mapped[CheckpointFormat] = mapped_column(StrEnumColumn(CheckpointFormat), default=CheckpointFormat.PT)
     epoch: Mapped[int] = mapped_column(Integer)
     step: Mapped[int] = mapped_column(BigInteger)
     size: Mapped[int] = mapped_column(BigInteger)
@@ -137,8 +168,8 @@ class Checkpoint(Base):
 
     __table_args__ = (
         UniqueConstraint("job_id", "tag", "format", name="uq_checkpoints_job_tag_format"),
-        CheckConstraint("tag IN ('last', 'best')", name="tag_valid"),
-        CheckConstraint("format IN ('pt', 'safetensors')", name="format_valid"),
+        CheckConstraint(sql_in("tag", CheckpointTag), name="tag_valid"),
+        CheckConstraint(sql_in("format", CheckpointFormat), name="format_valid"),
     )
 
 

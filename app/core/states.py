@@ -1,8 +1,17 @@
-"""Job states and the transitions between them (all made in app/core/queue.py)."""
+"""The one vocabulary of jobs: their statuses, their kinds, and the moves between statuses.
+
+The ORM columns, the pydantic models and the routes use these enums directly; the database's
+check constraints are built from them (app/core/models.py). Every change of status is a guarded
+UPDATE in app/core/leases.py or app/core/jobs.py whose source and target statuses are checked
+against ``TRANSITIONS`` (``guard``), and tests/core/test_states.py drives every one of them.
+"""
 
 from __future__ import annotations
 
 from enum import StrEnum
+
+from sqlalchemy import ColumnElement
+from sqlalchemy.orm import QueryableAttribute
 
 
 class JobStatus(StrEnum):
@@ -17,10 +26,14 @@ class JobStatus(StrEnum):
     CANCELLED = "cancelled"
     """Stopped by a user; never retried."""
 
+    @property
+    def is_terminal(self) -> bool:
+        return self in TERMINAL
+
 
 TERMINAL = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED})
+ACTIVE = frozenset({JobStatus.QUEUED, JobStatus.RUNNING})
 
-# Allowed transitions; queue.py guards each UPDATE with the source states.
 TRANSITIONS: dict[JobStatus, frozenset[JobStatus]] = {
     JobStatus.QUEUED: frozenset({JobStatus.RUNNING, JobStatus.CANCELLED, JobStatus.FAILED}),
     JobStatus.RUNNING: frozenset({JobStatus.QUEUED, JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED}),
@@ -28,8 +41,57 @@ TRANSITIONS: dict[JobStatus, frozenset[JobStatus]] = {
     JobStatus.FAILED: frozenset(),
     JobStatus.CANCELLED: frozenset(),
 }
+"""Every move a job's status may make. A running job may also stay running (heartbeats, cancel requests)."""
+
+
+class IllegalTransition(AssertionError):
+    """A guarded UPDATE was written for a move ``TRANSITIONS`` does not allow: a bug, not a client error."""
+
+
+def guard(
+    column: QueryableAttribute[JobStatus], sources: frozenset[JobStatus], *targets: JobStatus
+) -> ColumnElement[bool]:
+    """``status IN (sources)``, after checking that each source may move to each target."""
+    for source in sources:
+        for target in targets:
+            if target not in TRANSITIONS[source]:
+                raise IllegalTransition(f"a job cannot go from {source} to {target}")
+    return column.in_(sorted(sources))
 
 
 class JobKind(StrEnum):
     PRETRAIN = "pretrain"
+    """Learn features from unlabelled images (an autoencoder)."""
     FINETUNE = "finetune"
+    """Train a classifier on labelled images, optionally from a pretrain job's encoder."""
+
+    @property
+    def runs_on_worker(self) -> bool:
+        """Whether a worker trains jobs of this kind; a parent kind (a sweep, say) is never handed out."""
+        return self in WORKER_KINDS
+
+
+WORKER_KINDS = frozenset({JobKind.PRETRAIN, JobKind.FINETUNE})
+
+
+class CheckpointTag(StrEnum):
+    BEST = "best"
+    """The epoch whose primary metric beat every earlier one."""
+    LAST = "last"
+    """The newest: what a requeued job resumes from."""
+
+
+class CheckpointFormat(StrEnum):
+    PT = "pt"
+    """``torch.save`` of the whole checkpoint dict (model, optimizer, progress); loads with weights_only=True."""
+    SAFETENSORS = "safetensors"
+    """The model's weights alone, no pickle: the file to hand to others."""
+
+    @property
+    def suffix(self) -> str:
+        return f".{self.value}"
+
+
+def sql_in(column: str, values: type[StrEnum]) -> str:
+    """``column IN ('a', 'b', ...)`` for a check constraint, from the enum itself."""
+    return f"{column} IN ({', '.join(repr(v.value) for v in values)})"

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from app.core.specs import FinetuneSpec, PretrainSpec, encoder_signature, parse_job_spec
+from app.core.specs import FinetuneSpec, PretrainSpec, parse_job_spec
 from tests.conftest import finetune_body, pretrain_body
 
 
@@ -75,12 +75,12 @@ def test_seed_autoencoder_needs_cifar_shaped_images() -> None:
     assert locs
 
 
-def test_encoder_signatures_match_between_pretrain_and_finetune() -> None:
+def test_encoders_match_between_pretrain_and_finetune() -> None:
     pre = parse_job_spec(pretrain_body())
-    assert encoder_signature(pre) == encoder_signature(parse_job_spec(finetune_body(1)))
+    assert pre.encoder() == parse_job_spec(finetune_body(1)).encoder()
     other = finetune_body(1)
     other["model"]["hidden"] = [64]
-    assert encoder_signature(pre) != encoder_signature(parse_job_spec(other))
+    assert pre.encoder() != parse_job_spec(other).encoder()
     conv_pre = parse_job_spec(pretrain_body(model={"arch": "conv_autoencoder", "backbone": "small_cnn"}))
     conv_ft = parse_job_spec(finetune_body(1, model={"arch": "small_cnn", "init": {"from": "job", "job_id": 1}}))
-    assert encoder_signature(conv_pre) == encoder_signature(conv_ft)
+    assert conv_pre.encoder() == conv_ft.encoder()

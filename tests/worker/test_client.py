@@ -6,16 +6,18 @@ import hashlib
 import os
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
 
 from app.core.migrate import upgrade
+from app.core.protocol import ClaimedJob, MetricIn
+from devtools.servers import ApiServer
 from tests.conftest import TINY_JOB
-from tests.servers import ApiServer
 from worker.client import ServiceUnavailable, WorkerClient
-from worker.runner import JobRun, Shutdown, WorkerConfig
+from worker.messages import Metrics
+from worker.runner import JobRun, Shutdown
+from worker.settings import WorkerConfig, WorkerSettings
 
 
 @pytest.fixture
@@ -23,7 +25,7 @@ def leased(tmp_path: Path) -> Iterator[tuple[str, int, str]]:
     """(API url, job id, lease token) of a job claimed by hand on a running API."""
     url = f"sqlite:///{tmp_path / 'db.sqlite'}"
     upgrade(url)
-    with ApiServer(url, tmp_path) as api:
+    with ApiServer(tmp_path, url) as api:
         job_id = httpx.post(f"{api.url}/jobs", json=TINY_JOB).json()["id"]
         claim = {"worker_id": "test", "device": "cpu", "wait_seconds": 0}
         token = httpx.post(f"{api.url}/worker/claim", json=claim).json()["lease_token"]
@@ -56,7 +58,7 @@ def test_metrics_sent_by_the_client_are_stored(leased: tuple[str, int, str]) -> 
     api_url, job_id, token = leased
     client = WorkerClient(api_url)
     try:
-        points = [{"name": "train_loss", "step": s, "epoch": 1, "value": 1 / s, "time": 1.7e9} for s in range(1, 1001)]
+        points = [MetricIn(name="train_loss", step=s, epoch=1, value=1 / s, time=1.7e9) for s in range(1, 1001)]
         client.send_metrics(job_id, token, points)
     finally:
         client.close()
@@ -66,18 +68,30 @@ def test_metrics_sent_by_the_client_are_stored(leased: tuple[str, int, str]) -> 
 
 def test_points_that_are_not_finite_are_dropped_before_sending(tmp_path: Path) -> None:
     """A NaN in one point must not lose the batch (the service refuses non-finite values) or crash the relay."""
-    sent: list[dict[str, Any]] = []
+    sent: list[MetricIn] = []
 
     class Recording:
-        def send_metrics(self, job_id: int, token: str, points: list[dict[str, Any]]) -> None:
+        def send_metrics(self, job_id: int, token: str, points: list[MetricIn]) -> None:
             sent.extend(points)
 
-    job = {"id": 1, "lease_token": "t", "attempt": 1, "max_attempts": 3, "spec": {}}
-    run = JobRun(Recording(), job, WorkerConfig("w", "cpu", tmp_path, tmp_path), Shutdown())  # type: ignore[arg-type]
+    job = ClaimedJob(
+        id=1,
+        kind="pretrain",
+        spec={},
+        attempt=1,
+        max_attempts=3,
+        lease_token="t",
+        lease_seconds=60,
+        heartbeat_seconds=5,
+        resume_checkpoint=None,
+        init_checkpoint=None,
+    )
+    config = WorkerConfig.of(WorkerSettings(work_dir=tmp_path, _env_file=None), "w", "cpu")  # type: ignore[call-arg]
+    run = JobRun(Recording(), job, config, Shutdown())  # type: ignore[arg-type]
     values = [0.5, float("nan"), float("inf"), 0.25]
-    run._handle(("metrics", [{"name": "loss", "step": i, "value": v} for i, v in enumerate(values)]))
+    run._handle(Metrics([{"name": "loss", "step": i, "epoch": None, "value": v} for i, v in enumerate(values)], 1.7e9))
     run._flush_metrics(force=True)
-    assert [(p["step"], p["value"]) for p in sent] == [(0, 0.5), (3, 0.25)]
+    assert [(p.step, p.value, p.time) for p in sent] == [(0, 0.5, 1.7e9), (3, 0.25, 1.7e9)]
 
 
 def test_a_file_uploaded_as_best_is_not_sent_again_as_last(tmp_path: Path, leased: tuple[str, int, str]) -> None:

@@ -12,8 +12,8 @@ import httpx
 import pytest
 
 from app.core.migrate import upgrade
+from devtools.servers import ApiServer, WorkerProcess, pid_alive, wait_until
 from tests.conftest import TINY_JOB
-from tests.servers import ApiServer, WorkerProcess, pid_alive, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -24,7 +24,7 @@ AHEAD = re.compile(r"started the next job's process ahead: pid (\d+)")
 def api(tmp_path: Path) -> Iterator[ApiServer]:
     url = f"sqlite:///{tmp_path / 'db.sqlite'}"
     upgrade(url)
-    with ApiServer(url, tmp_path) as server:
+    with ApiServer(tmp_path, url) as server:
         yield server
 
 
@@ -65,7 +65,7 @@ def test_a_job_runs_in_the_process_started_ahead_and_the_next_one_is_started(api
         assert worker.wait(60) == 0
         wait_until(lambda: not pid_alive(second), 10, "the waiting process to end with the worker")
     finally:
-        worker.stop()
+        worker.kill()
 
 
 def test_a_worker_killed_while_idle_leaves_no_waiting_process_behind(api: ApiServer, tmp_path: Path) -> None:
@@ -76,7 +76,7 @@ def test_a_worker_killed_while_idle_leaves_no_waiting_process_behind(api: ApiSer
         worker.wait(30)
         wait_until(lambda: not pid_alive(waiting), 10, "the waiting process to die with its worker")
     finally:
-        worker.stop()
+        worker.kill()
 
 
 def test_if_the_waiting_process_died_the_job_gets_a_new_one(api: ApiServer, tmp_path: Path) -> None:
@@ -91,7 +91,7 @@ def test_if_the_waiting_process_died_the_job_gets_a_new_one(api: ApiServer, tmp_
         assert worker.child_of(job_id) != waiting
         assert "the process started ahead for it is gone; starting another" in worker.text()
     finally:
-        worker.stop()
+        worker.kill()
 
 
 def test_with_no_prestart_no_process_waits_and_jobs_still_run(api: ApiServer, tmp_path: Path) -> None:
@@ -103,4 +103,4 @@ def test_with_no_prestart_no_process_waits_and_jobs_still_run(api: ApiServer, tm
         wait_until(lambda: not pid_alive(child), 10, "the job's process to end")
         assert AHEAD.findall(worker.text()) == []
     finally:
-        worker.stop()
+        worker.kill()

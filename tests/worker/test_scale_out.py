@@ -12,8 +12,8 @@ import pytest
 from sqlalchemy import create_engine, text
 
 from app.core.migrate import upgrade
+from devtools.servers import ApiServer, WorkerProcess, wait_until
 from tests.conftest import TABLES, TINY_JOB
-from tests.servers import ApiServer, WorkerProcess, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -50,7 +50,7 @@ def run_fleet(apis: list[ApiServer], tmp_path: Path, jobs: int, workers: int) ->
             assert isinstance(final, list) and sorted(j["id"] for j in final) == sorted(ids)
     finally:
         for w in fleet:
-            w.stop()
+            w.kill()
     return fleet, final
 
 
@@ -66,7 +66,7 @@ def assert_each_ran_once(fleet: list[WorkerProcess], final: list[dict]) -> None:
 
 
 def test_four_workers_forty_jobs(store_url: str, tmp_path: Path) -> None:
-    with ApiServer(store_url, tmp_path, TRAINJOBS_CLAIM_POLL_SECONDS="0.2") as api:
+    with ApiServer(tmp_path, store_url, claim_poll_seconds="0.2") as api:
         fleet, final = run_fleet([api], tmp_path, jobs=40, workers=4)
     assert_each_ran_once(fleet, final)
     assert len({j["worker"] for j in final}) > 1  # the work was actually shared
@@ -78,7 +78,7 @@ def two_apis_on_postgres(postgres_url: str, tmp_path: Path) -> Iterator[list[Api
     with engine.begin() as conn:
         conn.execute(text(f"TRUNCATE {TABLES} RESTART IDENTITY CASCADE"))
     engine.dispose()
-    with ApiServer(postgres_url, tmp_path) as a, ApiServer(postgres_url, tmp_path) as b:
+    with ApiServer(tmp_path, postgres_url) as a, ApiServer(tmp_path, postgres_url) as b:
         yield [a, b]
 
 

@@ -10,8 +10,8 @@ import httpx
 import pytest
 
 from app.core.migrate import upgrade
+from devtools.servers import ApiServer, WorkerProcess, free_port, wait_until
 from tests.conftest import TINY_JOB
-from tests.servers import ApiServer, WorkerProcess, free_port, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -23,7 +23,7 @@ def worker_command(api_url: str, tmp_path: Path, *args: str) -> list[str]:
 def test_once_with_nothing_queued_exits_zero(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'db.sqlite'}"
     upgrade(url)
-    with ApiServer(url, tmp_path) as api:
+    with ApiServer(tmp_path, url) as api:
         done = subprocess.run(
             worker_command(api.url, tmp_path, "--once", "--poll-seconds", "0.5"), capture_output=True, timeout=60
         )
@@ -38,7 +38,7 @@ def test_an_unreachable_service_is_logged_once_and_the_worker_carries_on(tmp_pat
     try:
         wait_until(lambda: "service unavailable" in worker.text(), 60, "the outage to be logged")
         wait_until(lambda: worker.proc.poll() is None and worker.text().count("retrying") >= 1, 5)
-        with ApiServer(url, tmp_path, port=port) as api:
+        with ApiServer(tmp_path, url, port=port) as api:
             # Several retries happen while the service is down; the log says so once.
             assert worker.text().count("service unavailable") == 1
             job_id = httpx.post(f"{api.url}/jobs", json=TINY_JOB).json()["id"]
@@ -46,13 +46,13 @@ def test_an_unreachable_service_is_logged_once_and_the_worker_carries_on(tmp_pat
             assert httpx.get(f"{api.url}/jobs/{job_id}").json()["status"] == "succeeded"
         assert "service reachable again" in worker.text()
     finally:
-        worker.stop()
+        worker.kill()
 
 
 def test_a_wrong_token_stops_the_worker_with_a_clear_message(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'db.sqlite'}"
     upgrade(url)
-    with ApiServer(url, tmp_path, TRAINJOBS_WORKER_TOKEN="right") as api:
+    with ApiServer(tmp_path, url, worker_token="right") as api:
         done = subprocess.run(
             worker_command(api.url, tmp_path, "--token", "wrong"), capture_output=True, text=True, timeout=60
         )

@@ -17,15 +17,15 @@ import torch
 from sqlalchemy import create_engine, text
 
 from app.core.migrate import upgrade
-from tests.servers import ApiServer, WorkerProcess, pid_alive, wait_until
+from devtools.servers import ApiServer, WorkerProcess, pid_alive, wait_until
 
 pytestmark = pytest.mark.slow
 
 FAST_LEASES = {
-    "TRAINJOBS_LEASE_SECONDS": "3",
-    "TRAINJOBS_HEARTBEAT_SECONDS": "0.5",
-    "TRAINJOBS_REAP_INTERVAL_SECONDS": "0.5",
-    "TRAINJOBS_CLAIM_POLL_SECONDS": "0.2",
+    "lease_seconds": "3",
+    "heartbeat_seconds": "0.5",
+    "reap_interval_seconds": "0.5",
+    "claim_poll_seconds": "0.2",
 }
 
 
@@ -43,7 +43,7 @@ def training_job(epochs: int = 8, **train: Any) -> dict[str, Any]:
 def api(tmp_path: Path) -> Iterator[ApiServer]:
     url = f"sqlite:///{tmp_path / 'trainjobs.db'}"
     upgrade(url)
-    server = ApiServer(url, tmp_path, **FAST_LEASES).start()
+    server = ApiServer(tmp_path, url, **FAST_LEASES).start()
     yield server
     server.kill()
 
@@ -65,7 +65,7 @@ def workers(api: ApiServer, tmp_path: Path) -> Iterator[Any]:
 
     yield start
     for w in started:
-        w.stop()
+        w.kill()
 
 
 def submit(http: httpx.Client, body: dict[str, Any]) -> int:
@@ -271,7 +271,7 @@ def test_the_service_restarted_mid_job_does_not_disturb_it(
     wait_until(lambda: job(http, target)["progress"]["epoch"] >= 1, 120, "an epoch")
     api.kill()
     time.sleep(4)  # longer than the lease: heartbeats fail meanwhile
-    restarted = ApiServer(api.env["TRAINJOBS_DATABASE_URL"], tmp_path, port=api.port, **FAST_LEASES).start()
+    restarted = ApiServer(tmp_path, api.env["TRAINJOBS_DATABASE_URL"], port=api.port, **FAST_LEASES).start()
     try:
         done = wait_status(http, target, "succeeded", "failed", timeout=120)
         assert done["status"] == "succeeded", done["error"]

@@ -1,34 +1,38 @@
 """Training code run by the worker's child process: plain functions, no HTTP, no queue.
 
-``run_training(spec, ctx)`` trains a pretrain or finetune job and returns its result dict;
-``loop.py`` documents the metrics and checkpoints it produces, ``errors.py`` the exceptions.
+``run_training(spec, ctx)`` trains a job of any kind and returns its result: it loads the dataset
+(``data.LOADERS``), builds the kind's task (``task.TASKS``: pretrain.py, finetune.py) and hands it
+to the one loop (``loop.fit``), which documents the metrics and checkpoints; ``errors.py`` lists
+the exceptions. docs/extending.md shows how to add a dataset, an arch or a kind.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from app.core.protocol import MetricPoint, Result
+from app.core.specs import AnyJobSpec
 
-from app.core.specs import FinetuneSpec, PretrainSpec
-
-from .context import MetricPoint, StopRequested, TrainingContext
+from . import finetune, pretrain
+from .context import StopRequested, TrainingContext
+from .data import load_dataset
 from .errors import DatasetError, TrainingError
-from .finetune import run_finetune
-from .pretrain import run_pretrain
+from .loop import fit
+from .task import TASKS
 
 __all__ = [
+    "TASKS",
     "DatasetError",
     "MetricPoint",
     "StopRequested",
     "TrainingContext",
     "TrainingError",
-    "run_finetune",
-    "run_pretrain",
+    "finetune",
+    "pretrain",
     "run_training",
 ]
 
 
-def run_training(spec: PretrainSpec | FinetuneSpec, ctx: TrainingContext) -> dict[str, Any]:
+def run_training(spec: AnyJobSpec, ctx: TrainingContext) -> Result:
     """Run one job to the end; raises TrainingError (DatasetError) or StopRequested."""
-    if isinstance(spec, PretrainSpec):
-        return run_pretrain(spec, ctx)
-    return run_finetune(spec, ctx)
+    build = TASKS[spec.kind]
+    splits = load_dataset(spec.dataset, ctx.data_dir, spec.train.seed)
+    return fit(spec, ctx, build(spec, ctx, splits), splits)

@@ -11,16 +11,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypedDict
 
+from app.core.protocol import MetricPoint
 
-class MetricPoint(TypedDict):
-    """One value of one series, as reported to the service."""
-
-    name: str
-    step: int
-    epoch: int | None
-    value: float
+__all__ = ["MetricPoint", "StopRequested", "TrainingContext"]
+from app.core.states import CheckpointTag
 
 
 class StopRequested(Exception):  # named as a request, not an error
@@ -43,7 +38,9 @@ class TrainingContext:
     """A pretrain job's checkpoint whose encoder initialises a finetune backbone."""
     report_metrics: Callable[[list[MetricPoint]], None] = lambda points: None
     """Called with points at log steps and epoch ends."""
-    on_checkpoint: Callable[[str, Path, int, int, float | None], None] = lambda tag, path, epoch, step, metric: None
+    on_checkpoint: Callable[[CheckpointTag, Path, int, int, float | None], None] = (
+        lambda tag, path, epoch, step, metric: None
+    )
     """Called as (tag, path, epoch, step, metric) after a checkpoint file is complete on disk."""
     on_progress: Callable[[int, int, int], None] = lambda epoch, epochs, step: None
     """Called as (epoch, epochs, step) at log points and epoch ends."""

@@ -32,18 +32,19 @@ import pickle
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from app.core.specs import DigitsDataset, ImageFolderDataset, SyntheticDataset, TorchvisionDataset
+from app.core.errors import first_line
+from app.core.registry import Registry
+from app.core.specs import AnyDataset, DigitsDataset, ImageFolderDataset, SyntheticDataset, TorchvisionDataset
 
 from .checkpoints import save_torch
 from .errors import DatasetError
-
-DatasetSpec = DigitsDataset | TorchvisionDataset | ImageFolderDataset | SyntheticDataset
 
 CACHE_VERSION = 1
 """Bump when the cached tensors' layout changes; old cache files are then ignored."""
@@ -80,16 +81,14 @@ def mix_seed(*parts: int | str) -> int:
     return int.from_bytes(digest, "little") >> 1
 
 
-def load_dataset(spec: DatasetSpec, data_dir: Path, seed: int) -> Splits:
+Loader = Callable[[Any, Path], tuple[Images, Images, int]]
+LOADERS: Registry[Loader] = Registry("dataset")
+"""Dataset name -> (its spec, DATA_DIR) -> (train images, test images, class count)."""
+
+
+def load_dataset(spec: AnyDataset, data_dir: Path, seed: int) -> Splits:
     """Load the dataset a job asks for and apply its options; raises DatasetError."""
-    if isinstance(spec, DigitsDataset):
-        train, test, num_classes = _load_digits()
-    elif isinstance(spec, TorchvisionDataset):
-        train, test, num_classes = _load_torchvision(spec, data_dir)
-    elif isinstance(spec, ImageFolderDataset):
-        train, test, num_classes = _load_imagefolder(spec, data_dir)
-    else:
-        train, test, num_classes = _make_synthetic(spec)
+    train, test, num_classes = LOADERS[spec.name](spec, data_dir)
 
     if spec.limit is not None:
         train = train.subset(torch.arange(min(spec.limit, len(train))))
@@ -134,39 +133,23 @@ def _split_80_20(images: Images) -> tuple[Images, Images]:
 # --- the sources ------------------------------------------------------------------
 
 
-def _load_digits() -> tuple[Images, Images, int]:
+@LOADERS.register("digits")
+def _load_digits(spec: DigitsDataset, _data_dir: Path) -> tuple[Images, Images, int]:
     from sklearn.datasets import load_digits
 
     digits = load_digits()
     x = torch.from_numpy(np.rint(digits.images * (255.0 / 16.0)).astype(np.uint8)).unsqueeze(1)
     train, test = _split_80_20(Images(x, torch.from_numpy(digits.target.astype(np.int64))))
-    return train, test, 10
+    return train, test, spec.class_count()
 
 
-@dataclass(frozen=True)
-class _Source:
-    title: str
-    num_classes: int
-    expected: str
-    """What belongs in ``DATA_DIR/<name>``, for the error message."""
-
-
-_SOURCES = {
-    "cifar10": _Source("CIFAR-10", 10, "the python-version batches (cifar-10-batches-py/)"),
-    "cifar100": _Source("CIFAR-100", 100, "the python-version files (cifar-100-python/)"),
-    "mnist": _Source("MNIST", 10, "the raw IDX files (MNIST/raw/train-images-idx3-ubyte and the other three)"),
-    "fashion_mnist": _Source(
-        "Fashion-MNIST", 10, "the raw IDX files (FashionMNIST/raw/train-images-idx3-ubyte and the other three)"
-    ),
-}
-
-
+@LOADERS.register("cifar10", "cifar100", "mnist", "fashion_mnist")
 def _load_torchvision(spec: TorchvisionDataset, data_dir: Path) -> tuple[Images, Images, int]:
-    source = _SOURCES[spec.name]
+    source = spec.source
     cache = data_dir / ".cache" / f"{spec.name}-v{CACHE_VERSION}.pt"
     cached = _read_cache(cache)
     if cached is not None:
-        return cached[0], cached[1], source.num_classes
+        return cached[0], cached[1], source.classes
 
     from torchvision import datasets
 
@@ -183,7 +166,7 @@ def _load_torchvision(spec: TorchvisionDataset, data_dir: Path) -> tuple[Images,
             ds = classes[spec.name](root=str(root), train=train, download=spec.download)
         except (RuntimeError, OSError, ValueError, pickle.UnpicklingError, EOFError) as e:
             if spec.download:
-                raise DatasetError(f"could not download {source.title} to {root}: {_one_line(e)}") from e
+                raise DatasetError(f"could not download {source.title} to {root}: {first_line(e)}") from e
             raise DatasetError(
                 f"{source.title} not found or unreadable at {root}: put {source.expected} there "
                 "or submit with dataset.download=true"
@@ -196,9 +179,10 @@ def _load_torchvision(spec: TorchvisionDataset, data_dir: Path) -> tuple[Images,
         y = torch.as_tensor(np.asarray(ds.targets), dtype=torch.int64)
         splits.append(Images(x, y))
     _write_cache(cache, splits[0], splits[1])
-    return splits[0], splits[1], source.num_classes
+    return splits[0], splits[1], source.classes
 
 
+@LOADERS.register("imagefolder")
 def _load_imagefolder(spec: ImageFolderDataset, data_dir: Path) -> tuple[Images, Images, int]:
     from torchvision.datasets import ImageFolder
 
@@ -216,7 +200,7 @@ def _load_imagefolder(spec: ImageFolderDataset, data_dir: Path) -> tuple[Images,
     try:
         found = [ImageFolder(str(folder)) for folder in folders]
     except (FileNotFoundError, OSError) as e:
-        raise DatasetError(f"no images at {data_dir / spec.path}: {_one_line(e)}") from e
+        raise DatasetError(f"no images at {data_dir / spec.path}: {first_line(e)}") from e
     classes = found[0].classes
     files: list[list[tuple[Path, int]]] = []
     for folder in found:
@@ -255,12 +239,13 @@ def _decode_images(samples: list[tuple[Path, int]], size: int) -> Images:
             with Image.open(path) as image:
                 rgb = image.convert("RGB").resize((size, size), Image.Resampling.BILINEAR)
         except (OSError, UnidentifiedImageError) as e:
-            raise DatasetError(f"cannot read image {path}: {_one_line(e)}") from e
+            raise DatasetError(f"cannot read image {path}: {first_line(e)}") from e
         x[i] = torch.from_numpy(np.asarray(rgb).transpose(2, 0, 1).copy())
     return Images(x, torch.tensor([label for _, label in samples], dtype=torch.int64))
 
 
-def _make_synthetic(spec: SyntheticDataset) -> tuple[Images, Images, int]:
+@LOADERS.register("synthetic")
+def _make_synthetic(spec: SyntheticDataset, _data_dir: Path) -> tuple[Images, Images, int]:
     c, h, w = spec.image_shape
     generator = torch.Generator().manual_seed(mix_seed("synthetic", spec.num_samples, c, h, w, spec.num_classes))
     # Each class has a smooth random pattern (a 4x4 grid upsampled); images are pattern plus noise.
@@ -295,11 +280,6 @@ def _read_cache(path: Path) -> tuple[Images, Images] | None:
 def _write_cache(path: Path, train: Images, test: Images) -> None:
     with contextlib.suppress(OSError):  # a read-only DATA_DIR only costs the decoding next time
         save_torch({"train_x": train.x, "train_y": train.y, "test_x": test.x, "test_y": test.y}, path)
-
-
-def _one_line(error: BaseException) -> str:
-    text = str(error).strip().splitlines()
-    return text[0] if text else type(error).__name__
 
 
 # --- batches on the device ------------------------------------------------------------

@@ -1,46 +1,90 @@
-"""Finetune jobs: a backbone plus a new linear head learn to classify labelled images."""
+"""Finetune jobs: a backbone plus a new linear head learn to classify labelled images.
+
+The primary metric is ``test_accuracy`` (higher is better). The backbone starts from scratch, from
+ImageNet (resnet18) or from the encoder in ``ctx.init_from`` (a pretrain job's checkpoint); a
+resumed run takes everything from ``ctx.resume_from`` instead.
+"""
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
+import torch.nn.functional as F
+from torch import Tensor
 
-from app.core.specs import FinetuneSpec, dataset_input_shape
+from app.core.specs import AnyJobSpec, FinetuneSpec
+from app.core.states import JobKind
 
 from .context import TrainingContext
-from .data import load_dataset
+from .data import Splits
 from .errors import DatasetError, TrainingError
-from .loop import Task, fit
-from .nets import build_classifier, load_encoder, load_imagenet_weights
+from .nets import Classifier, build_model, load_encoder, load_imagenet_weights
+from .task import TASKS, Batch, Runtime, Task, make_optimizer
 
 
-def run_finetune(spec: FinetuneSpec, ctx: TrainingContext) -> dict[str, Any]:
-    """Train the spec's classifier; the result's primary metric is ``test_accuracy`` (higher is better).
+class ClassificationTask(Task):
+    """Cross-entropy on the labels; with ``frozen_encoder``, a linear probe (the encoder stays in eval mode)."""
 
-    The backbone starts from scratch, from ImageNet (resnet18) or from the encoder in
-    ``ctx.init_from`` (a pretrain job's checkpoint); a resumed run takes everything from
-    ``ctx.resume_from`` instead.
-    """
-    splits = load_dataset(spec.dataset, ctx.data_dir, spec.train.seed)
+    primary = "test_accuracy"
+    higher_is_better = True
+    model: Classifier
+
+    def __init__(
+        self, model: Classifier, runtime: Runtime, optimizer: torch.optim.Optimizer, frozen_encoder: bool
+    ) -> None:
+        self.model, self.runtime, self.optimizer = model, runtime, optimizer
+        self.frozen_encoder = frozen_encoder
+        self.forward = runtime.compiled(model)
+
+    def optimizers(self) -> list[torch.optim.Optimizer]:
+        return [self.optimizer]
+
+    def train_mode(self) -> None:
+        self.model.train()
+        if self.frozen_encoder:
+            self.model.encoder.eval()
+
+    def train_step(self, batch: Batch) -> dict[str, Tensor]:
+        with self.runtime.autocast():
+            out = self.forward(self.runtime.prepare(batch.x))
+        loss = F.cross_entropy(out.float(), batch.labels)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()  # type: ignore[no-untyped-call]
+        self.optimizer.step()
+        correct = (out.detach().argmax(1) == batch.labels).sum()
+        return {"train_loss": loss.detach(), "train_accuracy": correct / len(batch)}
+
+    def eval_step(self, x: Tensor, labels: Tensor) -> dict[str, Tensor]:
+        with self.runtime.autocast():
+            out = self.forward(self.runtime.prepare(x)).float()
+        return {
+            "loss": F.cross_entropy(out, labels, reduction="sum"),
+            "accuracy": (out.argmax(1) == labels).sum(),
+        }
+
+
+@TASKS.register(JobKind.FINETUNE)
+def classification_task(spec: AnyJobSpec, ctx: TrainingContext, splits: Splits) -> Task:
+    assert isinstance(spec, FinetuneSpec)
     num_classes = spec.model.num_classes or splits.num_classes
     if splits.num_classes > num_classes:
         raise DatasetError(
             f"dataset '{spec.dataset.name}' has {splits.num_classes} classes but model.num_classes is {num_classes}"
         )
-    shape = dataset_input_shape(spec.dataset)
     torch.manual_seed(spec.train.seed)
     with torch.device(ctx.device):
-        model = build_classifier(spec.model, shape, num_classes)
+        model = build_model(spec)
+    assert isinstance(model, Classifier)
     init = spec.model.init
     if ctx.resume_from is None and init.from_ == "imagenet":
-        load_imagenet_weights(model.encoder, shape[0], spec.model.small_input)
+        load_imagenet_weights(model.encoder, spec.dataset.input_shape()[0], spec.model.small_input)
     elif ctx.resume_from is None and init.from_ == "job":
         if ctx.init_from is None:
             raise TrainingError(f"init from job {init.job_id} needs that job's checkpoint, and none was given")
         load_encoder(model.encoder, ctx.init_from)
     if spec.model.freeze_backbone:
         model.encoder.requires_grad_(False)
+    runtime = Runtime.of(spec.train, ctx.device, model)
     trainable = [p for p in model.parameters() if p.requires_grad]
-    task = Task(model=model, trainable=trainable, classify=True, frozen_encoder=spec.model.freeze_backbone)
-    return fit(spec, ctx, task, splits)
+    return ClassificationTask(
+        model, runtime, make_optimizer(trainable, spec.train, runtime.device), spec.model.freeze_backbone
+    )

@@ -21,35 +21,41 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
 
+from app.core.registry import Registry
 from app.core.specs import (
     SEED_MLP_BOTTLENECK,
     SEED_MLP_HIDDEN,
+    AnyJobSpec,
+    AnyPretrainModel,
     ConvAutoencoderModel,
     FinetuneModel,
     FinetuneSpec,
     MlpAutoencoderModel,
     PretrainSpec,
     SeedMlpAutoencoderModel,
-    dataset_input_shape,
+    Shape,
 )
+from app.core.states import JobKind
 
 from .checkpoints import load_model_weights
 from .errors import TrainingError
 
-Shape = tuple[int, int, int]
 ENCODER_PREFIX = "encoder."
 SMALL_CNN_FEATURES = 256
 RESNET18_FEATURES = 512
 
 
 class Autoencoder(nn.Module):
+    encoder: nn.Module
+    decoder: nn.Module
+
     def __init__(self, encoder: nn.Module, decoder: nn.Module) -> None:
         super().__init__()
         self.encoder = encoder
@@ -61,6 +67,9 @@ class Autoencoder(nn.Module):
 
 
 class Classifier(nn.Module):
+    encoder: nn.Module
+    head: nn.Linear
+
     def __init__(self, encoder: nn.Module, features: int, num_classes: int) -> None:
         super().__init__()
         self.encoder = encoder
@@ -147,37 +156,77 @@ class _Crop(nn.Module):
         return x[:, :, : self.h, : self.w]
 
 
-def conv_backbone(arch: str, channels: int, small_input: bool) -> tuple[nn.Module, int]:
-    if arch == "small_cnn":
-        return small_cnn(channels), SMALL_CNN_FEATURES
-    return resnet18(channels, small_input), RESNET18_FEATURES
+ConvBackbone = Callable[[int, bool], tuple[nn.Module, int]]
+CONV_BACKBONES: Registry[ConvBackbone] = Registry("conv backbone")
+"""Backbone name -> (channels, small_input) -> (the feature extractor, its feature width)."""
+CONV_BACKBONES.add("small_cnn", lambda channels, _small: (small_cnn(channels), SMALL_CNN_FEATURES))
+CONV_BACKBONES.add("resnet18", lambda channels, small: (resnet18(channels, small), RESNET18_FEATURES))
 
 
 # --- models of a job -------------------------------------------------------------------
 
+AUTOENCODERS: Registry[Callable[[Any, Shape], Autoencoder]] = Registry("pretrain arch")
+"""Pretrain ``model.arch`` -> (its model spec, the image shape) -> the autoencoder."""
+CLASSIFIERS: Registry[Callable[[FinetuneModel, Shape, int], Classifier]] = Registry("finetune arch")
+"""Finetune ``model.arch`` -> (its model spec, the image shape, classes) -> the classifier."""
 
-def build_autoencoder(
-    model: MlpAutoencoderModel | SeedMlpAutoencoderModel | ConvAutoencoderModel, shape: Shape
-) -> Autoencoder:
-    if isinstance(model, MlpAutoencoderModel):
-        return Autoencoder(
-            mlp_encoder(shape, model.hidden, model.bottleneck), mlp_decoder(shape, model.hidden, model.bottleneck)
-        )
-    if isinstance(model, SeedMlpAutoencoderModel):
-        return Autoencoder(
-            mlp_encoder(shape, SEED_MLP_HIDDEN, SEED_MLP_BOTTLENECK),
-            mlp_decoder(shape, SEED_MLP_HIDDEN, SEED_MLP_BOTTLENECK),
-        )
-    encoder, features = conv_backbone(model.backbone, shape[0], model.small_input and model.backbone == "resnet18")
+
+@AUTOENCODERS.register("mlp_autoencoder")
+def mlp_autoencoder(model: MlpAutoencoderModel, shape: Shape) -> Autoencoder:
+    return Autoencoder(
+        mlp_encoder(shape, model.hidden, model.bottleneck), mlp_decoder(shape, model.hidden, model.bottleneck)
+    )
+
+
+@AUTOENCODERS.register("seed_mlp_autoencoder")
+def seed_mlp_autoencoder(_model: SeedMlpAutoencoderModel, shape: Shape) -> Autoencoder:
+    return Autoencoder(
+        mlp_encoder(shape, SEED_MLP_HIDDEN, SEED_MLP_BOTTLENECK),
+        mlp_decoder(shape, SEED_MLP_HIDDEN, SEED_MLP_BOTTLENECK),
+    )
+
+
+@AUTOENCODERS.register("conv_autoencoder")
+def conv_autoencoder(model: ConvAutoencoderModel, shape: Shape) -> Autoencoder:
+    small = model.small_input and model.backbone == "resnet18"
+    encoder, features = CONV_BACKBONES[model.backbone](shape[0], small)
     return Autoencoder(encoder, conv_decoder(features, shape))
 
 
-def build_classifier(model: FinetuneModel, shape: Shape, num_classes: int) -> Classifier:
-    if model.arch == "mlp":
-        encoder: nn.Module = mlp_encoder(shape, model.mlp_hidden, model.mlp_bottleneck)
-        return Classifier(encoder, model.mlp_bottleneck, num_classes)
-    encoder, features = conv_backbone(model.arch, shape[0], model.small_input)
+@CLASSIFIERS.register("mlp")
+def mlp_classifier(model: FinetuneModel, shape: Shape, num_classes: int) -> Classifier:
+    encoder = mlp_encoder(shape, model.mlp_hidden, model.mlp_bottleneck)
+    return Classifier(encoder, model.mlp_bottleneck, num_classes)
+
+
+@CLASSIFIERS.register("small_cnn", "resnet18")
+def conv_classifier(model: FinetuneModel, shape: Shape, num_classes: int) -> Classifier:
+    encoder, features = CONV_BACKBONES[model.arch](shape[0], model.small_input)
     return Classifier(encoder, features, num_classes)
+
+
+def build_autoencoder(model: AnyPretrainModel, shape: Shape) -> Autoencoder:
+    return AUTOENCODERS[model.arch](model, shape)
+
+
+def build_classifier(model: FinetuneModel, shape: Shape, num_classes: int) -> Classifier:
+    return CLASSIFIERS[model.arch](model, shape, num_classes)
+
+
+def _pretrain_network(spec: AnyJobSpec) -> nn.Module:
+    assert isinstance(spec, PretrainSpec)
+    return build_autoencoder(spec.model, spec.dataset.input_shape())
+
+
+def _finetune_network(spec: AnyJobSpec) -> nn.Module:
+    assert isinstance(spec, FinetuneSpec) and spec.model.num_classes is not None  # filled in by validation
+    return build_classifier(spec.model, spec.dataset.input_shape(), spec.model.num_classes)
+
+
+NETWORKS: Registry[Callable[[AnyJobSpec], nn.Module]] = Registry("job kind")
+"""Job kind -> the network its spec describes."""
+NETWORKS.add(JobKind.PRETRAIN, _pretrain_network)
+NETWORKS.add(JobKind.FINETUNE, _finetune_network)
 
 
 def is_conv(model: nn.Module) -> bool:
@@ -237,11 +286,6 @@ def load_imagenet_weights(encoder: nn.Module, channels: int, small_input: bool) 
         raise TrainingError(f"the ImageNet weights at {cached} do not fit resnet18: missing {missing}")
 
 
-def build_model(spec: PretrainSpec | FinetuneSpec) -> Autoencoder | Classifier:
+def build_model(spec: AnyJobSpec) -> nn.Module:
     """The network a job trains, from its spec (e.g. to load a downloaded checkpoint's weights)."""
-    shape = dataset_input_shape(spec.dataset)
-    if isinstance(spec, PretrainSpec):
-        return build_autoencoder(spec.model, shape)
-    num_classes = spec.model.num_classes
-    assert num_classes is not None  # filled in by the spec's validation
-    return build_classifier(spec.model, shape, num_classes)
+    return NETWORKS[spec.kind](spec)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import math
-from pathlib import Path
 from typing import Annotated
 
 import anyio
@@ -18,26 +17,26 @@ from fastapi import Path as PathParam
 from fastapi.concurrency import run_in_threadpool
 
 from app.api.deps import DatabaseDep, SessionDep, SettingsDep, WakeupDep, require_worker_token
+from app.api.downloads import serve_checkpoint
 from app.api.json_body import json_body, openapi_body
-from app.api.routes.jobs import Format, JobId, Tag, serve_checkpoint
-from app.core import artifacts, queue
+from app.api.routes.jobs import JobId
+from app.core import checkpoints, leases, metrics
+from app.core.checkpoints import CheckpointStore, PendingUpload, UploadHeader
 from app.core.config import Settings
 from app.core.db import Database
-from app.core.errors import InvalidRequest, NotFound, PreconditionFailed, TooLarge
-from app.core.models import Checkpoint
-from app.schemas import (
-    CheckpointPublic,
-    CheckpointRef,
+from app.core.errors import InvalidRequest, TooLarge
+from app.core.protocol import (
     ClaimedJob,
     ClaimRequest,
     FinishRequest,
     HeartbeatRequest,
     HeartbeatResponse,
-    JobPublic,
     MetricsAccepted,
     MetricsBatch,
     ReleaseRequest,
 )
+from app.core.states import CheckpointFormat, CheckpointTag
+from app.schemas import CheckpointPublic, JobPublic
 
 router = APIRouter(prefix="/worker", tags=["worker"], dependencies=[Depends(require_worker_token)])
 
@@ -48,41 +47,18 @@ _FENCED: dict[int | str, dict[str, str]] = {
 }
 
 
-def _ref(ckpt: Checkpoint | None) -> CheckpointRef | None:
-    if ckpt is None:
-        return None
-    return CheckpointRef(
-        job_id=ckpt.job_id,
-        tag=ckpt.tag,
-        format=ckpt.format,
-        epoch=ckpt.epoch,
-        step=ckpt.step,
-        size=ckpt.size,
-        sha256=ckpt.sha256,
-        url=f"/worker/jobs/{ckpt.job_id}/checkpoints/{ckpt.tag}?format={ckpt.format}",
-    )
-
-
 def _claim_once(db: Database, settings: Settings, body: ClaimRequest, reap: bool) -> ClaimedJob | None:
     with db.write() as session:
-        claim = queue.claim_next_job(
+        job = leases.claim_next_job(
             session, worker_id=body.worker_id, device=body.device, lease_seconds=settings.lease_seconds, reap=reap
         )
-        if claim is None:
+        if job is None:
             return None
-        job = claim.job
-        assert job.lease_token is not None
-        return ClaimedJob(
-            id=job.id,
-            kind=job.kind,
-            spec=job.spec,
-            attempt=job.attempt,
-            max_attempts=job.max_attempts,
-            lease_token=job.lease_token,
+        return ClaimedJob.of(
+            job,
+            checkpoints.starting_points(session, job),
             lease_seconds=settings.lease_seconds,
             heartbeat_seconds=settings.heartbeat_seconds,
-            resume_checkpoint=_ref(claim.resume),
-            init_checkpoint=_ref(claim.init),
         )
 
 
@@ -113,7 +89,7 @@ def heartbeat(job_id: JobId, body: HeartbeatRequest, db: DatabaseDep, settings: 
     """Renew the lease and report progress; the answer says whether a cancel was requested."""
     progress = body.progress.model_dump() if body.progress else None
     with db.write() as session:
-        cancel = queue.heartbeat(
+        cancel = leases.heartbeat(
             session, job_id, body.lease_token, lease_seconds=settings.lease_seconds, progress=progress
         )
     return HeartbeatResponse(cancel_requested=cancel)
@@ -128,9 +104,8 @@ def report_metrics(
     job_id: JobId, body: Annotated[MetricsBatch, Depends(json_body(MetricsBatch))], db: DatabaseDep
 ) -> MetricsAccepted:
     """Store up to 1,000 metric points in one transaction; a step reported again replaces the value."""
-    points = body.model_dump(include={"points"})["points"]
     with db.write() as session:
-        accepted = queue.record_metrics(session, job_id, body.lease_token, points)
+        accepted = metrics.record_metrics(session, job_id, body.lease_token, body.points)
     return MetricsAccepted(accepted=accepted)
 
 
@@ -147,7 +122,7 @@ def report_metrics(
 )
 async def upload_checkpoint(
     job_id: JobId,
-    tag: Annotated[Tag, PathParam()],
+    tag: Annotated[CheckpointTag, PathParam()],
     request: Request,
     db: DatabaseDep,
     settings: SettingsDep,
@@ -157,9 +132,10 @@ async def upload_checkpoint(
     x_checkpoint_step: Annotated[int, Header(ge=0, le=2**62)],
     x_checkpoint_metric: Annotated[float | None, Header()] = None,
     x_checkpoint_same_as: Annotated[
-        Tag | None, Header(description="Send no body: the file is the one stored as this job's checkpoint of that tag.")
+        CheckpointTag | None,
+        Header(description="Send no body: the file is the one stored as this job's checkpoint of that tag."),
     ] = None,
-    format: Annotated[Format, Query()] = "pt",
+    format: Annotated[CheckpointFormat, Query()] = CheckpointFormat.PT,
 ) -> CheckpointPublic:
     """Upload a checkpoint file (streamed; written to a temporary file, checked, fsynced, renamed).
 
@@ -171,82 +147,36 @@ async def upload_checkpoint(
         raise InvalidRequest("X-Checkpoint-Metric must be a finite number", ("header", "x-checkpoint-metric"))
     declared = request.headers.get("content-length")
     if declared is not None and declared.isascii() and declared.isdigit() and int(declared) > settings.max_upload_bytes:
-        raise _too_large(settings)
-
-    def fence() -> Path | None:
-        with db.write() as session:
-            queue.check_lease(session, job_id, x_lease_token)
-            if x_checkpoint_same_as is None:
-                return None
-            try:
-                source = queue.find_checkpoint(session, job_id, x_checkpoint_same_as, format)
-            except NotFound:
-                source = None
-            if source is None or source.sha256 != x_checkpoint_sha256.lower():
-                raise PreconditionFailed(
-                    f"job {job_id} has no '{x_checkpoint_same_as}' checkpoint ({format}) with sha256 "
-                    f"{x_checkpoint_sha256.lower()}; upload the file itself"
-                )
-            return settings.artifacts_dir / source.path
-
-    same_as = await run_in_threadpool(fence)  # refuse a stale worker before it sends gigabytes
-    if same_as is not None:
-        if declared not in (None, "0"):
-            raise InvalidRequest("send no body with X-Checkpoint-Same-As", ("header", "x-checkpoint-same-as"))
-        try:
-            upload = await run_in_threadpool(artifacts.PendingUpload.linked, settings.artifacts_dir, job_id, same_as)
-        except FileNotFoundError as exc:
-            raise PreconditionFailed(f"the '{x_checkpoint_same_as}' checkpoint file is gone; upload the file") from exc
-    else:
-        upload = await run_in_threadpool(
-            artifacts.PendingUpload, settings.artifacts_dir, job_id, settings.max_upload_bytes
-        )
+        raise TooLarge(f"checkpoint is larger than MAX_UPLOAD_BYTES ({settings.max_upload_bytes} bytes)")
+    header = UploadHeader(
+        job_id=job_id,
+        lease_token=x_lease_token,
+        tag=tag,
+        fmt=format,
+        epoch=x_checkpoint_epoch,
+        step=x_checkpoint_step,
+        sha256=x_checkpoint_sha256.lower(),
+        metric=x_checkpoint_metric,
+        same_as=x_checkpoint_same_as,
+    )
+    store = CheckpointStore(db, settings.artifacts_dir, settings.max_upload_bytes)
+    upload = await run_in_threadpool(store.open_upload, header)  # fenced: a stale worker is refused here
     try:
-        if same_as is None:
+        if upload.linked and declared not in (None, "0"):
+            raise InvalidRequest("send no body with X-Checkpoint-Same-As", ("header", "x-checkpoint-same-as"))
+        if not upload.linked:
             await receive_into(request, upload)
-            sha256 = await run_in_threadpool(upload.finish, x_checkpoint_sha256)
-        else:
-            sha256 = x_checkpoint_sha256.lower()
-        relpath = artifacts.checkpoint_relpath(job_id, tag, format, sha256)
-
-        def commit() -> tuple[CheckpointPublic, str | None]:
-            with db.write() as session:
-                ckpt, old = queue.record_checkpoint(
-                    session,
-                    job_id,
-                    x_lease_token,
-                    tag=tag,
-                    fmt=format,
-                    epoch=x_checkpoint_epoch,
-                    step=x_checkpoint_step,
-                    size=upload.size,
-                    sha256=sha256,
-                    path=relpath,
-                    metric_value=x_checkpoint_metric,
-                )
-                upload.commit(settings.artifacts_dir, relpath)
-                url = f"/worker/jobs/{job_id}/checkpoints/{tag}?format={format}"
-                return CheckpointPublic.of(ckpt, url), old
-
-        public, old = await run_in_threadpool(commit)
-    except artifacts.UploadTooLarge as exc:
-        upload.discard()
-        raise _too_large(settings) from exc
-    except artifacts.ChecksumMismatch as exc:
-        upload.discard()
-        raise InvalidRequest(str(exc), ("header", "x-checkpoint-sha256")) from exc
+        ckpt = await run_in_threadpool(store.commit_upload, header, upload)
     except BaseException:
         upload.discard()
         raise
-    if old is not None and old != relpath:
-        artifacts.remove_files(settings.artifacts_dir, [old])
-    return public
+    return CheckpointPublic.of(ckpt, worker=True)
 
 
 UPLOAD_BUFFER = 8 * 1024 * 1024
 
 
-async def receive_into(request: Request, upload: artifacts.PendingUpload) -> None:
+async def receive_into(request: Request, upload: PendingUpload) -> None:
     """Stream the body into ``upload``: 8 MiB at a time, hashed and written in a thread while the next arrives."""
     chunks: list[bytes] = []
     buffered = 0
@@ -256,7 +186,7 @@ async def receive_into(request: Request, upload: artifacts.PendingUpload) -> Non
         async for chunk in request.stream():
             received += len(chunk)
             if received > upload.max_bytes:
-                raise artifacts.UploadTooLarge(f"more than {upload.max_bytes} bytes")
+                raise TooLarge(f"checkpoint is larger than MAX_UPLOAD_BYTES ({upload.max_bytes} bytes)")
             chunks.append(chunk)
             buffered += len(chunk)
             if buffered >= UPLOAD_BUFFER:
@@ -277,31 +207,28 @@ async def receive_into(request: Request, upload: artifacts.PendingUpload) -> Non
         raise
 
 
-def _too_large(settings: Settings) -> TooLarge:
-    return TooLarge(f"checkpoint is larger than MAX_UPLOAD_BYTES ({settings.max_upload_bytes} bytes)")
-
-
 @router.get(
     "/jobs/{job_id}/checkpoints/{tag}",
     responses={200: {"content": {"application/octet-stream": {}}}, **_FENCED},
 )
 def download_checkpoint(
     job_id: JobId,
-    tag: Annotated[Tag, PathParam()],
+    tag: Annotated[CheckpointTag, PathParam()],
     session: SessionDep,
     settings: SettingsDep,
     request: Request,
-    format: Annotated[Format, Query()] = "pt",
+    format: Annotated[CheckpointFormat, Query()] = CheckpointFormat.PT,
 ) -> Response:
     """Serve a checkpoint back to a worker (to resume, or to start a finetune from a pretrain job)."""
-    return serve_checkpoint(queue.find_checkpoint(session, job_id, tag, format), settings.artifacts_dir, request)
+    ckpt = checkpoints.find_for_worker(session, job_id, tag, format)
+    return serve_checkpoint(ckpt, settings.artifacts_dir, request)
 
 
 @router.post("/jobs/{job_id}/finish", responses=_FENCED)
 def finish_job(job_id: JobId, body: FinishRequest, db: DatabaseDep, wakeup: WakeupDep) -> JobPublic:
     """End the job: succeeded (with result), failed (with error; not retried) or cancelled."""
     with db.write() as session:
-        job = queue.finish_job(
+        job = leases.finish_job(
             session, job_id, body.lease_token, status=body.status, error=body.error, result=body.result
         )
         public = JobPublic.of(job)
@@ -313,6 +240,6 @@ def finish_job(job_id: JobId, body: FinishRequest, db: DatabaseDep, wakeup: Wake
 def release_job(job_id: JobId, body: ReleaseRequest, db: DatabaseDep, wakeup: WakeupDep) -> JobPublic:
     """Give the job back to the queue without spending an attempt (worker shutting down)."""
     with db.write() as session:
-        public = JobPublic.of(queue.release_job(session, job_id, body.lease_token))
+        public = JobPublic.of(leases.release_job(session, job_id, body.lease_token))
     wakeup.notify()
     return public

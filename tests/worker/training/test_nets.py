@@ -18,7 +18,7 @@ from app.core.specs import (
     SeedMlpAutoencoderModel,
 )
 from tests.worker.training.helpers import Recorder, pretrain, synthetic
-from worker.training import TrainingError, run_pretrain
+from worker.training import TrainingError, run_training
 from worker.training.nets import build_autoencoder, build_classifier, count_parameters, load_imagenet_weights
 
 # The article's Linear layers, in order (section 4.1): encoder then decoder.
@@ -44,7 +44,7 @@ def test_seed_autoencoder_shrunk_16x_takes_real_training_steps(recorder: Recorde
         "hidden": [w // 16 for w in SEED_MLP_HIDDEN],
         "bottleneck": SEED_MLP_BOTTLENECK // 16,
     }
-    result = run_pretrain(pretrain(model, synthetic(num_samples=40, image_shape=[3, 32, 32])), recorder.context())
+    result = run_training(pretrain(model, synthetic(num_samples=40, image_shape=[3, 32, 32])), recorder.context())
     assert result["steps"] == 2 and 0 < result["train_loss"] < 2
 
 

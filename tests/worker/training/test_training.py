@@ -12,16 +12,17 @@ from torch import Tensor, nn
 
 from app.core.specs import FinetuneSpec, PretrainSpec
 from tests.worker.training.helpers import Recorder, finetune, pretrain, synthetic
-from worker.training import StopRequested, TrainingError, run_finetune, run_pretrain, run_training
+from worker.training import StopRequested, TrainingError, run_training
 from worker.training.data import load_dataset
-from worker.training.loop import Task, fit
+from worker.training.finetune import ClassificationTask
+from worker.training.loop import fit
 from worker.training.nets import build_classifier, encoder_state_dict
+from worker.training.task import Runtime, make_optimizer
 
 EPOCH_METRICS = {"train_loss", "test_loss", "lr", "epoch_seconds", "samples_per_second"}
 CHECKPOINT_KEYS = {
     "model",
     "optimizer",
-    "scheduler",
     "epoch",
     "step",
     "rng",
@@ -116,7 +117,7 @@ def test_metrics_steps_epochs_and_checkpoint_schedule(recorder: Recorder) -> Non
         schedule="cosine",
         warmup_epochs=1,
     )
-    result = run_finetune(spec, recorder.context())
+    result = run_training(spec, recorder.context())
     train_loss = recorder.values("train_loss")
     assert [(s, e) for s, e, _ in train_loss] == [
         (2, 1),
@@ -146,11 +147,11 @@ def test_same_seed_same_metrics_and_weights(tmp_path: Path) -> None:
     spec = finetune({"arch": "small_cnn"}, synthetic(num_samples=40, augment="flip_crop"), epochs=2, log_every_steps=1)
     runs = [Recorder(tmp_path / "data", tmp_path / f"work{i}") for i in range(2)]
     for r in runs:
-        run_finetune(spec, r.context())
+        run_training(spec, r.context())
     assert runs[0].stable_metrics() == runs[1].stable_metrics()
     assert_same_tensors(load_pt(runs[0].work_dir / "last.pt")["model"], load_pt(runs[1].work_dir / "last.pt")["model"])
     other = Recorder(tmp_path / "data", tmp_path / "work-seed1")
-    run_finetune(finetune({"arch": "small_cnn"}, synthetic(num_samples=40), epochs=2, seed=1), other.context())
+    run_training(finetune({"arch": "small_cnn"}, synthetic(num_samples=40), epochs=2, seed=1), other.context())
     assert other.values("train_loss") != runs[0].values("train_loss")
 
 
@@ -215,7 +216,7 @@ def test_stop_and_resume_is_bit_identical(tmp_path: Path, case: str) -> None:
 
 def test_pretrained_encoder_initialises_finetune_and_freezing_keeps_it(recorder: Recorder, tmp_path: Path) -> None:
     mlp = {"hidden": [64, 32], "bottleneck": 16}
-    run_pretrain(pretrain({"arch": "mlp_autoencoder", **mlp}, SMALL), recorder.context())
+    run_training(pretrain({"arch": "mlp_autoencoder", **mlp}, SMALL), recorder.context())
     base = recorder.work_dir / "best.pt"
     encoder = encoder_state_dict(load_pt(base)["model"])
     job = {"from": "job", "job_id": 1}
@@ -223,28 +224,28 @@ def test_pretrained_encoder_initialises_finetune_and_freezing_keeps_it(recorder:
     # Stopping before the first step saves the starting weights: they are the pretrain encoder's.
     start = Recorder(tmp_path / "data", tmp_path / "start", stop_after_step=0)
     with pytest.raises(StopRequested):
-        run_finetune(finetune({"arch": "mlp", "init": job, **mlp}, SMALL), start.context(init_from=base))
+        run_training(finetune({"arch": "mlp", "init": job, **mlp}, SMALL), start.context(init_from=base))
     assert_same_tensors(encoder_state_dict(load_pt(start.work_dir / "last.pt")["model"]), encoder)
 
     frozen = Recorder(tmp_path / "data", tmp_path / "frozen")
     spec = finetune({"arch": "mlp", "init": job, "freeze_backbone": True, **mlp}, SMALL, epochs=2, lr=0.01)
-    run_finetune(spec, frozen.context(init_from=base))
+    run_training(spec, frozen.context(init_from=base))
     trained = load_pt(frozen.work_dir / "last.pt")["model"]
     assert_same_tensors(encoder_state_dict(trained), encoder)  # weights and BatchNorm statistics
     assert not torch.equal(trained["head.weight"], load_pt(start.work_dir / "last.pt")["model"]["head.weight"])
 
     wrong = finetune({"arch": "mlp", "init": job, "hidden": [64], "bottleneck": 16}, SMALL)
     with pytest.raises(TrainingError, match="does not fit"):
-        run_finetune(wrong, Recorder(tmp_path / "data", tmp_path / "wrong").context(init_from=base))
+        run_training(wrong, Recorder(tmp_path / "data", tmp_path / "wrong").context(init_from=base))
 
 
 def test_conv_autoencoder_encoder_initialises_small_cnn(recorder: Recorder, tmp_path: Path) -> None:
-    run_pretrain(pretrain({"arch": "conv_autoencoder", "backbone": "small_cnn"}, SMALL), recorder.context())
+    run_training(pretrain({"arch": "conv_autoencoder", "backbone": "small_cnn"}, SMALL), recorder.context())
     base = recorder.work_dir / "best.safetensors"  # the weights-only file works as well
     start = Recorder(tmp_path / "data", tmp_path / "start", stop_after_step=0)
     spec = finetune({"arch": "small_cnn", "init": {"from": "job", "job_id": 1}}, SMALL)
     with pytest.raises(StopRequested):
-        run_finetune(spec, start.context(init_from=base))
+        run_training(spec, start.context(init_from=base))
     started = encoder_state_dict(load_pt(start.work_dir / "last.pt")["model"])
     assert_same_tensors(started, encoder_state_dict(load_file(base)))
 
@@ -252,13 +253,13 @@ def test_conv_autoencoder_encoder_initialises_small_cnn(recorder: Recorder, tmp_
 def test_nan_from_a_broken_base_checkpoint_fails_at_step_1(recorder: Recorder, tmp_path: Path) -> None:
     # BatchNorm and Tanh keep these nets finite even at lr=10, so the NaN comes from the weights.
     mlp = {"hidden": [32], "bottleneck": 8}
-    run_pretrain(pretrain({"arch": "mlp_autoencoder", **mlp}, SMALL), recorder.context())
+    run_training(pretrain({"arch": "mlp_autoencoder", **mlp}, SMALL), recorder.context())
     checkpoint = load_pt(recorder.work_dir / "best.pt")
     checkpoint["model"]["encoder.1.weight"][0, 0] = float("nan")
     torch.save(checkpoint, tmp_path / "broken.pt")
     spec = finetune({"arch": "mlp", "init": {"from": "job", "job_id": 1}, **mlp}, SMALL, log_every_steps=50)
     with pytest.raises(TrainingError, match=r"^loss became NaN at epoch 1, step 1$"):
-        run_finetune(spec, Recorder(tmp_path / "data", tmp_path / "ft").context(init_from=tmp_path / "broken.pt"))
+        run_training(spec, Recorder(tmp_path / "data", tmp_path / "ft").context(init_from=tmp_path / "broken.pt"))
 
 
 class TurnsNaN(nn.Module):
@@ -282,7 +283,8 @@ def test_nan_mid_window_names_its_exact_step(recorder: Recorder) -> None:
     spec.train.log_every_steps = 4
     splits = load_dataset(spec.dataset, recorder.data_dir, seed=0)
     model = TurnsNaN(build_classifier(spec.model, (3, 16, 16), 4), at=7)
-    task = Task(model=model, trainable=list(model.parameters()), classify=True)
+    runtime = Runtime.of(spec.train, "cpu", model)
+    task = ClassificationTask(model, runtime, make_optimizer(model.parameters(), spec.train, runtime.device), False)
     with pytest.raises(TrainingError, match=r"^loss became NaN at epoch 2, step 7$"):
         fit(spec, recorder.context(), task, splits)
     assert [p["step"] for p in recorder.metrics if p["name"] == "train_loss"] == [4, 5]
@@ -299,13 +301,13 @@ def test_digits_mlp_from_scratch_reaches_97_percent(recorder: Recorder) -> None:
         schedule="cosine",
         checkpoint_every_epochs=10,
     )
-    result = run_finetune(spec, recorder.context())
+    result = run_training(spec, recorder.context())
     assert result["test_accuracy"] >= 0.97, result
 
 
 def test_validation_split_adds_val_metrics(recorder: Recorder) -> None:
     spec = finetune({"arch": "mlp", "hidden": [16]}, synthetic(num_samples=60, val_fraction=0.25))
-    result = run_finetune(spec, recorder.context())
+    result = run_training(spec, recorder.context())
     names = {p["name"] for p in recorder.metrics}
     assert {"val_loss", "val_accuracy"} <= names and "val_accuracy" in result
 
@@ -328,7 +330,7 @@ def test_channels_last_on_cpu_trains_the_same_as_contiguous(tmp_path: Path) -> N
 
 
 def test_channels_last_is_used_for_conv_nets_on_cuda_and_cpu_only() -> None:
-    from worker.training.loop import use_channels_last
+    from worker.training.task import use_channels_last
 
     cnn = build_classifier(finetune({"arch": "small_cnn"}).model, (3, 16, 16), 4)
     mlp = build_classifier(finetune({"arch": "mlp", "hidden": [8], "bottleneck": 4}).model, (3, 16, 16), 4)

@@ -1,36 +1,61 @@
-"""Queue semantics on SQLite and PostgreSQL: claiming, ordering, dependencies, leases, fencing, cancel, delete."""
+"""The job store on SQLite and PostgreSQL: claiming, ordering, dependencies, leases, fencing, cancel, delete."""
 
 from __future__ import annotations
 
 import threading
 from collections import Counter
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
 import pytest
 
-from app.core import queue
+from app.core import checkpoints, jobs, leases, metrics
+from app.core.checkpoints import UploadHeader
 from app.core.db import Database
 from app.core.errors import Conflict, IdempotencyConflict, InvalidRequest, JobNotFound, LeaseLost
-from app.core.models import utcnow
+from app.core.jobs import EVERYONE
+from app.core.models import Checkpoint, Job, utcnow
+from app.core.protocol import MetricIn
 from app.core.specs import parse_job_spec
+from app.core.states import CheckpointFormat, CheckpointTag
 from tests.conftest import finetune_body, pretrain_body
+
+
+@dataclass
+class Claimed:
+    job: Job
+    resume: Checkpoint | None
+    init: Checkpoint | None
 
 
 def submit(db: Database, body: dict[str, Any], **kw: Any) -> int:
     with db.write() as s:
-        job, _ = queue.enqueue_job(s, parse_job_spec(body), **kw)
+        job, _ = jobs.submit_job(s, EVERYONE, parse_job_spec(body), **kw)
         return job.id
 
 
-def claim(db: Database, worker: str = "w", lease: float = 60, now: Any = None) -> queue.Claim | None:
+def claim(db: Database, worker: str = "w", lease: float = 60, now: Any = None) -> Claimed | None:
     with db.write() as s:
-        return queue.claim_next_job(s, worker_id=worker, device="cpu", lease_seconds=lease, now=now)
+        job = leases.claim_next_job(s, worker_id=worker, device="cpu", lease_seconds=lease, now=now)
+        return None if job is None else Claimed(job, *checkpoints.starting_points(s, job))
 
 
 def status(db: Database, job_id: int) -> str:
     with db.read() as s:
-        return queue.get_job(s, job_id).status
+        return jobs.get_job(s, EVERYONE, job_id).status
+
+
+def points(*values: tuple[int, float]) -> list[MetricIn]:
+    return [MetricIn(name="train_loss", step=step, value=value) for step, value in values]
+
+
+def header(
+    job_id: int, token: str, tag: str = "last", sha256: str = "a" * 64, metric: float | None = None
+) -> UploadHeader:
+    return UploadHeader(
+        job_id, token, CheckpointTag(tag), CheckpointFormat.PT, epoch=1, step=5, sha256=sha256, metric=metric
+    )
 
 
 def test_claim_takes_highest_priority_then_oldest(db: Database) -> None:
@@ -59,20 +84,10 @@ def test_finetune_waits_for_its_base_job(db: Database) -> None:
     assert c is not None and c.job.id == base
     assert claim(db) is None  # base running: finetune not claimable
     with db.write() as s:
-        queue.record_checkpoint(
-            s,
-            base,
-            c.job.lease_token or "",
-            tag="best",
-            fmt="pt",
-            epoch=1,
-            step=5,
-            size=3,
-            sha256="a" * 64,
-            path="jobs/1/best.pt",
-            metric_value=0.5,
+        checkpoints.record_checkpoint(
+            s, header(base, c.job.lease_token or "", "best", metric=0.5), size=3, path="jobs/1/best.pt"
         )
-        queue.finish_job(s, base, c.job.lease_token or "", status="succeeded", result={"test_loss": 0.5})
+        leases.finish_job(s, base, c.job.lease_token or "", status="succeeded", result={"test_loss": 0.5})
     c2 = claim(db)
     assert c2 is not None and c2.job.id == ft
     assert c2.init is not None and c2.init.job_id == base and c2.init.tag == "best"
@@ -84,20 +99,20 @@ def test_finetune_fails_when_its_base_will_never_succeed(db: Database, how: str)
     ft = submit(db, finetune_body(base))
     if how == "cancelled while queued":
         with db.write() as s:
-            queue.cancel_job(s, base)
+            jobs.cancel_job(s, EVERYONE, base)
     else:
         c = claim(db)
         assert c is not None and c.job.lease_token
         with db.write() as s:
             if how == "fails":
-                queue.finish_job(s, base, c.job.lease_token, status="failed", error="boom")
+                leases.finish_job(s, base, c.job.lease_token, status="failed", error="boom")
             elif how == "cancelled while running":
-                queue.cancel_job(s, base)
-                queue.finish_job(s, base, c.job.lease_token, status="cancelled")
+                jobs.cancel_job(s, EVERYONE, base)
+                leases.finish_job(s, base, c.job.lease_token, status="cancelled")
             else:
-                queue.reap_expired_leases(s, now=utcnow() + timedelta(seconds=120))
+                leases.reap_expired_leases(s, now=utcnow() + timedelta(seconds=120))
     with db.read() as s:
-        job = queue.get_job(s, ft)
+        job = jobs.get_job(s, EVERYONE, ft)
         assert job.status == "failed"
         assert job.error is not None and f"base job {base}" in job.error
 
@@ -120,7 +135,7 @@ def test_concurrent_claimers_take_each_job_exactly_once(db: Database) -> None:
     with db.write() as s:
         spec = parse_job_spec(pretrain_body())
         for _ in range(200):
-            queue.enqueue_job(s, spec)
+            jobs.submit_job(s, EVERYONE, spec)
     taken: list[int] = []
     lock = threading.Lock()
     errors: list[BaseException] = []
@@ -159,12 +174,12 @@ def test_expired_lease_requeues_then_fails_after_max_attempts(db: Database) -> N
     assert second is not None and second.job.id == job_id and second.job.attempt == 2
     assert second.job.lease_token != first.job.lease_token
     with db.read() as s:
-        assert "lease expired" in (queue.get_job(s, job_id).error or "")
+        assert "lease expired" in (jobs.get_job(s, EVERYONE, job_id).error or "")
     with db.write() as s:
-        changed = queue.reap_expired_leases(s, now=t0 + timedelta(seconds=30))
+        changed = leases.reap_expired_leases(s, now=t0 + timedelta(seconds=30))
     assert changed == [(job_id, "failed")]
     with db.read() as s:
-        job = queue.get_job(s, job_id)
+        job = jobs.get_job(s, EVERYONE, job_id)
         assert job.status == "failed" and "no attempts left" in (job.error or "")
 
 
@@ -174,9 +189,9 @@ def test_heartbeat_keeps_the_lease(db: Database) -> None:
     c = claim(db, lease=10, now=t0)
     assert c is not None and c.job.lease_token
     with db.write() as s:
-        queue.heartbeat(s, job_id, c.job.lease_token, lease_seconds=10, now=t0 + timedelta(seconds=8))
+        leases.heartbeat(s, job_id, c.job.lease_token, lease_seconds=10, now=t0 + timedelta(seconds=8))
     with db.write() as s:
-        assert queue.reap_expired_leases(s, now=t0 + timedelta(seconds=12)) == []
+        assert leases.reap_expired_leases(s, now=t0 + timedelta(seconds=12)) == []
     assert status(db, job_id) == "running"
 
 
@@ -188,32 +203,20 @@ def test_stale_worker_cannot_write_after_its_job_moved_on(db: Database) -> None:
     assert old and new and old.job.lease_token and new.job.lease_token
     stale = old.job.lease_token
     for write in (
-        lambda s: queue.heartbeat(s, job_id, stale, lease_seconds=10),
-        lambda s: queue.record_metrics(s, job_id, stale, [{"name": "train_loss", "step": 1, "value": 9.0}]),
-        lambda s: queue.finish_job(s, job_id, stale, status="succeeded", result={}),
-        lambda s: queue.release_job(s, job_id, stale),
-        lambda s: queue.record_checkpoint(
-            s,
-            job_id,
-            stale,
-            tag="last",
-            fmt="pt",
-            epoch=1,
-            step=1,
-            size=1,
-            sha256="b" * 64,
-            path="x",
-            metric_value=None,
-        ),
+        lambda s: leases.heartbeat(s, job_id, stale, lease_seconds=10),
+        lambda s: metrics.record_metrics(s, job_id, stale, points((1, 9.0))),
+        lambda s: leases.finish_job(s, job_id, stale, status="succeeded", result={}),
+        lambda s: leases.release_job(s, job_id, stale),
+        lambda s: checkpoints.record_checkpoint(s, header(job_id, stale, sha256="b" * 64), size=1, path="x"),
     ):
         with pytest.raises(LeaseLost), db.write() as s:
             write(s)
     with db.read() as s:
-        job = queue.get_job(s, job_id)
+        job = jobs.get_job(s, EVERYONE, job_id)
         assert job.status == "running" and job.lease_owner == "new"
-        assert queue.list_checkpoints(s, job_id) == []
+        assert checkpoints.list_checkpoints(s, EVERYONE, job_id) == []
     with db.write() as s:
-        queue.finish_job(s, job_id, new.job.lease_token, status="succeeded", result={"ok": 1})
+        leases.finish_job(s, job_id, new.job.lease_token, status="succeeded", result={"ok": 1})
     assert status(db, job_id) == "succeeded"
 
 
@@ -222,7 +225,7 @@ def test_release_requeues_without_spending_an_attempt(db: Database) -> None:
     c = claim(db)
     assert c is not None and c.job.lease_token
     with db.write() as s:
-        job = queue.release_job(s, job_id, c.job.lease_token)
+        job = leases.release_job(s, job_id, c.job.lease_token)
         assert job.status == "queued" and job.attempt == 0
     again = claim(db)
     assert again is not None and again.job.id == job_id and again.job.attempt == 1
@@ -233,8 +236,8 @@ def test_release_of_a_job_asked_to_cancel_ends_it_cancelled(db: Database) -> Non
     c = claim(db)
     assert c is not None and c.job.lease_token
     with db.write() as s:
-        queue.cancel_job(s, job_id)
-        assert queue.release_job(s, job_id, c.job.lease_token).status == "cancelled"
+        jobs.cancel_job(s, EVERYONE, job_id)
+        assert leases.release_job(s, job_id, c.job.lease_token).status == "cancelled"
     assert claim(db) is None
 
 
@@ -242,19 +245,19 @@ def test_cancel_in_each_state(db: Database) -> None:
     queued = submit(db, pretrain_body())
     running = submit(db, pretrain_body())
     with db.write() as s:
-        assert queue.cancel_job(s, queued).status == "cancelled"
+        assert jobs.cancel_job(s, EVERYONE, queued).status == "cancelled"
     c = claim(db)
     assert c is not None and c.job.id == running and c.job.lease_token
     with db.write() as s:
-        job = queue.cancel_job(s, running)
+        job = jobs.cancel_job(s, EVERYONE, running)
         assert job.status == "running" and job.cancel_requested
-        assert queue.heartbeat(s, running, c.job.lease_token, lease_seconds=60) is True
-        queue.finish_job(s, running, c.job.lease_token, status="cancelled")
+        assert leases.heartbeat(s, running, c.job.lease_token, lease_seconds=60) is True
+        leases.finish_job(s, running, c.job.lease_token, status="cancelled")
     for finished in (queued, running):
         with pytest.raises(Conflict, match="already cancelled"), db.write() as s:
-            queue.cancel_job(s, finished)
+            jobs.cancel_job(s, EVERYONE, finished)
     with pytest.raises(JobNotFound), db.write() as s:
-        queue.cancel_job(s, 12345)
+        jobs.cancel_job(s, EVERYONE, 12345)
 
 
 def test_cancelled_job_whose_worker_vanished_is_not_retried(db: Database) -> None:
@@ -262,42 +265,36 @@ def test_cancelled_job_whose_worker_vanished_is_not_retried(db: Database) -> Non
     t0 = utcnow()
     assert claim(db, lease=10, now=t0) is not None
     with db.write() as s:
-        queue.cancel_job(s, job_id)
-        assert queue.reap_expired_leases(s, now=t0 + timedelta(seconds=11)) == [(job_id, "cancelled")]
+        jobs.cancel_job(s, EVERYONE, job_id)
+        assert leases.reap_expired_leases(s, now=t0 + timedelta(seconds=11)) == [(job_id, "cancelled")]
     assert claim(db) is None
 
 
 def test_metrics_replace_a_step_reported_again(db: Database) -> None:
-    from app.core.metrics import read_series
-
     job_id = submit(db, pretrain_body())
     c = claim(db)
     assert c is not None and c.job.lease_token
     with db.write() as s:
-        queue.record_metrics(
-            s, job_id, c.job.lease_token, [{"name": "train_loss", "step": s_, "value": 1.0} for s_ in (1, 2)]
-        )
-        queue.record_metrics(
-            s, job_id, c.job.lease_token, [{"name": "train_loss", "step": 2, "value": 0.5, "epoch": 1}]
-        )
+        metrics.record_metrics(s, job_id, c.job.lease_token, points((1, 1.0), (2, 1.0)))
+        metrics.record_metrics(s, job_id, c.job.lease_token, [MetricIn(name="train_loss", step=2, value=0.5, epoch=1)])
     with db.read() as s:
-        points = read_series(s, job_id)["train_loss"]
-    assert [(p[0], p[2]) for p in points] == [(1, 1.0), (2, 0.5)]
+        series = metrics.read_series(s, job_id)["train_loss"]
+    assert [(p[0], p[2]) for p in series] == [(1, 1.0), (2, 0.5)]
 
 
 def test_idempotency_key_returns_the_first_job(db: Database) -> None:
     body = pretrain_body()
     with db.write() as s:
-        first, created = queue.enqueue_job(s, parse_job_spec(body), idempotency_key="k1")
+        first, created = jobs.submit_job(s, EVERYONE, parse_job_spec(body), idempotency_key="k1")
         assert created
     with db.write() as s:
-        again, created = queue.enqueue_job(s, parse_job_spec(body), idempotency_key="k1")
+        again, created = jobs.submit_job(s, EVERYONE, parse_job_spec(body), idempotency_key="k1")
         assert not created and again.id == first.id
     with pytest.raises(IdempotencyConflict), db.write() as s:
-        queue.enqueue_job(s, parse_job_spec(pretrain_body(name="other")), idempotency_key="k1")
+        jobs.submit_job(s, EVERYONE, parse_job_spec(pretrain_body(name="other")), idempotency_key="k1")
     later = utcnow() + timedelta(hours=25)
     with db.write() as s:
-        fresh, created = queue.enqueue_job(s, parse_job_spec(body), idempotency_key="k1", now=later)
+        fresh, created = jobs.submit_job(s, EVERYONE, parse_job_spec(body), idempotency_key="k1", now=later)
         assert created and fresh.id != first.id
 
 
@@ -305,17 +302,17 @@ def test_delete_only_finished_jobs_and_not_a_waiting_base(db: Database) -> None:
     base = submit(db, pretrain_body())
     ft = submit(db, finetune_body(base))
     with pytest.raises(Conflict, match="cancel it first"), db.write() as s:
-        queue.delete_job(s, base)
+        jobs.delete_job(s, EVERYONE, base)
     c = claim(db)
     assert c is not None and c.job.lease_token
     with db.write() as s:
-        queue.finish_job(s, base, c.job.lease_token, status="succeeded", result={})
+        leases.finish_job(s, base, c.job.lease_token, status="succeeded", result={})
     with pytest.raises(Conflict, match=f"base of unfinished job\\(s\\) {ft}"), db.write() as s:
-        queue.delete_job(s, base)
+        jobs.delete_job(s, EVERYONE, base)
     with db.write() as s:
-        queue.cancel_job(s, ft)
-        queue.delete_job(s, base)
+        jobs.cancel_job(s, EVERYONE, ft)
+        jobs.delete_job(s, EVERYONE, base)
     with pytest.raises(JobNotFound), db.read() as s:
-        queue.get_job(s, base)
+        jobs.get_job(s, EVERYONE, base)
     with db.read() as s:
-        assert queue.get_job(s, ft).depends_on is None
+        assert jobs.get_job(s, EVERYONE, ft).init_job_id is None

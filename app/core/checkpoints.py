@@ -1,0 +1,223 @@
+"""Checkpoints: their rows and their files, together.
+
+An upload is fenced by the lease before a byte is read, streamed to a temporary file in the job's
+folder, hashed as it streams, fsynced, checked against the declared sha256, and renamed to a name
+that includes its hash inside the transaction that points the row at it; the file it replaced is
+removed after the commit. A download in flight keeps reading the old file even after a newer one
+replaces it. Paths in rows are relative to ARTIFACTS_DIR.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import BinaryIO
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from app.core.db import Database
+from app.core.errors import InvalidRequest, NotFound, PreconditionFailed, TooLarge
+from app.core.files import link_or_copy, replace_durably
+from app.core.jobs import Scope, get_job
+from app.core.leases import check_lease
+from app.core.models import Checkpoint, Job, utcnow
+from app.core.states import CheckpointFormat, CheckpointTag
+
+# --- rows -----------------------------------------------------------------------------
+
+
+def checkpoint_of(session: Session, job_id: int, tag: CheckpointTag, fmt: CheckpointFormat) -> Checkpoint | None:
+    return session.scalars(
+        select(Checkpoint).where(Checkpoint.job_id == job_id, Checkpoint.tag == tag, Checkpoint.format == fmt)
+    ).first()
+
+
+def best_or_last(session: Session, job_id: int, fmt: CheckpointFormat = CheckpointFormat.PT) -> Checkpoint | None:
+    """What a job's training produced: its best checkpoint, else its last."""
+    return checkpoint_of(session, job_id, CheckpointTag.BEST, fmt) or checkpoint_of(
+        session, job_id, CheckpointTag.LAST, fmt
+    )
+
+
+def _tagged(session: Session, job: Job, tag: CheckpointTag | None, fmt: CheckpointFormat) -> Checkpoint:
+    found = best_or_last(session, job.id, fmt) if tag is None else checkpoint_of(session, job.id, tag, fmt)
+    if found is None:
+        what = f"'{tag}' checkpoint" if tag else "checkpoint"
+        raise NotFound(f"job {job.id} has no {what} in format '{fmt}' yet (status: {job.status})")
+    return found
+
+
+def find_checkpoint(
+    session: Session, scope: Scope, job_id: int, tag: CheckpointTag | None, fmt: CheckpointFormat
+) -> Checkpoint:
+    """A job's checkpoint of that tag (no tag: best, falling back to last), for a caller who can see the job."""
+    return _tagged(session, get_job(session, scope, job_id), tag, fmt)
+
+
+def find_for_worker(session: Session, job_id: int, tag: CheckpointTag, fmt: CheckpointFormat) -> Checkpoint:
+    """Unscoped: a worker fetching the checkpoint it resumes or starts from (named in its claim)."""
+    job = session.get(Job, job_id)
+    if job is None:
+        raise NotFound(f"job {job_id} not found")
+    return _tagged(session, job, tag, fmt)
+
+
+def list_checkpoints(session: Session, scope: Scope, job_id: int) -> list[Checkpoint]:
+    get_job(session, scope, job_id)
+    stmt = select(Checkpoint).where(Checkpoint.job_id == job_id).order_by(Checkpoint.tag, Checkpoint.format)
+    return list(session.scalars(stmt))
+
+
+def starting_points(session: Session, job: Job) -> tuple[Checkpoint | None, Checkpoint | None]:
+    """The checkpoints a claimed job starts from: its own last (to resume), its base job's best or last."""
+    resume = checkpoint_of(session, job.id, CheckpointTag.LAST, CheckpointFormat.PT)
+    init = best_or_last(session, job.init_job_id) if job.init_job_id is not None else None
+    return resume, init
+
+
+@dataclass(frozen=True)
+class UploadHeader:
+    """What a worker declares about a checkpoint it uploads (the X-Checkpoint-* headers)."""
+
+    job_id: int
+    lease_token: str
+    tag: CheckpointTag
+    fmt: CheckpointFormat
+    epoch: int
+    step: int
+    sha256: str
+    metric: float | None = None
+    same_as: CheckpointTag | None = None
+    """No body: the file is the one stored for that tag (same format), if its sha256 is ``sha256``."""
+
+
+def record_checkpoint(
+    session: Session, header: UploadHeader, *, size: int, path: str, now: datetime | None = None
+) -> tuple[Checkpoint, str | None]:
+    """Point the job's (tag, format) checkpoint at a new file; returns it and the replaced file's path. Fenced."""
+    now = now or utcnow()
+    check_lease(session, header.job_id, header.lease_token, now=now)
+    existing = checkpoint_of(session, header.job_id, header.tag, header.fmt)
+    old_path = None
+    if existing is None:
+        existing = Checkpoint(job_id=header.job_id, tag=header.tag, format=header.fmt)
+        session.add(existing)
+    elif existing.path != path:
+        old_path = existing.path
+    existing.epoch, existing.step, existing.size, existing.sha256 = header.epoch, header.step, size, header.sha256
+    existing.path, existing.metric_value, existing.created_at = path, header.metric, now
+    session.flush()
+    return existing, old_path
+
+
+# --- files ---------------------------------------------------------------------------
+
+
+def job_dir(artifacts_dir: Path, job_id: int) -> Path:
+    return artifacts_dir / "jobs" / str(job_id)
+
+
+def checkpoint_relpath(job_id: int, tag: CheckpointTag, fmt: CheckpointFormat, sha256: str) -> str:
+    return f"jobs/{job_id}/{tag}-{sha256[:16]}{fmt.suffix}"
+
+
+def remove_job_files(artifacts_dir: Path, job_id: int) -> None:
+    shutil.rmtree(job_dir(artifacts_dir, job_id), ignore_errors=True)
+
+
+class PendingUpload:
+    """A temporary file in the job's folder being written; ``commit`` moves it into place."""
+
+    def __init__(self, folder: Path, max_bytes: int) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(prefix=".upload-", dir=folder)
+        self.path = Path(name)
+        self.file: BinaryIO = os.fdopen(fd, "wb")
+        self.hash = hashlib.sha256()
+        self.size = 0
+        self.max_bytes = max_bytes
+        self.linked = False
+
+    @classmethod
+    def of_stored(cls, folder: Path, source: Path) -> PendingUpload:
+        """A pending upload whose file is a stored file of the job (linked, or copied where links fail)."""
+        upload = cls(folder, max_bytes=0)
+        upload.file.close()
+        upload.path.unlink()
+        link_or_copy(source, upload.path)
+        upload.size, upload.linked = upload.path.stat().st_size, True
+        return upload
+
+    def write_all(self, chunks: list[bytes]) -> None:
+        self.size += sum(len(c) for c in chunks)
+        if self.size > self.max_bytes:
+            raise TooLarge(f"checkpoint is larger than MAX_UPLOAD_BYTES ({self.max_bytes} bytes)")
+        for chunk in chunks:
+            self.hash.update(chunk)
+        self.file.writelines(chunks)
+
+    def finish(self, expected_sha256: str) -> None:
+        """Flush and fsync; refuse a body whose sha256 is not the declared one."""
+        if self.linked:
+            return
+        self.file.flush()
+        os.fsync(self.file.fileno())
+        self.file.close()
+        digest = self.hash.hexdigest()
+        if expected_sha256 != digest:
+            raise InvalidRequest(
+                f"sha256 of the body is {digest}, not {expected_sha256} as the header says",
+                ("header", "x-checkpoint-sha256"),
+            )
+
+    def commit(self, artifacts_dir: Path, relpath: str) -> None:
+        replace_durably(self.path, artifacts_dir / relpath)
+
+    def discard(self) -> None:
+        if not self.file.closed:
+            self.file.close()
+        self.path.unlink(missing_ok=True)
+
+
+class CheckpointStore:
+    """Uploads and removals of checkpoint files, each paired with its row (two short transactions)."""
+
+    def __init__(self, db: Database, artifacts_dir: Path, max_bytes: int) -> None:
+        self.db, self.artifacts_dir, self.max_bytes = db, artifacts_dir, max_bytes
+
+    def open_upload(self, header: UploadHeader) -> PendingUpload:
+        """Fenced before a byte is read, so a stale worker is refused before it sends gigabytes."""
+        with self.db.write() as session:
+            check_lease(session, header.job_id, header.lease_token)
+            source = None
+            if header.same_as is not None:
+                source = checkpoint_of(session, header.job_id, header.same_as, header.fmt)
+                if source is None or source.sha256 != header.sha256:
+                    raise PreconditionFailed(
+                        f"job {header.job_id} has no '{header.same_as}' checkpoint ({header.fmt}) with sha256 "
+                        f"{header.sha256}; upload the file itself"
+                    )
+        folder = job_dir(self.artifacts_dir, header.job_id)
+        if source is None:
+            return PendingUpload(folder, self.max_bytes)
+        try:
+            return PendingUpload.of_stored(folder, self.artifacts_dir / source.path)
+        except FileNotFoundError as exc:
+            raise PreconditionFailed(f"the '{header.same_as}' checkpoint file is gone; upload the file") from exc
+
+    def commit_upload(self, header: UploadHeader, upload: PendingUpload) -> Checkpoint:
+        """Check the file, point the row at it (fenced), then remove the file it replaced."""
+        upload.finish(header.sha256)
+        relpath = checkpoint_relpath(header.job_id, header.tag, header.fmt, header.sha256)
+        with self.db.write() as session:
+            ckpt, old = record_checkpoint(session, header, size=upload.size, path=relpath)
+            upload.commit(self.artifacts_dir, relpath)
+        if old is not None and old != relpath:
+            (self.artifacts_dir / old).unlink(missing_ok=True)
+        return ckpt

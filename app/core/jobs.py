@@ -1,0 +1,235 @@
+"""The jobs a user sees: submit, read, list, cancel, delete, each scoped to the caller.
+
+Every query here starts from ``visible_jobs(scope)``, the one scoped base statement, so who may see
+which job is decided in one place (``Scope``). The functions take a session and never commit: the
+caller (a route, a test) commits at its boundary, inside ``Database.write()`` for writes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+
+from sqlalchemy import ColumnElement, Select, delete, select, true, update
+from sqlalchemy.orm import Session
+
+from app.core.errors import Conflict, IdempotencyConflict, InvalidRequest, JobNotFound
+from app.core.leases import fail_dependents
+from app.core.models import Checkpoint, IdempotencyKey, Job, MetricPoint, utcnow
+from app.core.specs import AnyJobSpec, ImageFolderDataset, parse_job_spec, spec_to_json
+from app.core.states import ACTIVE, TERMINAL, JobKind, JobStatus, guard
+
+
+@dataclass(frozen=True)
+class Scope:
+    """Whose jobs a caller may see and act on: today every caller sees every job (no accounts yet)."""
+
+    def condition(self) -> ColumnElement[bool]:
+        return true()
+
+
+EVERYONE = Scope()
+
+
+def visible_jobs(scope: Scope) -> Select[Job]:
+    """The scoped base statement every read and user-facing write of jobs starts from."""
+    return select(Job).where(scope.condition())
+
+
+def load_spec(job: Job) -> AnyJobSpec:
+    """The stored spec of a job, parsed again (it was validated on submit)."""
+    return parse_job_spec(job.spec)
+
+
+def request_hash(spec: AnyJobSpec) -> str:
+    canonical = json.dumps(spec_to_json(spec), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+# --- submitting -------------------------------------------------------------------
+
+
+def check_dataset_path(spec: AnyJobSpec, data_dir: Path) -> None:
+    """An imagefolder path must stay inside DATA_DIR, symlinks included."""
+    if not isinstance(spec.dataset, ImageFolderDataset):
+        return
+    root = data_dir.resolve()
+    target = (data_dir / spec.dataset.path).resolve()
+    if target != root and root not in target.parents:
+        raise InvalidRequest(
+            f"dataset.path '{spec.dataset.path}' leads outside DATA_DIR; give a folder inside it",
+            ("body", "dataset", "path"),
+        )
+
+
+def _check_base_job(session: Session, scope: Scope, spec: AnyJobSpec, base_id: int) -> None:
+    loc = ("body", "model", "init", "job_id")
+    base = session.scalars(visible_jobs(scope).where(Job.id == base_id)).first()
+    if base is None:
+        raise InvalidRequest(f"model.init.job_id: job {base_id} does not exist", loc)
+    if base.kind != JobKind.PRETRAIN:
+        raise InvalidRequest(f"model.init.job_id: job {base_id} is a {base.kind} job; give a pretrain job", loc)
+    if base.status in (JobStatus.FAILED, JobStatus.CANCELLED):
+        raise InvalidRequest(f"model.init.job_id: job {base_id} {base.status}; it has no encoder to start from", loc)
+    want, have = spec.encoder(), load_spec(base).encoder()
+    if want != have:
+        raise InvalidRequest(
+            f"model.init.job_id: job {base_id}'s encoder is {have.describe()}, "
+            f"but this finetune needs {want.describe()}; match model.arch, hidden/bottleneck and the image shape",
+            loc,
+        )
+
+
+def _seen_key(session: Session, key: str, digest: str, ttl: timedelta, now: datetime) -> Job | None:
+    """The job an Idempotency-Key still names (same body), None for a new or expired key; 409 for another body."""
+    seen = session.get(IdempotencyKey, key)
+    if seen is None:
+        return None
+    if seen.created_at <= now - ttl:
+        session.delete(seen)
+        session.flush()
+        return None
+    if seen.request_hash != digest:
+        raise IdempotencyConflict(f"Idempotency-Key '{key}' was used for another request body; use a new key")
+    job = session.get(Job, seen.job_id)
+    assert job is not None  # the key is deleted with its job
+    return job
+
+
+def submit_job(
+    session: Session,
+    scope: Scope,
+    spec: AnyJobSpec,
+    *,
+    data_dir: Path | None = None,
+    idempotency_key: str | None = None,
+    idempotency_ttl: timedelta = timedelta(hours=24),
+    now: datetime | None = None,
+) -> tuple[Job, bool]:
+    """Store a new queued job; returns (job, created). With an idempotency key seen before, the first job."""
+    now = now or utcnow()
+    if data_dir is not None:
+        check_dataset_path(spec, data_dir)
+    digest = request_hash(spec)
+    if idempotency_key is not None:
+        seen = _seen_key(session, idempotency_key, digest, idempotency_ttl, now)
+        if seen is not None:
+            return seen, False
+    base_id = spec.base_job_id
+    if base_id is not None:
+        _check_base_job(session, scope, spec, base_id)
+    job = Job(
+        kind=spec.kind,
+        name=spec.name,
+        status=JobStatus.QUEUED,
+        spec=spec_to_json(spec),
+        priority=spec.priority,
+        max_attempts=spec.max_attempts,
+        init_job_id=base_id,
+        progress={"epoch": 0, "epochs": spec.train.epochs, "step": 0},
+        created_at=now,
+        updated_at=now,
+    )
+    session.add(job)
+    session.flush()
+    if idempotency_key is not None:
+        session.add(IdempotencyKey(key=idempotency_key, request_hash=digest, job_id=job.id, created_at=now))
+        session.flush()
+    return job, True
+
+
+# --- reading ----------------------------------------------------------------------
+
+
+def get_job(session: Session, scope: Scope, job_id: int) -> Job:
+    job = session.scalars(visible_jobs(scope).where(Job.id == job_id)).first()
+    if job is None:
+        raise JobNotFound(job_id)
+    return job
+
+
+def list_jobs(
+    session: Session,
+    scope: Scope,
+    *,
+    status: JobStatus | None = None,
+    kind: JobKind | None = None,
+    limit: int = 50,
+    before_id: int | None = None,
+) -> tuple[list[Job], int | None]:
+    """Newest first; returns the page and the id to pass as the next cursor (None at the end)."""
+    stmt = visible_jobs(scope).order_by(Job.id.desc()).limit(limit + 1)
+    if status is not None:
+        stmt = stmt.where(Job.status == status)
+    if kind is not None:
+        stmt = stmt.where(Job.kind == kind)
+    if before_id is not None:
+        stmt = stmt.where(Job.id < before_id)
+    jobs = list(session.scalars(stmt))
+    if len(jobs) > limit:
+        return jobs[:limit], jobs[limit - 1].id
+    return jobs, None
+
+
+# --- cancelling and deleting ---------------------------------------------------------
+
+
+def _update_visible(
+    session: Session, scope: Scope, job_id: int, sources: frozenset[JobStatus], **values: object
+) -> Job | None:
+    """One guarded UPDATE of a job the caller can see; None when it is not in one of ``sources``."""
+    targets = [v for v in (values.get("status"),) if isinstance(v, JobStatus)]
+    stmt = (
+        update(Job)
+        .where(Job.id == job_id, scope.condition(), guard(Job.status, sources, *targets))
+        .values(**values)
+        .returning(Job)
+    )
+    return session.execute(stmt, execution_options={"synchronize_session": False}).scalar_one_or_none()
+
+
+def cancel_job(session: Session, scope: Scope, job_id: int, *, now: datetime | None = None) -> Job:
+    """Queued: cancelled at once. Running: cancel requested, the worker stops it. Finished: Conflict."""
+    now = now or utcnow()
+    queued = frozenset({JobStatus.QUEUED})
+    job = _update_visible(
+        session,
+        scope,
+        job_id,
+        queued,
+        status=JobStatus.CANCELLED,
+        finished_at=now,
+        updated_at=now,
+        error="cancelled before it started",
+    )
+    if job is not None:
+        fail_dependents(session, job_id, JobStatus.CANCELLED, now=now)
+        return job
+    running = frozenset({JobStatus.RUNNING})
+    job = _update_visible(session, scope, job_id, running, cancel_requested=True, updated_at=now)
+    if job is not None:
+        return job
+    job = get_job(session, scope, job_id)
+    raise Conflict(f"job {job_id} is already {job.status}; only queued or running jobs can be cancelled")
+
+
+def delete_job(session: Session, scope: Scope, job_id: int) -> None:
+    """Delete a finished job with its metrics and checkpoint rows (its files: ``checkpoints.remove_job_files``)."""
+    job = session.scalars(visible_jobs(scope).where(Job.id == job_id).with_for_update()).first()
+    if job is None:
+        raise JobNotFound(job_id)
+    if job.status not in TERMINAL:
+        raise Conflict(f"job {job_id} is {job.status}; cancel it first (POST /jobs/{job_id}/cancel), then delete it")
+    waiting = session.scalars(
+        select(Job.id).where(Job.init_job_id == job_id, Job.status.in_(sorted(ACTIVE))).order_by(Job.id)
+    ).all()
+    if waiting:
+        ids = ", ".join(map(str, waiting))
+        raise Conflict(f"job {job_id} is the base of unfinished job(s) {ids}; cancel or delete them first")
+    session.execute(update(Job).where(Job.init_job_id == job_id).values(init_job_id=None))
+    for table in (MetricPoint, Checkpoint, IdempotencyKey):
+        session.execute(delete(table).where(table.job_id == job_id))
+    session.execute(delete(Job).where(Job.id == job_id))

@@ -1,0 +1,263 @@
+"""The state machine of running jobs: claim, heartbeat, finish, release, reap; the lease fence.
+
+A transition is one guarded ``UPDATE jobs SET ... WHERE id = ? AND status IN (...)`` (and, for a
+worker, ``AND lease_token = ?``), its statuses checked against ``states.TRANSITIONS``; zero rows
+updated raises. The functions take a session and never commit. On SQLite the caller holds a write
+transaction (``Database.write``: ``BEGIN IMMEDIATE``); on PostgreSQL the claim skips rows that
+another transaction has locked. Worker-protocol functions are unscoped: the lease token is the
+worker's right to the job.
+"""
+
+from __future__ import annotations
+
+import secrets
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import ColumnElement, case, exists, or_, select, update
+from sqlalchemy.orm import Session, aliased
+
+from app.core.errors import JobNotFound, LeaseLost
+from app.core.models import Job, utcnow
+from app.core.states import WORKER_KINDS, JobStatus, guard
+
+QUEUED, RUNNING = frozenset({JobStatus.QUEUED}), frozenset({JobStatus.RUNNING})
+
+
+# --- claiming -------------------------------------------------------------------
+
+
+def runs_on_a_worker() -> ColumnElement[bool]:
+    """Not a parent: a job of a kind that workers train (a sweep, say, is never handed out)."""
+    return Job.kind.in_(sorted(WORKER_KINDS))
+
+
+def dependencies_met() -> ColumnElement[bool]:
+    """The job it waits for (a finetune's base pretrain job), if any, has succeeded."""
+    base = aliased(Job)
+    return or_(
+        Job.init_job_id.is_(None),
+        exists().where(base.id == Job.init_job_id, base.status == JobStatus.SUCCEEDED),
+    )
+
+
+def claim_next_job(
+    session: Session,
+    *,
+    worker_id: str,
+    device: str | None,
+    lease_seconds: float,
+    now: datetime | None = None,
+    reap: bool = True,
+) -> Job | None:
+    """Lease the next claimable job (highest priority, then oldest) in one statement.
+
+    With ``reap``, expired leases are dealt with first, so no separate process is needed for that.
+    """
+    now = now or utcnow()
+    if reap:
+        reap_expired_leases(session, now=now)
+    candidate = (
+        select(Job.id)
+        .where(Job.status == JobStatus.QUEUED, runs_on_a_worker(), dependencies_met())
+        .order_by(Job.priority.desc(), Job.created_at, Job.id)
+        .limit(1)
+        .with_for_update(skip_locked=True)  # renders as nothing on SQLite, where BEGIN IMMEDIATE serialises
+        .scalar_subquery()
+    )
+    stmt = (
+        update(Job)
+        .where(Job.id == candidate, guard(Job.status, QUEUED, JobStatus.RUNNING))
+        .values(
+            status=JobStatus.RUNNING,
+            attempt=Job.attempt + 1,
+            lease_token=secrets.token_hex(16),
+            lease_owner=worker_id,
+            lease_expires_at=now + timedelta(seconds=lease_seconds),
+            worker_device=device,
+            cancel_requested=False,
+            started_at=now,
+            updated_at=now,
+        )
+        .returning(Job)
+    )
+    return session.execute(stmt, execution_options={"synchronize_session": False}).scalar_one_or_none()
+
+
+# --- the fence ----------------------------------------------------------------------
+
+
+def _lease_lost(session: Session, job_id: int) -> Exception:
+    if session.get(Job, job_id) is None:
+        return JobNotFound(job_id)
+    return LeaseLost(job_id)
+
+
+def fenced(job_id: int, lease_token: str) -> tuple[ColumnElement[bool], ...]:
+    """The WHERE clause of every worker write: this job, this lease, still running."""
+    return (Job.id == job_id, Job.lease_token == lease_token, Job.status == JobStatus.RUNNING)
+
+
+def check_lease(session: Session, job_id: int, lease_token: str, *, now: datetime | None = None) -> None:
+    """Raise LeaseLost unless the token holds the job's lease.
+
+    A write, not a read: on PostgreSQL it locks the row until commit, so a reaper cannot take the
+    job away between this check and the caller's writes.
+    """
+    row = session.execute(
+        update(Job).where(*fenced(job_id, lease_token)).values(updated_at=now or utcnow()).returning(Job.id)
+    ).first()
+    if row is None:
+        raise _lease_lost(session, job_id)
+
+
+def heartbeat(
+    session: Session,
+    job_id: int,
+    lease_token: str,
+    *,
+    lease_seconds: float,
+    progress: dict[str, Any] | None = None,
+    now: datetime | None = None,
+) -> bool:
+    """Extend the lease; returns whether a cancel was requested. Raises LeaseLost."""
+    now = now or utcnow()
+    values: dict[str, Any] = {"lease_expires_at": now + timedelta(seconds=lease_seconds), "updated_at": now}
+    if progress is not None:
+        values["progress"] = progress
+    row = session.execute(
+        update(Job).where(*fenced(job_id, lease_token)).values(**values).returning(Job.cancel_requested)
+    ).first()
+    if row is None:
+        raise _lease_lost(session, job_id)
+    return bool(row[0])
+
+
+# --- ending -------------------------------------------------------------------------
+
+
+def _end_lease(session: Session, job_id: int, lease_token: str, *targets: JobStatus, **values: Any) -> Job:
+    """The fenced UPDATE that ends a worker's hold on a job; raises LeaseLost when the token no longer holds it."""
+    job = session.execute(
+        update(Job)
+        .where(*fenced(job_id, lease_token), guard(Job.status, RUNNING, *targets))
+        .values(lease_token=None, lease_expires_at=None, **values)
+        .returning(Job),
+        execution_options={"synchronize_session": False},
+    ).scalar_one_or_none()
+    if job is None:
+        raise _lease_lost(session, job_id)
+    return job
+
+
+def finish_job(
+    session: Session,
+    job_id: int,
+    lease_token: str,
+    *,
+    status: JobStatus,
+    error: str | None = None,
+    result: dict[str, Any] | None = None,
+    now: datetime | None = None,
+) -> Job:
+    """End a running job as succeeded, failed or cancelled. Fenced; a failure is final (not retried)."""
+    now = now or utcnow()
+    job = _end_lease(
+        session,
+        job_id,
+        lease_token,
+        status,
+        status=status,
+        error=error if status != JobStatus.SUCCEEDED else None,
+        result=result,
+        finished_at=now,
+        updated_at=now,
+    )
+    if status != JobStatus.SUCCEEDED:
+        fail_dependents(session, job_id, status, now=now)
+    return job
+
+
+def release_job(session: Session, job_id: int, lease_token: str, *, now: datetime | None = None) -> Job:
+    """Give a running job back to the queue without spending its attempt (worker shutdown).
+
+    A job whose cancel was requested ends cancelled instead.
+    """
+    now = now or utcnow()
+    job = _end_lease(
+        session,
+        job_id,
+        lease_token,
+        JobStatus.QUEUED,
+        JobStatus.CANCELLED,
+        status=case((Job.cancel_requested, JobStatus.CANCELLED.value), else_=JobStatus.QUEUED.value),
+        attempt=case((Job.cancel_requested, Job.attempt), else_=Job.attempt - 1),
+        finished_at=case((Job.cancel_requested, now), else_=None),
+        updated_at=now,
+    )
+    if job.status == JobStatus.CANCELLED:
+        fail_dependents(session, job_id, JobStatus.CANCELLED, now=now)
+    return job
+
+
+def fail_dependents(session: Session, base_id: int, base_status: JobStatus, *, now: datetime) -> list[int]:
+    """Fail the queued jobs that wait for a base job that will never succeed."""
+    rows = session.execute(
+        update(Job)
+        .where(Job.init_job_id == base_id, guard(Job.status, QUEUED, JobStatus.FAILED))
+        .values(
+            status=JobStatus.FAILED,
+            error=f"base job {base_id} {base_status}; this finetune cannot start from its encoder",
+            finished_at=now,
+            updated_at=now,
+        )
+        .returning(Job.id)
+    ).all()
+    return [r[0] for r in rows]
+
+
+def _fate(job: Job) -> tuple[JobStatus, str]:
+    """What becomes of a running job whose lease expired, and the one line that says so."""
+    lost = f"worker {job.lease_owner} stopped heartbeating during attempt {job.attempt} of {job.max_attempts}"
+    if job.cancel_requested:
+        return JobStatus.CANCELLED, f"cancelled ({lost})"
+    if job.attempt >= job.max_attempts:
+        return JobStatus.FAILED, f"lease expired: {lost}; no attempts left"
+    return JobStatus.QUEUED, f"lease expired: {lost}; requeued"
+
+
+def reap_expired_leases(session: Session, *, now: datetime | None = None) -> list[tuple[int, JobStatus]]:
+    """Requeue (or fail, out of attempts; or cancel, if asked) running jobs whose lease expired."""
+    now = now or utcnow()
+    expired = session.scalars(
+        select(Job)
+        .where(Job.status == JobStatus.RUNNING, Job.lease_expires_at < now)
+        .order_by(Job.id)
+        .limit(100)
+        .with_for_update(skip_locked=True)
+    ).all()
+    changed: list[tuple[int, JobStatus]] = []
+    for job in expired:
+        status, error = _fate(job)
+        done = session.execute(
+            update(Job)
+            .where(Job.id == job.id, guard(Job.status, RUNNING, status), Job.lease_expires_at < now)
+            .values(
+                status=status,
+                error=error,
+                lease_token=None,
+                lease_expires_at=None,
+                finished_at=now if status != JobStatus.QUEUED else None,
+                updated_at=now,
+            )
+            .returning(Job.id),
+            execution_options={"synchronize_session": False},
+        ).first()
+        if done is None:
+            continue  # a heartbeat got there first
+        changed.append((job.id, status))
+        if status != JobStatus.QUEUED:
+            fail_dependents(session, job.id, status, now=now)
+    if changed:
+        session.expire_all()
+    return changed

@@ -1,0 +1,185 @@
+"""The worker protocol's messages: the typed models both ends use (the API's routes and worker/client.py).
+
+A worker never touches the database; it claims a job, heartbeats, reports metrics and checkpoints,
+and finishes or releases the job over HTTP, with these bodies. A claimed job's spec travels as
+the JSON the service stored and is parsed by the worker with its own version of the spec models
+(``ClaimedJob.job_spec``): a worker older than the service fails a job it cannot run with a
+message that says so, instead of a traceback.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Annotated, Literal, TypedDict
+
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationError, field_validator
+
+from app.core.specs import AnyJobSpec, Text, parse_job_spec
+from app.core.states import CheckpointFormat, CheckpointTag, JobStatus
+
+if TYPE_CHECKING:  # the worker imports this module; it needs no ORM
+    from app.core.models import Checkpoint, Job
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Progress(_Model):
+    epoch: int = Field(0, ge=0, description="Epochs completed.")
+    epochs: int = Field(0, ge=0, description="Epochs asked for.")
+    step: int = Field(0, ge=0, description="Optimizer steps completed.")
+
+
+ResultValue = Annotated[float, Field(allow_inf_nan=False)] | int | bool | Text | None
+Result = dict[str, ResultValue]
+"""A job's result: its final metrics and a few facts (primary_metric, best_epoch, steps), one level deep."""
+
+LeaseToken = Field(min_length=1, max_length=64, description="The token the claim returned.")
+
+
+class UnsupportedJob(Exception):
+    """A claimed job whose spec this worker's code cannot run (the service is newer); the message says why."""
+
+
+class ClaimRequest(_Model):
+    worker_id: Text = Field(min_length=1, max_length=200, description="e.g. host:pid")
+    device: Text | None = Field(None, max_length=64, description="e.g. cuda:0, cpu")
+    wait_seconds: float = Field(0.0, ge=0.0, le=300.0, description="Long poll: wait up to this long for a job.")
+
+
+class CheckpointRef(BaseModel):
+    job_id: int
+    tag: CheckpointTag
+    format: CheckpointFormat
+    epoch: int
+    step: int
+    size: int
+    sha256: str
+    url: str = Field(description="Path under the service to GET it from (worker auth).")
+
+    @classmethod
+    def of(cls, ckpt: Checkpoint | None) -> CheckpointRef | None:
+        if ckpt is None:
+            return None
+        return cls(
+            job_id=ckpt.job_id,
+            tag=ckpt.tag,
+            format=ckpt.format,
+            epoch=ckpt.epoch,
+            step=ckpt.step,
+            size=ckpt.size,
+            sha256=ckpt.sha256,
+            url=checkpoint_path(ckpt.job_id, ckpt.tag, ckpt.format, worker=True),
+        )
+
+
+class ClaimedJob(BaseModel):
+    id: int
+    kind: str
+    spec: dict[str, JsonValue] = Field(description="The job's spec as stored: parse it with ``job_spec()``.")
+    attempt: int
+    max_attempts: int
+    lease_token: str
+    lease_seconds: float
+    heartbeat_seconds: float
+    resume_checkpoint: CheckpointRef | None = Field(description="This job's last checkpoint: continue from it.")
+    init_checkpoint: CheckpointRef | None = Field(description="The base pretrain job's checkpoint (init from job).")
+
+    @classmethod
+    def of(
+        cls,
+        job: Job,
+        starts: tuple[Checkpoint | None, Checkpoint | None],
+        *,
+        lease_seconds: float,
+        heartbeat_seconds: float,
+    ) -> ClaimedJob:
+        """The claim's answer: the job, its lease, and the checkpoints it resumes / starts from."""
+        assert job.lease_token is not None
+        resume, init = starts
+        return cls(
+            id=job.id,
+            kind=job.kind,
+            spec=job.spec,
+            attempt=job.attempt,
+            max_attempts=job.max_attempts,
+            lease_token=job.lease_token,
+            lease_seconds=lease_seconds,
+            heartbeat_seconds=heartbeat_seconds,
+            resume_checkpoint=CheckpointRef.of(resume),
+            init_checkpoint=CheckpointRef.of(init),
+        )
+
+    def job_spec(self) -> AnyJobSpec:
+        """The spec as this worker's code reads it; raises UnsupportedJob naming what it cannot run."""
+        try:
+            return parse_job_spec(self.spec)
+        except ValidationError as exc:
+            problems = "; ".join(f"{'.'.join(map(str, e['loc'][1:])) or 'spec'}: {e['msg']}" for e in exc.errors())
+            raise UnsupportedJob(
+                f"this worker cannot run job {self.id} (upgrade it to the service's version): {problems}"
+            ) from None
+
+
+class HeartbeatRequest(_Model):
+    lease_token: Text = LeaseToken
+    progress: Progress | None = None
+
+
+class HeartbeatResponse(BaseModel):
+    cancel_requested: bool
+
+
+class MetricPoint(TypedDict):
+    """One value of one series, as a training run reports it (the worker adds the time)."""
+
+    name: str
+    step: int
+    epoch: int | None
+    value: float
+
+
+class MetricIn(_Model):
+    name: str = Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.\-/]+$")
+    step: int = Field(ge=0, le=2**62)
+    epoch: int | None = Field(None, ge=0, le=2**31 - 1)
+    value: float = Field(allow_inf_nan=False, description="A finite number.")
+    time: float | None = Field(None, ge=0, le=1e11, description="Unix seconds; default: when received.")
+
+
+class MetricsBatch(_Model):
+    lease_token: Text = LeaseToken
+    points: list[MetricIn] = Field(max_length=1000)
+
+
+class MetricsAccepted(BaseModel):
+    accepted: int
+
+
+FinishStatus = Literal[JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED]
+
+
+class FinishRequest(_Model):
+    lease_token: Text = LeaseToken
+    status: FinishStatus
+    error: Text | None = Field(None, max_length=20_000)
+    result: Result | None = None
+
+    @field_validator("result")
+    @classmethod
+    def _storable(cls, value: Result | None) -> Result | None:
+        for key in value or {}:
+            if "\x00" in key or not key:
+                raise ValueError("result keys must be non-empty and free of NUL characters")
+        return value
+
+
+class ReleaseRequest(_Model):
+    lease_token: Text = LeaseToken
+
+
+def checkpoint_path(job_id: int, tag: CheckpointTag | str, fmt: CheckpointFormat | str, *, worker: bool) -> str:
+    """The URL a checkpoint is fetched from: the public download, or the worker protocol's."""
+    if worker:
+        return f"/worker/jobs/{job_id}/checkpoints/{tag}?format={fmt}"
+    return f"/jobs/{job_id}/checkpoint?tag={tag}&format={fmt}"

@@ -1,0 +1,84 @@
+"""Job specifications: what a job asks for, shared by the API and the worker; no torch, no fastapi.
+
+- ``datasets``: dataset specs and their facts (shape, classes, files);
+- ``networks``: network specs of each kind and the ``Encoder`` they have or start from;
+- ``jobs``: ``TrainSpec``, ``PretrainSpec``, ``FinetuneSpec``, presets, ``parse_job_spec``.
+"""
+
+from app.core.specs.base import Shape, Text, literal_names
+from app.core.specs.datasets import (
+    DATASET_NAMES,
+    AnyDataset,
+    DatasetSpec,
+    DigitsDataset,
+    ImageFolderDataset,
+    SyntheticDataset,
+    TorchvisionDataset,
+)
+from app.core.specs.jobs import (
+    JOB_KINDS,
+    PRESETS,
+    AnyJobSpec,
+    FinetuneSpec,
+    JobSpec,
+    PretrainSpec,
+    TrainSpec,
+    apply_preset,
+    job_spec_adapter,
+    parse_job_spec,
+    spec_to_json,
+)
+from app.core.specs.networks import (
+    FINETUNE_ARCHS,
+    MLP_BOTTLENECK,
+    MLP_HIDDEN,
+    PRETRAIN_ARCHS,
+    SEED_MLP_BOTTLENECK,
+    SEED_MLP_HIDDEN,
+    AnyPretrainModel,
+    ConvAutoencoderModel,
+    Encoder,
+    FinetuneModel,
+    InitSpec,
+    MlpAutoencoderModel,
+    PretrainModel,
+    SeedMlpAutoencoderModel,
+)
+
+__all__ = [
+    "DATASET_NAMES",
+    "FINETUNE_ARCHS",
+    "JOB_KINDS",
+    "MLP_BOTTLENECK",
+    "MLP_HIDDEN",
+    "PRESETS",
+    "PRETRAIN_ARCHS",
+    "SEED_MLP_BOTTLENECK",
+    "SEED_MLP_HIDDEN",
+    "AnyDataset",
+    "AnyJobSpec",
+    "AnyPretrainModel",
+    "ConvAutoencoderModel",
+    "DatasetSpec",
+    "DigitsDataset",
+    "Encoder",
+    "FinetuneModel",
+    "FinetuneSpec",
+    "ImageFolderDataset",
+    "InitSpec",
+    "JobSpec",
+    "MlpAutoencoderModel",
+    "PretrainModel",
+    "PretrainSpec",
+    "SeedMlpAutoencoderModel",
+    "Shape",
+    "SyntheticDataset",
+    "Text",
+    "TorchvisionDataset",
+    "TrainSpec",
+    "apply_preset",
+    "job_spec_adapter",
+    "literal_names",
+    "parse_job_spec",
+    "spec_to_json",
+]

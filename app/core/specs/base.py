@@ -1,0 +1,37 @@
+"""What every spec model shares: unknown fields refused, text without NUL, the names a union accepts."""
+
+from __future__ import annotations
+
+import typing
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict
+
+Shape = tuple[int, int, int]
+"""(channels, height, width) of an image."""
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+def _no_nul(value: str) -> str:
+    if "\x00" in value:
+        raise ValueError("must not contain NUL characters")
+    return value
+
+
+Text = Annotated[str, AfterValidator(_no_nul)]
+
+
+def literal_names(union: Any, field: str) -> list[str]:
+    """The values the ``Literal`` field ``field`` takes across the members of a (discriminated) union."""
+    members = typing.get_args(union)
+    if members and typing.get_origin(union) is Annotated:
+        members = typing.get_args(members[0])
+    names: list[str] = []
+    for member in members or (union,):
+        annotation = member.model_fields[field].annotation
+        assert typing.get_origin(annotation) is Literal, f"{member.__name__}.{field} is not a Literal"
+        names += [str(v) for v in typing.get_args(annotation)]
+    return names

@@ -1,0 +1,224 @@
+"""Job specs: the training settings shared by every kind, the two kinds of job, and presets.
+
+A job spec is the contract between the API (which validates and stores it) and the worker (which
+trains from it). Every field is validated here, so a job that reaches a worker is one the training
+code can run; what can only be checked against the world (does the base job exist, is a dataset
+path inside ``DATA_DIR``) is checked by app/core/jobs.py at submit.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Annotated, Any, Literal
+
+from pydantic import Discriminator, Field, Tag, TypeAdapter, ValidationInfo, field_validator, model_validator
+
+from app.core.specs.base import Strict, Text, literal_names
+from app.core.specs.datasets import AnyDataset, DatasetSpec
+from app.core.specs.networks import (
+    ConvAutoencoderModel,
+    Encoder,
+    FinetuneModel,
+    PretrainModel,
+    SeedMlpAutoencoderModel,
+)
+from app.core.states import JobKind
+
+
+class TrainSpec(Strict):
+    """Optimisation settings shared by both kinds of job."""
+
+    epochs: int = Field(10, ge=1, le=10_000)
+    batch_size: int = Field(100, ge=1, le=65_536)
+    optimizer: Literal["adam", "adamw", "sgd"] = "adam"
+    lr: float = Field(1e-3, gt=0.0, le=10.0)
+    momentum: float | None = Field(None, ge=0.0, lt=1.0, description="sgd only (default 0).")
+    nesterov: bool = Field(False, description="sgd only; needs momentum > 0.")
+    weight_decay: float = Field(0.0, ge=0.0, le=1.0)
+    schedule: Literal["constant", "cosine", "onecycle"] = "constant"
+    warmup_epochs: int = Field(0, ge=0, le=10_000)
+    seed: int = Field(0, ge=0, le=2**31 - 1)
+    precision: Literal["auto", "fp32"] = Field("auto", description="auto: bf16 autocast on CUDA, fp32 elsewhere.")
+    channels_last: bool = Field(
+        True, description="channels_last memory format for conv nets on CUDA and CPU (faster convolutions)."
+    )
+    compile: bool = Field(False, description="torch.compile the model (opt-in: compile time).")
+    log_every_steps: int = Field(50, ge=1, le=1_000_000)
+    checkpoint_every_epochs: int = Field(1, ge=1, le=10_000)
+
+    @field_validator("momentum")
+    @classmethod
+    def _momentum_is_sgd(cls, value: float | None, info: ValidationInfo) -> float | None:
+        if value is not None and info.data.get("optimizer", "sgd") != "sgd":
+            raise ValueError("momentum is an option of optimizer 'sgd' only")
+        return value
+
+    @field_validator("nesterov")
+    @classmethod
+    def _nesterov_needs_momentum(cls, value: bool, info: ValidationInfo) -> bool:
+        if value and info.data.get("optimizer", "sgd") != "sgd":
+            raise ValueError("nesterov is an option of optimizer 'sgd' only")
+        if value and "momentum" in info.data and not info.data["momentum"]:
+            raise ValueError("nesterov needs momentum > 0")
+        return value
+
+    @field_validator("warmup_epochs")
+    @classmethod
+    def _warmup_within_epochs(cls, value: int, info: ValidationInfo) -> int:
+        epochs = info.data.get("epochs")
+        if value > 0 and epochs is not None and value >= epochs:
+            raise ValueError(f"warmup_epochs must be smaller than epochs ({epochs})")
+        return value
+
+
+class _JobBase(Strict):
+    name: Text | None = Field(None, max_length=200, description="A label for people; not unique.")
+    priority: int = Field(0, ge=-1000, le=1000, description="Higher runs first; ties go to the oldest job.")
+    max_attempts: int = Field(3, ge=1, le=20, description="Runs allowed before a job lost by its worker is failed.")
+    preset: Literal["seed"] | None = Field(None, description="'seed' fills in the article's hyperparameters.")
+    train: TrainSpec = Field(default_factory=TrainSpec)
+    dataset: DatasetSpec
+
+    @model_validator(mode="before")
+    @classmethod
+    def _fill_from_preset(cls, data: Any) -> Any:
+        return apply_preset(data)
+
+    @property
+    def base_job_id(self) -> int | None:
+        """The job this one starts from and waits for (a finetune's pretrain job), if any."""
+        return None
+
+    def encoder(self) -> Encoder:
+        """The encoder this job trains (pretrain) or starts from (finetune)."""
+        raise NotImplementedError
+
+
+class PretrainSpec(_JobBase):
+    """Train an autoencoder on unlabelled images."""
+
+    kind: Literal[JobKind.PRETRAIN]
+    model: PretrainModel
+
+    @field_validator("model")
+    @classmethod
+    def _fits_the_images(cls, model: Any, info: ValidationInfo) -> Any:
+        dataset: AnyDataset | None = info.data.get("dataset")
+        if dataset is None:
+            return model  # the dataset's own error is reported
+        shape = dataset.input_shape()
+        if isinstance(model, SeedMlpAutoencoderModel) and shape != (3, 32, 32):
+            raise ValueError("seed_mlp_autoencoder takes 3x32x32 images (cifar10/cifar100 or synthetic [3, 32, 32])")
+        if isinstance(model, ConvAutoencoderModel) and min(shape[1:]) < 8:
+            raise ValueError("conv_autoencoder needs images of at least 8x8")
+        return model
+
+    def encoder(self) -> Encoder:
+        return self.model.encoder(self.dataset.input_shape())
+
+
+class FinetuneSpec(_JobBase):
+    """Train a classifier on labelled images, optionally from a pretrain job's encoder."""
+
+    kind: Literal[JobKind.FINETUNE]
+    model: FinetuneModel
+
+    @field_validator("model")
+    @classmethod
+    def _classes(cls, model: FinetuneModel, info: ValidationInfo) -> FinetuneModel:
+        dataset: AnyDataset | None = info.data.get("dataset")
+        if dataset is None:
+            return model
+        known = dataset.class_count()
+        if model.num_classes is None:
+            if known is None:
+                raise ValueError("num_classes is required for an imagefolder dataset")
+            model.num_classes = known
+        elif known is not None and model.num_classes < known:
+            raise ValueError(f"num_classes is {model.num_classes} but dataset '{dataset.name}' has {known} classes")
+        return model
+
+    @property
+    def base_job_id(self) -> int | None:
+        return self.model.init.job_id if self.model.init.from_ == "job" else None
+
+    def encoder(self) -> Encoder:
+        return self.model.encoder(self.dataset.input_shape())
+
+
+AnyJobSpec = PretrainSpec | FinetuneSpec
+JOB_KINDS = literal_names(AnyJobSpec, "kind")
+
+
+def _kind_of(body: Any) -> str | None:
+    kind = body.get("kind") if isinstance(body, dict) else getattr(body, "kind", None)
+    return str(kind) if isinstance(kind, str) else None
+
+
+JobSpec = Annotated[
+    Annotated[PretrainSpec, Tag(JobKind.PRETRAIN.value)] | Annotated[FinetuneSpec, Tag(JobKind.FINETUNE.value)],
+    Discriminator(
+        _kind_of,
+        custom_error_type="kind_invalid",
+        custom_error_message=f"kind must be one of: {', '.join(JOB_KINDS)}",
+    ),
+]
+job_spec_adapter: TypeAdapter[AnyJobSpec] = TypeAdapter(JobSpec)
+
+# The article's hyperparameters (section 4); user fields override them.
+PRESETS: dict[str, dict[JobKind, dict[str, Any]]] = {
+    "seed": {
+        JobKind.PRETRAIN: {
+            "dataset": {"name": "cifar10"},
+            "model": {"arch": "seed_mlp_autoencoder"},
+            "train": {"epochs": 10, "batch_size": 100, "optimizer": "adam", "lr": 1e-3},
+        },
+        JobKind.FINETUNE: {
+            "dataset": {"name": "cifar10"},
+            "model": {"arch": "resnet18", "num_classes": 10, "init": {"from": "imagenet"}},
+            "train": {"epochs": 10, "batch_size": 100, "optimizer": "sgd", "lr": 1e-3, "momentum": 0.9},
+        },
+    }
+}
+
+
+def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            # A different dataset or arch starts from that one's defaults, not the preset's options.
+            discriminator = {"dataset": "name", "model": "arch"}.get(key)
+            if discriminator and value.get(discriminator, out[key].get(discriminator)) != out[key].get(discriminator):
+                out[key] = copy.deepcopy(value)
+            else:
+                out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def apply_preset(body: Any) -> Any:
+    """Fill a raw job body from its preset; fields the user gave win."""
+    if not isinstance(body, dict) or body.get("preset") is None:
+        return body
+    preset, kind = body["preset"], body.get("kind")
+    if not isinstance(preset, str) or preset not in PRESETS or kind not in PRESETS[preset]:
+        return body  # validation reports the bad value
+    base = PRESETS[preset][JobKind(kind)]
+    train = body.get("train")
+    if isinstance(train, dict) and train.get("optimizer", "sgd") != "sgd":
+        # Choosing another optimizer drops the preset's sgd-only options the user did not give.
+        base = copy.deepcopy(base)
+        for option in ("momentum", "nesterov"):
+            base["train"].pop(option, None)
+    return _merge(base, body)
+
+
+def parse_job_spec(body: Any) -> PretrainSpec | FinetuneSpec:
+    """Validate a raw job body (presets applied); raises pydantic.ValidationError."""
+    return job_spec_adapter.validate_python(body)
+
+
+def spec_to_json(spec: PretrainSpec | FinetuneSpec) -> dict[str, Any]:
+    """The spec as stored and shown: every default filled in, ``from`` under its JSON name."""
+    return spec.model_dump(mode="json", by_alias=True)

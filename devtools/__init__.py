@@ -1,0 +1,1 @@
+"""Tools for developing trainjobs, shared by the tests and the benchmarks (neither owns them); not installed."""

@@ -1,0 +1,222 @@
+"""Real trainjobs processes for the tests and the benchmarks: an API server, workers, and waiting on them.
+
+The same processes a user starts (``trainjobs-api``, ``python -m worker``), each with its port,
+folders and log file under one root, run from that root (so no ``.env`` of the checkout leaks in).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
+
+import httpx
+
+REPO = Path(__file__).resolve().parents[1]
+T = TypeVar("T")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_until(predicate: Callable[[], T], timeout: float = 60, what: str = "condition", interval: float = 0.05) -> T:
+    """Poll ``predicate`` until it returns something truthy, and return that; TimeoutError after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process exists and is not a zombie."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def terminate(proc: subprocess.Popen[bytes], timeout: float = 30) -> None:
+    """SIGTERM, then SIGKILL if it has not exited within ``timeout``."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def process_env(**extra: str) -> dict[str, str]:
+    """This environment, with the checkout importable from any working directory."""
+    path = os.environ.get("PYTHONPATH")
+    return {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{path}" if path else str(REPO), **extra}
+
+
+def settings_env(settings: dict[str, str]) -> dict[str, str]:
+    """``lease_seconds="2"`` -> ``TRAINJOBS_LEASE_SECONDS=2``."""
+    return {f"TRAINJOBS_{name.upper()}": value for name, value in settings.items()}
+
+
+class ApiServer:
+    """``trainjobs-api`` on a free port (or ``port``), with its artifacts, data and log under ``root``.
+
+    Without ``database_url`` it gets a fresh SQLite file under ``root``, migrated at start-up.
+    ``settings`` are service settings by name (``lease_seconds="2"``).
+    """
+
+    def __init__(
+        self, root: Path, database_url: str | None = None, *, port: int | None = None, **settings: str
+    ) -> None:
+        root.mkdir(parents=True, exist_ok=True)
+        self.root = root
+        self.port = port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.migrate = database_url is None
+        self.env = process_env(
+            TRAINJOBS_DATABASE_URL=database_url or f"sqlite:///{root / 'trainjobs.db'}",
+            TRAINJOBS_ARTIFACTS_DIR=str(root / "artifacts"),
+            TRAINJOBS_DATA_DIR=str(root / "data"),
+            TRAINJOBS_PORT=str(self.port),
+            **settings_env(settings),
+        )
+        self.log = root / f"api-{self.port}.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def artifacts_dir(self) -> Path:
+        return self.root / "artifacts"
+
+    def start(self, timeout: float = 60) -> ApiServer:
+        cmd = [sys.executable, "-m", "app.cli", "--log-level", "warning", *(["--migrate"] if self.migrate else [])]
+        with self.log.open("ab") as out:
+            self.proc = subprocess.Popen(cmd, env=self.env, cwd=self.root, stdout=out, stderr=out)
+        self.wait_healthy(timeout)
+        return self
+
+    def wait_healthy(self, timeout: float) -> None:
+        """Wait until ``/healthz`` answers; fail with the log's tail if the process exits or never does."""
+        assert self.proc is not None
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"API exited with {self.proc.returncode}: {self.log.read_text()[-2000:]}")
+            try:
+                if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        raise RuntimeError(f"API did not become healthy: {self.log.read_text()[-2000:]}")
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            self.proc.wait(timeout=30)
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            terminate(self.proc)
+
+    def __enter__(self) -> ApiServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+class WorkerProcess:
+    """``python -m worker`` serving ``api_url``, logging to ``root/worker-<name>.log``.
+
+    ``threads``, ``poll_seconds``, ``start_method`` and ``log_level`` are passed on when given
+    (None: the worker's default); ``args`` are further options.
+    """
+
+    CHILD = re.compile(r"job (\d+): attempt \d+ of \d+ started child pid (\d+)")
+
+    def __init__(
+        self,
+        api_url: str,
+        root: Path,
+        name: str = "worker",
+        *args: str,
+        device: str = "cpu",
+        threads: int | None = 1,
+        poll_seconds: float | None = 1,
+        start_method: str | None = None,
+        log_level: str | None = None,
+    ) -> None:
+        root.mkdir(parents=True, exist_ok=True)
+        self.name = name
+        self.log = root / f"worker-{name}.log"
+        options = {"--threads": threads, "--poll-seconds": poll_seconds, "--start-method": start_method}
+        options["--log-level"] = log_level
+        cmd = [
+            sys.executable, "-m", "worker",
+            "--api", api_url,
+            "--device", device,
+            "--worker-id", name,
+            "--work-dir", str(root / "work"),
+            "--data-dir", str(root / "data"),
+            *[part for flag, value in options.items() if value is not None for part in (flag, str(value))],
+            *args,
+        ]  # fmt: skip
+        with self.log.open("ab") as out:
+            self.proc = subprocess.Popen(cmd, env=process_env(), cwd=root, stdout=out, stderr=subprocess.STDOUT)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def children(self) -> list[tuple[int, int]]:
+        """(job id, child pid) for every job this worker started, from its log."""
+        return [(int(j), int(p)) for j, p in self.CHILD.findall(self.text())]
+
+    def child_of(self, job_id: int, timeout: float = 60) -> int:
+        def found() -> int | None:
+            return next((pid for j, pid in self.children() if j == job_id), None)
+
+        try:
+            return wait_until(found, timeout, f"worker {self.name} to start job {job_id}")
+        except TimeoutError as exc:
+            raise TimeoutError(f"{exc}; its log ends: {self.text()[-2000:]}") from None
+
+    def text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def signal(self, sig: int) -> None:
+        self.proc.send_signal(sig)
+
+    def wait(self, timeout: float = 60) -> int:
+        return self.proc.wait(timeout=timeout)
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=30)
+
+    def stop(self) -> None:
+        terminate(self.proc)
+
+    def __enter__(self) -> WorkerProcess:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

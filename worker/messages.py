@@ -1,0 +1,76 @@
+"""What crosses the pipes between a worker and its job's child process: named, typed messages.
+
+The runner hands the child one ``JobPayload``; the child answers with ``Metrics``, ``Progress`` and
+``CheckpointReady`` while it trains, then exactly one end: ``Done``, ``Stopped`` or ``Failed``.
+They are pickled by multiprocessing, so they hold only plain values and the job's spec model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from app.core.protocol import MetricPoint, Result
+from app.core.specs import AnyJobSpec
+from app.core.states import CheckpointFormat, CheckpointTag
+
+
+@dataclass(frozen=True)
+class JobPayload:
+    """Everything the child needs to train one job."""
+
+    spec: AnyJobSpec
+    device: str
+    data_dir: Path
+    work_dir: Path
+    resume_from: Path | None = None
+    init_from: Path | None = None
+    threads: int | None = None
+
+
+@dataclass(frozen=True)
+class Metrics:
+    points: list[MetricPoint]
+    time: float
+    """Unix time when the training loop reported them."""
+
+
+@dataclass(frozen=True)
+class Progress:
+    epoch: int
+    epochs: int
+    step: int
+
+
+@dataclass(frozen=True)
+class CheckpointReady:
+    """A complete checkpoint file, staged under a name of its own for the runner to upload, then delete."""
+
+    tag: CheckpointTag
+    format: CheckpointFormat
+    path: Path
+    epoch: int
+    step: int
+    metric: float | None
+
+
+@dataclass(frozen=True)
+class Done:
+    result: Result
+
+
+@dataclass(frozen=True)
+class Stopped:
+    """The loop saved a resumable ``last`` checkpoint at the step where a stop was asked for."""
+
+
+@dataclass(frozen=True)
+class Failed:
+    reason: str
+    """One line: what went wrong and what to change."""
+    traceback: str = ""
+    """The traceback's last lines; empty for a failure that needs none (a job this worker cannot run)."""
+
+
+ChildMessage = Metrics | Progress | CheckpointReady
+Ending = Done | Stopped | Failed

@@ -1,0 +1,50 @@
+"""The worker's settings, read from the environment (prefix ``TRAINJOBS_``) or ``.env``: the one source of its defaults.
+
+``trainjobs-worker``'s options take their defaults from here, and a flag beats the variable.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+StartMethod = Literal["spawn", "forkserver"]
+
+
+class WorkerSettings(BaseSettings):
+    """Every knob of a worker; README's "Workers" table lists them."""
+
+    model_config = SettingsConfigDict(env_prefix="TRAINJOBS_", env_file=".env", extra="ignore")
+
+    api_url: str = Field("http://127.0.0.1:8000", description="The service.")
+    worker_token: SecretStr | None = Field(None, description="Sent as 'Authorization: Bearer' when set.")
+    device: str = Field("auto", description="auto (CUDA, else MPS, else CPU), cpu, cuda, cuda:N, mps.")
+    worker_id: str | None = Field(None, description="Shown as the job's worker; default host:pid.")
+    work_dir: Path = Field(Path("./var/worker"), description="Local scratch; cleaned after each job.")
+    data_dir: Path = Field(Path("./var/data"), description="Datasets on this machine.")
+    grace_seconds: float = Field(60.0, gt=0, description="On SIGTERM, how long the job may take to stop and save.")
+    poll_seconds: float = Field(5.0, gt=0, le=300, description="Long-poll length of each claim.")
+    threads: int | None = Field(None, ge=1, description="torch CPU threads of each job (default: torch's).")
+    start_method: StartMethod = Field("spawn", description="How each job's process starts.")
+    prestart: bool = Field(True, description="Start the next job's process while idle, its imports done.")
+    log_level: str = Field("INFO", description="Logging level of the worker.")
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    """One running worker: its settings, with its id and device resolved and a scratch folder of its own."""
+
+    settings: WorkerSettings
+    worker_id: str
+    device: str
+    work_dir: Path
+
+    @classmethod
+    def of(cls, settings: WorkerSettings, worker_id: str, device: str) -> WorkerConfig:
+        safe_id = re.sub(r"[^A-Za-z0-9_.-]", "_", worker_id)
+        return cls(settings, worker_id, device, settings.work_dir / safe_id)
