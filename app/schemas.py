@@ -8,8 +8,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 
 from app.core.models import Checkpoint, Job
-from app.core.protocol import Progress, checkpoint_path
-from app.core.states import CheckpointFormat, CheckpointTag, JobKind, JobStatus
+from app.core.protocol import Progress, StoredCheckpoint
+from app.core.states import JobKind, JobStatus
 
 
 class JobPublic(BaseModel):
@@ -86,30 +86,13 @@ class MetricsPublic(BaseModel):
     summary: dict[str, SeriesSummary]
 
 
-class CheckpointPublic(BaseModel):
-    tag: CheckpointTag
-    format: CheckpointFormat
-    epoch: int
-    step: int
-    size: int
-    sha256: str
-    metric_value: float | None
+class CheckpointPublic(StoredCheckpoint):
+    metric_value: float | None = Field(description="The primary metric of the epoch it was taken at.")
     created_at: datetime
-    url: str
 
     @classmethod
     def of(cls, ckpt: Checkpoint, *, worker: bool = False) -> CheckpointPublic:
-        return cls(
-            tag=ckpt.tag,
-            format=ckpt.format,
-            epoch=ckpt.epoch,
-            step=ckpt.step,
-            size=ckpt.size,
-            sha256=ckpt.sha256,
-            metric_value=ckpt.metric_value,
-            created_at=ckpt.created_at,
-            url=checkpoint_path(ckpt.job_id, ckpt.tag, ckpt.format, worker=worker),
-        )
+        return cls.build(ckpt, worker=worker, metric_value=ckpt.metric_value, created_at=ckpt.created_at)
 
 
 class CheckpointsPublic(BaseModel):

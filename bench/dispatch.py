@@ -23,6 +23,7 @@ from typing import Any
 
 import httpx
 
+from app.core.states import TERMINAL
 from devtools.servers import ApiServer
 
 from .servers import cpu_seconds, settle, start_worker, submit, tree_cpu_seconds, wait_for_status
@@ -35,7 +36,6 @@ TINY_JOB: dict[str, Any] = {
     "model": {"arch": "mlp_autoencoder", "hidden": [8], "bottleneck": 4},
     "train": {"epochs": 1, "batch_size": 16},
 }
-TERMINAL = {"succeeded", "failed", "cancelled"}
 START_METHOD = "forkserver"
 """Jobs end in about a second instead of four (torch is not imported per job); dispatch is the same."""
 SETTLE_SECONDS = 0.5
@@ -56,7 +56,7 @@ def dispatch_once(http: httpx.Client) -> tuple[float, float]:
             seen = time.perf_counter()
             break
         time.sleep(0.01)
-    final = wait_for_status(http, job["id"], TERMINAL, timeout=120)
+    final = wait_for_status(http, job["id"], {str(s) for s in TERMINAL}, timeout=120)
     if final["status"] != "succeeded":
         raise RuntimeError(f"dispatch job {job['id']} ended {final['status']}: {final.get('error')}")
     return _seconds_between(final["created_at"], final["started_at"]), seen - sent

@@ -10,6 +10,7 @@ from typing import Any
 
 import httpx
 
+from app.core.states import TERMINAL
 from devtools.servers import WorkerProcess, wait_until
 
 
@@ -80,7 +81,7 @@ def wait_for_status(
         job = dict(http.get(f"/jobs/{job_id}").json())
         if job["status"] in statuses:
             return job
-        if job["status"] in {"failed", "cancelled", "succeeded"}:
+        if job["status"] in TERMINAL:
             raise RuntimeError(f"job {job_id} ended {job['status']}: {job.get('error')}")
         return None
 

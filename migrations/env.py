@@ -30,9 +30,20 @@ def run_migrations_offline() -> None:
 def run_migrations_online() -> None:
     engine = create_db_engine(database_url())
     with engine.connect() as connection:
+        sqlite = connection.dialect.name == "sqlite"
+        if sqlite:
+            # Batch migrations rebuild a table (create, copy, drop, rename), and the drop of a table that
+            # others reference fails while foreign keys are enforced. SQLite only changes this setting
+            # outside a transaction: on the raw connection, before the migration's BEGIN. The engine is
+            # disposed afterwards, so no connection with it off is ever reused.
+            connection.connection.driver_connection.execute("PRAGMA foreign_keys = OFF")  # type: ignore[union-attr]
         context.configure(connection=connection, target_metadata=target_metadata, render_as_batch=True)
         with context.begin_transaction():
             context.run_migrations()
+            if sqlite:
+                broken = connection.exec_driver_sql("PRAGMA foreign_key_check").all()
+                if broken:
+                    raise RuntimeError(f"the migration left rows that break foreign keys: {broken[:5]}")
     engine.dispose()
 
 

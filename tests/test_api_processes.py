@@ -86,7 +86,7 @@ def test_two_api_processes_on_postgresql_never_hand_out_a_job_twice(postgres_url
 def test_api_refuses_to_start_on_an_old_schema(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'old.db'}"
     command.stamp(alembic_config(url), "base")
-    env = {"database_url": url, "port": "1", "PATH": "/usr/bin:/bin"}
+    env = {"TRAINJOBS_DATABASE_URL": url, "TRAINJOBS_PORT": "1", "PATH": "/usr/bin:/bin"}
     proc = subprocess.run(
         [sys.executable, "-m", "app.cli"], env=env, capture_output=True, text=True, timeout=60, check=False
     )

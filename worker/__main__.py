@@ -11,9 +11,19 @@ import multiprocessing
 import sys
 from pathlib import Path
 
+from pydantic import ValidationError
+
+from app.core.protocol import summarize
 from worker.agent import Agent, default_worker_id, resolve_device
 from worker.client import WorkerClient
 from worker.settings import WorkerConfig, WorkerSettings
+
+
+def positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, not {value}")
+    return value
 
 
 def parse_args(argv: list[str] | None, defaults: WorkerSettings) -> argparse.Namespace:
@@ -43,7 +53,7 @@ def parse_args(argv: list[str] | None, defaults: WorkerSettings) -> argparse.Nam
         help="long-poll length of each claim (TRAINJOBS_POLL_SECONDS; %(default)s)",
     )
     p.add_argument(
-        "--threads", type=int, default=defaults.threads, help="torch CPU threads of each job (TRAINJOBS_THREADS)"
+        "--threads", type=positive, default=defaults.threads, help="torch CPU threads of each job (TRAINJOBS_THREADS)"
     )
     p.add_argument(
         "--start-method",
@@ -85,9 +95,13 @@ def settings_from(args: argparse.Namespace, defaults: WorkerSettings) -> WorkerS
 
 
 def main(argv: list[str] | None = None) -> int:
-    defaults = WorkerSettings()
-    args = parse_args(argv, defaults)
-    settings = settings_from(args, defaults)
+    try:
+        defaults = WorkerSettings()
+        args = parse_args(argv, defaults)
+        settings = settings_from(args, defaults)
+    except ValidationError as exc:
+        print(f"trainjobs-worker: bad setting: {summarize(exc)}", file=sys.stderr)
+        return 2
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
     config = WorkerConfig.of(settings, settings.worker_id or default_worker_id(), resolve_device(settings.device))

@@ -7,7 +7,8 @@ import multiprocessing as mp
 import signal
 from types import FrameType
 
-from app.core.protocol import ClaimedJob
+from app.core.protocol import ClaimedJob, UnsupportedJob
+from app.core.states import JobStatus
 from worker.client import LeaseGone, ProtocolError, ServiceUnavailable, WorkerClient
 from worker.runner import Child, JobRun, Outcome, Shutdown
 from worker.settings import WorkerConfig
@@ -87,6 +88,13 @@ class Agent:
                 self.shutdown.requested.wait(delay)
                 delay = min(delay * 2, MAX_BACKOFF)
                 continue
+            except UnsupportedJob as exc:  # a job from a newer service: end it with the reason, go on
+                log.error("job %s: %s", exc.job_id, exc)
+                self._fail_unreadable(exc)
+                self.outcomes.append(JobStatus.FAILED)
+                if self.max_jobs is not None and len(self.outcomes) >= self.max_jobs:
+                    break
+                continue
             except ProtocolError as exc:
                 log.error("the service refused this worker: %s", exc)
                 return 2
@@ -121,6 +129,12 @@ class Agent:
             return "lease_lost"
         finally:
             self.next_child = run.prestarted  # unused when the job ended before its training started
+
+    def _fail_unreadable(self, exc: UnsupportedJob) -> None:
+        try:
+            self.client.finish(exc.job_id, exc.lease_token, JobStatus.FAILED, error=str(exc))
+        except (ServiceUnavailable, ProtocolError, LeaseGone) as error:
+            log.warning("job %s: could not report it (%s); its lease will expire", exc.job_id, error)
 
     def _give_back(self, job_id: int, token: str) -> None:
         try:

@@ -30,6 +30,7 @@ from pathlib import Path
 from app.core.errors import first_line
 from app.core.files import link_or_copy
 from app.core.protocol import MetricPoint
+from app.core.registry import UnknownName
 from app.core.states import CheckpointFormat, CheckpointTag
 from worker.messages import CheckpointReady, Done, Failed, JobPayload, Metrics, Progress, Stopped
 
@@ -138,6 +139,8 @@ def _train(payload: JobPayload, out: Connection, stop: Event, parent: int) -> No
         result = run_training(payload.spec, ctx)
     except StopRequested:
         out.send(Stopped())
+    except UnknownName as exc:  # a name the spec allows and this worker's registries lack: no traceback to read
+        out.send(Failed(f"this worker cannot run this job (upgrade it to the service's version): {exc}"))
     except Exception as exc:
         out.send(Failed(describe(exc), traceback_tail(exc)))
     else:

@@ -19,6 +19,7 @@ from pydantic import BaseModel, ValidationError
 
 from app.core.protocol import (
     ClaimedJob,
+    ClaimEnvelope,
     ClaimRequest,
     FinishRequest,
     FinishStatus,
@@ -29,6 +30,9 @@ from app.core.protocol import (
     Progress,
     ReleaseRequest,
     Result,
+    UnsupportedJob,
+    checkpoint_path,
+    summarize,
 )
 from app.core.states import CheckpointFormat, CheckpointTag
 
@@ -48,6 +52,10 @@ class ServiceUnavailable(Exception):
 
 class ProtocolError(Exception):
     """The service refused a request for a reason retrying will not fix (4xx other than 409/404)."""
+
+
+class UnstorableResult(ProtocolError):
+    """A job's result that the service would refuse (a NaN, say): the message says which value."""
 
 
 class WorkerClient:
@@ -82,7 +90,11 @@ class WorkerClient:
         try:
             return ClaimedJob.model_validate_json(r.content)
         except ValidationError as exc:
-            raise ProtocolError(f"POST /worker/claim: the service's answer is not a claimed job: {exc}") from exc
+            try:
+                envelope = ClaimEnvelope.model_validate_json(r.content)
+            except ValidationError:
+                raise ProtocolError(f"POST /worker/claim: the answer is not a claimed job: {summarize(exc)}") from None
+            raise UnsupportedJob(envelope.id, envelope.lease_token, summarize(exc)) from None
 
     def heartbeat(self, job_id: int, lease_token: str, progress: Progress | None) -> bool:
         body = HeartbeatRequest(lease_token=lease_token, progress=progress)
@@ -122,11 +134,11 @@ class WorkerClient:
         }
         if metric is not None:
             headers["X-Checkpoint-Metric"] = repr(float(metric))
-        url = f"/worker/jobs/{job_id}/checkpoints/{tag}"
+        url = checkpoint_path(job_id, tag, fmt, worker=True)
         same = next((t for t, sha in (stored or {}).items() if sha == digest), None)
         if same is not None:
             try:
-                self._request("PUT", url, params={"format": fmt}, headers={**headers, "X-Checkpoint-Same-As": same})
+                self._request("PUT", url, headers={**headers, "X-Checkpoint-Same-As": same})
                 return digest
             except ProtocolError:
                 pass  # not there any more (or an older service): send the file
@@ -139,7 +151,6 @@ class WorkerClient:
         self._request(
             "PUT",
             url,
-            params={"format": fmt},
             content=body(),
             headers={**headers, "Content-Length": str(path.stat().st_size)},
             timeout=httpx.Timeout(30.0, read=600.0, write=600.0),
@@ -178,8 +189,12 @@ class WorkerClient:
         error: str | None = None,
         result: Result | None = None,
     ) -> None:
-        # Not validated here: a value the service refuses comes back as its 422, naming the field.
-        body = FinishRequest.model_construct(lease_token=lease_token, status=status, error=error, result=result)
+        try:
+            body = FinishRequest(
+                lease_token=lease_token, status=status, error=error, result=None if result is None else dict(result)
+            )
+        except ValidationError as exc:  # the service would refuse it: say so here, once
+            raise UnstorableResult("; ".join(e["msg"] for e in exc.errors(include_url=False))) from None
         self._post(f"/worker/jobs/{job_id}/finish", body)
 
     def release(self, job_id: int, lease_token: str) -> None:

@@ -22,11 +22,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from app.core.protocol import CheckpointRef, ClaimedJob, FinishStatus, MetricIn, Progress, Result, UnsupportedJob
+from app.core.protocol import (
+    MAX_ERROR_CHARS,
+    CheckpointRef,
+    ClaimedJob,
+    FinishStatus,
+    MetricIn,
+    Progress,
+    Result,
+    UnsupportedJob,
+)
 from app.core.states import CheckpointFormat, CheckpointTag, JobStatus
 from worker import messages
 from worker.child import run_child
-from worker.client import LeaseGone, ProtocolError, ServiceUnavailable, WorkerClient
+from worker.client import LeaseGone, ProtocolError, ServiceUnavailable, UnstorableResult, WorkerClient
 from worker.messages import CheckpointReady, Done, Ending, Failed, JobPayload, Metrics, Stopped
 from worker.settings import WorkerConfig
 
@@ -343,7 +352,14 @@ class JobRun:
     # --- the end ---------------------------------------------------------------------
 
     def _end(self, status: FinishStatus, *, error: str | None = None, result: Result | None = None) -> Outcome:
-        self._retrying("finish", lambda: self.client.finish(self.id, self.token, status, error=error, result=result))
+        error = error[:MAX_ERROR_CHARS] if error is not None else None
+        try:
+            self._retrying(
+                "finish", lambda: self.client.finish(self.id, self.token, status, error=error, result=result)
+            )
+        except UnstorableResult as exc:
+            status, error, result = JobStatus.FAILED, f"the job's result cannot be stored: {exc}", None
+            self._retrying("finish", lambda: self.client.finish(self.id, self.token, status, error=error))
         if status == JobStatus.FAILED:
             log.warning("job %s: failed: %s", self.id, (error or "").split("\n")[0])
         else:

@@ -22,7 +22,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app.core.db import Database
-from app.core.errors import InvalidRequest, NotFound, PreconditionFailed, TooLarge
+from app.core.errors import InvalidRequest, JobNotFound, NotFound, PreconditionFailed, TooLarge
 from app.core.files import link_or_copy, replace_durably
 from app.core.jobs import Scope, get_job
 from app.core.leases import check_lease
@@ -64,7 +64,7 @@ def find_for_worker(session: Session, job_id: int, tag: CheckpointTag, fmt: Chec
     """Unscoped: a worker fetching the checkpoint it resumes or starts from (named in its claim)."""
     job = session.get(Job, job_id)
     if job is None:
-        raise NotFound(f"job {job_id} not found")
+        raise JobNotFound(job_id)
     return _tagged(session, job, tag, fmt)
 
 
@@ -191,11 +191,13 @@ class CheckpointStore:
     def __init__(self, db: Database, artifacts_dir: Path, max_bytes: int) -> None:
         self.db, self.artifacts_dir, self.max_bytes = db, artifacts_dir, max_bytes
 
-    def open_upload(self, header: UploadHeader) -> PendingUpload:
+    def open_upload(self, header: UploadHeader, *, has_body: bool) -> PendingUpload:
         """Fenced before a byte is read, so a stale worker is refused before it sends gigabytes."""
         with self.db.write() as session:
             check_lease(session, header.job_id, header.lease_token)
             source = None
+            if header.same_as is not None and has_body:
+                raise InvalidRequest("send no body with X-Checkpoint-Same-As", ("header", "x-checkpoint-same-as"))
             if header.same_as is not None:
                 source = checkpoint_of(session, header.job_id, header.same_as, header.fmt)
                 if source is None or source.sha256 != header.sha256:

@@ -83,7 +83,7 @@ def _check_base_job(session: Session, scope: Scope, spec: AnyJobSpec, base_id: i
         )
 
 
-def _seen_key(session: Session, key: str, digest: str, ttl: timedelta, now: datetime) -> Job | None:
+def _seen_key(session: Session, scope: Scope, key: str, digest: str, ttl: timedelta, now: datetime) -> Job | None:
     """The job an Idempotency-Key still names (same body), None for a new or expired key; 409 for another body."""
     seen = session.get(IdempotencyKey, key)
     if seen is None:
@@ -94,9 +94,7 @@ def _seen_key(session: Session, key: str, digest: str, ttl: timedelta, now: date
         return None
     if seen.request_hash != digest:
         raise IdempotencyConflict(f"Idempotency-Key '{key}' was used for another request body; use a new key")
-    job = session.get(Job, seen.job_id)
-    assert job is not None  # the key is deleted with its job
-    return job
+    return get_job(session, scope, seen.job_id)  # the key is deleted with its job
 
 
 def submit_job(
@@ -104,18 +102,18 @@ def submit_job(
     scope: Scope,
     spec: AnyJobSpec,
     *,
-    data_dir: Path | None = None,
     idempotency_key: str | None = None,
     idempotency_ttl: timedelta = timedelta(hours=24),
     now: datetime | None = None,
 ) -> tuple[Job, bool]:
-    """Store a new queued job; returns (job, created). With an idempotency key seen before, the first job."""
+    """Store a new queued job; returns (job, created). With an idempotency key seen before, the first job.
+
+    Check the spec against the file system first (``check_dataset_path``), outside the transaction.
+    """
     now = now or utcnow()
-    if data_dir is not None:
-        check_dataset_path(spec, data_dir)
     digest = request_hash(spec)
     if idempotency_key is not None:
-        seen = _seen_key(session, idempotency_key, digest, idempotency_ttl, now)
+        seen = _seen_key(session, scope, idempotency_key, digest, idempotency_ttl, now)
         if seen is not None:
             return seen, False
     base_id = spec.base_job_id
@@ -223,12 +221,15 @@ def delete_job(session: Session, scope: Scope, job_id: int) -> None:
         raise JobNotFound(job_id)
     if job.status not in TERMINAL:
         raise Conflict(f"job {job_id} is {job.status}; cancel it first (POST /jobs/{job_id}/cancel), then delete it")
+    # Integrity, not visibility: whoever's jobs wait for this one, it must stay.
     waiting = session.scalars(
         select(Job.id).where(Job.init_job_id == job_id, Job.status.in_(sorted(ACTIVE))).order_by(Job.id)
     ).all()
     if waiting:
         ids = ", ".join(map(str, waiting))
         raise Conflict(f"job {job_id} is the base of unfinished job(s) {ids}; cancel or delete them first")
+    if session.scalars(select(Job.id).where(Job.parent_id == job_id).limit(1)).first() is not None:
+        raise Conflict(f"job {job_id} has jobs that are part of it; delete them first")
     session.execute(update(Job).where(Job.init_job_id == job_id).values(init_job_id=None))
     for table in (MetricPoint, Checkpoint, IdempotencyKey):
         session.execute(delete(table).where(table.job_id == job_id))

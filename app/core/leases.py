@@ -17,9 +17,9 @@ from typing import Any
 from sqlalchemy import ColumnElement, case, exists, or_, select, update
 from sqlalchemy.orm import Session, aliased
 
-from app.core.errors import JobNotFound, LeaseLost
+from app.core.errors import InvalidRequest, JobNotFound, LeaseLost
 from app.core.models import Job, utcnow
-from app.core.states import WORKER_KINDS, JobStatus, guard
+from app.core.states import JobKind, JobStatus, guard
 
 QUEUED, RUNNING = frozenset({JobStatus.QUEUED}), frozenset({JobStatus.RUNNING})
 
@@ -29,7 +29,7 @@ QUEUED, RUNNING = frozenset({JobStatus.QUEUED}), frozenset({JobStatus.RUNNING})
 
 def runs_on_a_worker() -> ColumnElement[bool]:
     """Not a parent: a job of a kind that workers train (a sweep, say, is never handed out)."""
-    return Job.kind.in_(sorted(WORKER_KINDS))
+    return Job.kind.in_(sorted(kind for kind in JobKind if kind.runs_on_worker))
 
 
 def dependencies_met() -> ColumnElement[bool]:
@@ -93,9 +93,9 @@ def _lease_lost(session: Session, job_id: int) -> Exception:
     return LeaseLost(job_id)
 
 
-def fenced(job_id: int, lease_token: str) -> tuple[ColumnElement[bool], ...]:
-    """The WHERE clause of every worker write: this job, this lease, still running."""
-    return (Job.id == job_id, Job.lease_token == lease_token, Job.status == JobStatus.RUNNING)
+def fenced(job_id: int, lease_token: str, *moving_to: JobStatus) -> tuple[ColumnElement[bool], ...]:
+    """The WHERE clause of every worker write: this job, this lease, still running (and allowed to move on)."""
+    return (Job.id == job_id, Job.lease_token == lease_token, guard(Job.status, RUNNING, *moving_to))
 
 
 def check_lease(session: Session, job_id: int, lease_token: str, *, now: datetime | None = None) -> None:
@@ -140,7 +140,7 @@ def _end_lease(session: Session, job_id: int, lease_token: str, *targets: JobSta
     """The fenced UPDATE that ends a worker's hold on a job; raises LeaseLost when the token no longer holds it."""
     job = session.execute(
         update(Job)
-        .where(*fenced(job_id, lease_token), guard(Job.status, RUNNING, *targets))
+        .where(*fenced(job_id, lease_token, *targets))
         .values(lease_token=None, lease_expires_at=None, **values)
         .returning(Job),
         execution_options={"synchronize_session": False},
@@ -162,6 +162,9 @@ def finish_job(
 ) -> Job:
     """End a running job as succeeded, failed or cancelled. Fenced; a failure is final (not retried)."""
     now = now or utcnow()
+    status = JobStatus(status)
+    if not status.is_terminal:
+        raise InvalidRequest(f"status must be succeeded, failed or cancelled, not '{status}'", ("body", "status"))
     job = _end_lease(
         session,
         job_id,

@@ -9,12 +9,13 @@ message that says so, instead of a traceback.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Annotated, Literal, TypedDict
+import math
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Self, TypedDict
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationError, field_validator
 
 from app.core.specs import AnyJobSpec, Text, parse_job_spec
-from app.core.states import CheckpointFormat, CheckpointTag, JobStatus
+from app.core.states import CheckpointFormat, CheckpointTag, JobKind, JobStatus
 
 if TYPE_CHECKING:  # the worker imports this module; it needs no ORM
     from app.core.models import Checkpoint, Job
@@ -34,11 +35,32 @@ ResultValue = Annotated[float, Field(allow_inf_nan=False)] | int | bool | Text |
 Result = dict[str, ResultValue]
 """A job's result: its final metrics and a few facts (primary_metric, best_epoch, steps), one level deep."""
 
+MAX_ERROR_CHARS = 20_000
+"""A failed job's error: its one line, then the traceback's last lines."""
+
 LeaseToken = Field(min_length=1, max_length=64, description="The token the claim returned.")
 
 
 class UnsupportedJob(Exception):
-    """A claimed job whose spec this worker's code cannot run (the service is newer); the message says why."""
+    """A claimed job this worker's code cannot read or run (the service is newer); the message says why."""
+
+    def __init__(self, job_id: int, lease_token: str, problems: str) -> None:
+        super().__init__(f"this worker cannot run job {job_id} (upgrade it to the service's version): {problems}")
+        self.job_id, self.lease_token = job_id, lease_token
+
+
+def summarize(exc: ValidationError, skip: int = 0) -> str:
+    """One line for a validation error: each problem as ``field.path: message``."""
+    return "; ".join(
+        f"{'.'.join(map(str, e['loc'][skip:])) or 'body'}: {e['msg']}" for e in exc.errors(include_url=False)
+    )
+
+
+class ClaimEnvelope(BaseModel):
+    """The least of a claim's answer a worker needs to end the job it cannot read: its id and lease."""
+
+    id: int
+    lease_token: str
 
 
 class ClaimRequest(_Model):
@@ -47,35 +69,44 @@ class ClaimRequest(_Model):
     wait_seconds: float = Field(0.0, ge=0.0, le=300.0, description="Long poll: wait up to this long for a job.")
 
 
-class CheckpointRef(BaseModel):
-    job_id: int
+class StoredCheckpoint(BaseModel):
+    """A stored checkpoint file, as the public API and the worker protocol both describe it."""
+
     tag: CheckpointTag
     format: CheckpointFormat
     epoch: int
     step: int
     size: int
     sha256: str
-    url: str = Field(description="Path under the service to GET it from (worker auth).")
+    url: str = Field(description="Path under the service to GET the file from.")
 
     @classmethod
-    def of(cls, ckpt: Checkpoint | None) -> CheckpointRef | None:
-        if ckpt is None:
-            return None
+    def build(cls, ckpt: Checkpoint, *, worker: bool, **extra: Any) -> Self:
         return cls(
-            job_id=ckpt.job_id,
             tag=ckpt.tag,
             format=ckpt.format,
             epoch=ckpt.epoch,
             step=ckpt.step,
             size=ckpt.size,
             sha256=ckpt.sha256,
-            url=checkpoint_path(ckpt.job_id, ckpt.tag, ckpt.format, worker=True),
+            url=checkpoint_path(ckpt.job_id, ckpt.tag, ckpt.format, worker=worker),
+            **extra,
         )
+
+
+class CheckpointRef(StoredCheckpoint):
+    """A checkpoint a claimed job starts from; its ``url`` is the worker protocol's (worker auth)."""
+
+    job_id: int
+
+    @classmethod
+    def of(cls, ckpt: Checkpoint | None) -> CheckpointRef | None:
+        return None if ckpt is None else cls.build(ckpt, worker=True, job_id=ckpt.job_id)
 
 
 class ClaimedJob(BaseModel):
     id: int
-    kind: str
+    kind: JobKind
     spec: dict[str, JsonValue] = Field(description="The job's spec as stored: parse it with ``job_spec()``.")
     attempt: int
     max_attempts: int
@@ -115,10 +146,7 @@ class ClaimedJob(BaseModel):
         try:
             return parse_job_spec(self.spec)
         except ValidationError as exc:
-            problems = "; ".join(f"{'.'.join(map(str, e['loc'][1:])) or 'spec'}: {e['msg']}" for e in exc.errors())
-            raise UnsupportedJob(
-                f"this worker cannot run job {self.id} (upgrade it to the service's version): {problems}"
-            ) from None
+            raise UnsupportedJob(self.id, self.lease_token, summarize(exc, skip=1)) from None
 
 
 class HeartbeatRequest(_Model):
@@ -162,16 +190,29 @@ FinishStatus = Literal[JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLE
 class FinishRequest(_Model):
     lease_token: Text = LeaseToken
     status: FinishStatus
-    error: Text | None = Field(None, max_length=20_000)
-    result: Result | None = None
+    error: Text | None = Field(None, max_length=MAX_ERROR_CHARS)
+    result: dict[str, JsonValue] | None = Field(None, description="Final metrics; finite numbers, NUL-free strings.")
 
     @field_validator("result")
     @classmethod
-    def _storable(cls, value: Result | None) -> Result | None:
-        for key in value or {}:
-            if "\x00" in key or not key:
-                raise ValueError("result keys must be non-empty and free of NUL characters")
+    def _storable(cls, value: dict[str, JsonValue] | None) -> dict[str, JsonValue] | None:
+        check_json_value(value)
         return value
+
+
+def check_json_value(value: object, where: str = "result") -> None:
+    """Finite numbers and NUL-free strings only: PostgreSQL's JSON refuses the rest."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"{where} holds {value}; send finite numbers (or null)")
+    if isinstance(value, str) and "\x00" in value:
+        raise ValueError(f"{where} holds a string with a NUL character")
+    if isinstance(value, dict):
+        for key, item in value.items():
+            check_json_value(key, where)
+            check_json_value(item, f"{where}.{key}")
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            check_json_value(item, f"{where}[{i}]")
 
 
 class ReleaseRequest(_Model):

@@ -60,4 +60,5 @@ class Registry(Generic[T]):
         return iter(self._entries)
 
     def names(self) -> list[str]:
-        return list(self._entries)
+        """The registered names, sorted (messages read the same whatever the import order)."""
+        return sorted(self._entries)

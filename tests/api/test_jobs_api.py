@@ -760,3 +760,23 @@ def test_healthz(client: TestClient, db: Database) -> None:
     assert r.status_code == 200
     assert r.json()["status"] == "ok"
     assert r.json()["database"] == db.backend
+
+
+def test_an_unknown_kind_arch_or_dataset_is_422_naming_the_known_ones(
+    client: TestClient, subtests: pytest.Subtests
+) -> None:
+    cases = {
+        "kind": (pretrain_body(kind="gan"), "kind must be one of: pretrain, finetune"),
+        "arch": (
+            pretrain_body(model={"arch": "dcgan"}),
+            "'mlp_autoencoder', 'seed_mlp_autoencoder', 'conv_autoencoder'",
+        ),
+        "finetune arch": (finetune_body(model={"arch": "vit"}), "'mlp', 'small_cnn' or 'resnet18'"),
+        "dataset": (pretrain_body(dataset={"name": "imagenet"}), "'digits', 'cifar10'"),
+    }
+    for case, (body, known) in cases.items():
+        with subtests.test(case):
+            r = client.post("/jobs", json=body)
+            assert r.status_code == 422, r.text
+            assert any(known in e["msg"] for e in r.json()["detail"]), r.json()
+    assert client.get("/jobs").json()["data"] == []

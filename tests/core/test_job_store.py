@@ -316,3 +316,29 @@ def test_delete_only_finished_jobs_and_not_a_waiting_base(db: Database) -> None:
         jobs.get_job(s, EVERYONE, base)
     with db.read() as s:
         assert jobs.get_job(s, EVERYONE, ft).init_job_id is None
+
+
+def test_a_parent_is_never_handed_to_a_worker(db: Database, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The claim's 'runs on a worker' predicate is its own: a kind left out of WORKER_KINDS is never claimed."""
+    from app.core import states
+
+    finetune = submit(db, finetune_body(priority=10))
+    pretrain = submit(db, pretrain_body())
+    monkeypatch.setattr(states, "WORKER_KINDS", frozenset({states.JobKind.PRETRAIN}))
+    c = claim(db)
+    assert c is not None and c.job.id == pretrain
+    assert claim(db) is None and status(db, finetune) == "queued"
+
+
+def test_a_job_with_parts_is_not_deleted_before_them(db: Database) -> None:
+    parent = submit(db, pretrain_body())
+    child = submit(db, pretrain_body())
+    with db.write() as s:
+        s.get_one(Job, child).parent_id = parent
+        jobs.cancel_job(s, EVERYONE, parent)
+        jobs.cancel_job(s, EVERYONE, child)
+    with pytest.raises(Conflict, match="has jobs that are part of it"), db.write() as s:
+        jobs.delete_job(s, EVERYONE, parent)
+    with db.write() as s:
+        jobs.delete_job(s, EVERYONE, child)
+        jobs.delete_job(s, EVERYONE, parent)

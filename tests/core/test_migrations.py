@@ -74,3 +74,30 @@ def test_check_names_the_revision_it_found(tmp_path: Path) -> None:
     with pytest.raises(SchemaNotCurrent, match="has no schema yet"):
         check_schema_current(db.engine)
     db.dispose()
+
+
+def test_0002_carries_depends_on_over_as_init_job_id(empty_url: str) -> None:
+    """A database at 0001 with a pipeline in it: the finetune still points at its base after the upgrade."""
+    upgrade(empty_url, "0001")
+    engine = create_engine(empty_url.replace("postgresql://", "postgresql+psycopg://"))
+    row = (
+        "INSERT INTO jobs (kind, status, spec, priority, depends_on, attempt, max_attempts, cancel_requested,"
+        " created_at, updated_at) VALUES (:kind, 'succeeded', '{}', 0, :base, 0, 3, false, :now, :now)"
+    )
+    now = "2026-11-30 12:00:00"
+    with engine.begin() as conn:
+        conn.execute(text(row), {"kind": "pretrain", "base": None, "now": now})
+        conn.execute(text(row), {"kind": "finetune", "base": 1, "now": now})
+        conn.execute(text(row), {"kind": "pretrain", "base": None, "now": now})
+        conn.execute(text("DELETE FROM jobs WHERE id = 3"))
+    upgrade(empty_url)
+    with engine.begin() as conn:
+        assert conn.execute(text("SELECT id, init_job_id, parent_id FROM jobs ORDER BY id")).all() == [
+            (1, None, None),
+            (2, 1, None),
+        ]
+        conn.execute(text(row.replace("depends_on", "init_job_id")), {"kind": "pretrain", "base": None, "now": now})
+        assert conn.execute(text("SELECT max(id) FROM jobs")).scalar_one() == 4  # a deleted job's id is never reused
+    indexes = {i["name"] for i in inspect(engine).get_indexes("jobs")}
+    engine.dispose()
+    assert {"ix_jobs_claimable", "ix_jobs_running_lease", "ix_jobs_init_job_id", "ix_jobs_parent_id"} <= indexes

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import os
 import signal
 import time
@@ -280,3 +281,25 @@ def test_the_service_restarted_mid_job_does_not_disturb_it(
         assert len(epochs) == 10
     finally:
         restarted.kill()
+
+
+def test_a_job_this_workers_code_cannot_run_fails_with_the_reason_not_a_traceback(
+    api: ApiServer, http: httpx.Client, workers: Any
+) -> None:
+    """A service newer than its worker: the stored spec names an arch the worker's registry lacks."""
+    job_id = submit(http, training_job(epochs=1))
+    engine = create_engine(api.env["TRAINJOBS_DATABASE_URL"])
+    with engine.begin() as conn:  # what a newer service would have stored
+        spec = conn.execute(text("SELECT spec FROM jobs WHERE id = :id"), {"id": job_id}).scalar_one()
+        spec = spec if isinstance(spec, dict) else json.loads(spec)
+        spec["model"] = {"arch": "vision_transformer", "patch": 4}
+        conn.execute(text("UPDATE jobs SET spec = :spec WHERE id = :id"), {"id": job_id, "spec": json.dumps(spec)})
+    engine.dispose()
+    worker = workers("old", "--once")
+    assert worker.wait(60) == 0
+    failed = job(http, job_id)
+    assert failed["status"] == "failed" and failed["attempt"] == 1
+    assert failed["error"].startswith(f"this worker cannot run job {job_id}")
+    assert "'vision_transformer'" in failed["error"] and "mlp_autoencoder" in failed["error"]  # names the known archs
+    assert "Traceback" not in failed["error"] and "\n" not in failed["error"]
+    assert worker.children() == []  # no training process was started for it

@@ -8,13 +8,14 @@ weights alone, loadable without pickle, the file to hand to users.
 from __future__ import annotations
 
 import os
-import shutil
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
+
+from app.core.files import fsync_path, link_or_copy, replace_durably
 
 
 def write_atomically(path: Path, write: Callable[[Path], None]) -> None:
@@ -26,31 +27,15 @@ def write_atomically(path: Path, write: Callable[[Path], None]) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         write(tmp)
-        fd = os.open(tmp, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
+        fsync_path(tmp)
+        replace_durably(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 def link_atomically(source: Path, path: Path) -> None:
     """Make ``path`` a second name of the complete file ``source`` (a copy where hard links fail)."""
-
-    def link(tmp: Path) -> None:
-        try:
-            os.link(source, tmp)
-        except OSError:
-            shutil.copyfile(source, tmp)
-
-    write_atomically(path, link)
+    write_atomically(path, lambda tmp: link_or_copy(source, tmp))
 
 
 def save_torch(obj: Any, path: Path) -> None:

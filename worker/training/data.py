@@ -42,6 +42,7 @@ from torch import Tensor
 from app.core.errors import first_line
 from app.core.registry import Registry
 from app.core.specs import AnyDataset, DigitsDataset, ImageFolderDataset, SyntheticDataset, TorchvisionDataset
+from app.core.specs.datasets import TORCHVISION_SOURCES
 
 from .checkpoints import save_torch
 from .errors import DatasetError
@@ -143,7 +144,6 @@ def _load_digits(spec: DigitsDataset, _data_dir: Path) -> tuple[Images, Images, 
     return train, test, spec.class_count()
 
 
-@LOADERS.register("cifar10", "cifar100", "mnist", "fashion_mnist")
 def _load_torchvision(spec: TorchvisionDataset, data_dir: Path) -> tuple[Images, Images, int]:
     source = spec.source
     cache = data_dir / ".cache" / f"{spec.name}-v{CACHE_VERSION}.pt"
@@ -153,17 +153,12 @@ def _load_torchvision(spec: TorchvisionDataset, data_dir: Path) -> tuple[Images,
 
     from torchvision import datasets
 
-    classes = {
-        "cifar10": datasets.CIFAR10,
-        "cifar100": datasets.CIFAR100,
-        "mnist": datasets.MNIST,
-        "fashion_mnist": datasets.FashionMNIST,
-    }
+    dataset_class = getattr(datasets, source.dataset_class)
     root = data_dir / spec.name
     splits = []
     for train in (True, False):
         try:
-            ds = classes[spec.name](root=str(root), train=train, download=spec.download)
+            ds = dataset_class(root=str(root), train=train, download=spec.download)
         except (RuntimeError, OSError, ValueError, pickle.UnpicklingError, EOFError) as e:
             if spec.download:
                 raise DatasetError(f"could not download {source.title} to {root}: {first_line(e)}") from e
@@ -180,6 +175,10 @@ def _load_torchvision(spec: TorchvisionDataset, data_dir: Path) -> tuple[Images,
         splits.append(Images(x, y))
     _write_cache(cache, splits[0], splits[1])
     return splits[0], splits[1], source.classes
+
+
+for _name in TORCHVISION_SOURCES:
+    LOADERS.add(_name, _load_torchvision)
 
 
 @LOADERS.register("imagefolder")

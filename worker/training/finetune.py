@@ -51,7 +51,7 @@ class ClassificationTask(Task):
         loss.backward()  # type: ignore[no-untyped-call]
         self.optimizer.step()
         correct = (out.detach().argmax(1) == batch.labels).sum()
-        return {"train_loss": loss.detach(), "train_accuracy": correct / len(batch)}
+        return {"train_loss": loss.detach() * len(batch), "train_accuracy": correct}
 
     def eval_step(self, x: Tensor, labels: Tensor) -> dict[str, Tensor]:
         with self.runtime.autocast():

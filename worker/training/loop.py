@@ -49,7 +49,7 @@ import json
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -64,6 +64,7 @@ from .checkpoints import link_atomically, load_checkpoint, save_torch, save_weig
 from .context import MetricPoint, StopRequested, TrainingContext
 from .data import Images, Splits, epoch_batches, flip_crop, normalize, steps_per_epoch
 from .errors import TrainingError
+from .progress import Progress
 from .task import Batch, Task
 
 
@@ -77,55 +78,6 @@ class Run:
     data: Splits
     lr_factor: Callable[[int], float]
     steps_per_epoch: int
-
-
-@dataclass
-class WindowStep:
-    """A step since the last log point: its training metrics, still on the device."""
-
-    epoch: int
-    step: int
-    values: dict[str, Tensor]
-    n: int
-
-
-@dataclass
-class Progress:
-    """Where the run is; all of it goes into a checkpoint."""
-
-    epoch: int = 0
-    """The epoch of the last step taken (1-based; 0 before the first step)."""
-    step: int = 0
-    """Optimizer steps taken."""
-    step_in_epoch: int = 0
-    """Steps taken in ``epoch``; equal to steps per epoch once that epoch is finished and evaluated."""
-    best_metric: float | None = None
-    best_epoch: int = 0
-    last_metrics: dict[str, float] = field(default_factory=dict)
-    epoch_sums: dict[str, Tensor] = field(default_factory=dict)
-    """Sample-weighted sums of the unfinished epoch's training metrics; device tensors, read at epoch end."""
-    epoch_samples: int = 0
-    epoch_seconds: float = 0.0
-    window: list[WindowStep] = field(default_factory=list)
-
-    def epoch_finished(self, steps_per_epoch: int) -> bool:
-        return self.epoch == 0 or self.step_in_epoch == steps_per_epoch
-
-    def begin_epoch(self) -> None:
-        self.epoch += 1
-        self.step_in_epoch = 0
-        self.epoch_sums = {}
-        self.epoch_samples = 0
-        self.epoch_seconds = 0.0
-
-    def record(self, step: int, values: dict[str, Tensor], n: int) -> None:
-        self.step, self.step_in_epoch = step, self.step_in_epoch + 1
-        for name, value in values.items():
-            if name not in self.epoch_sums:
-                self.epoch_sums[name] = torch.zeros((), device=value.device)
-            self.epoch_sums[name] += value * n
-        self.epoch_samples += n
-        self.window.append(WindowStep(self.epoch, step, values, n))
 
 
 def fit(spec: AnyJobSpec, ctx: TrainingContext, task: Task, splits: Splits) -> Result:
@@ -225,30 +177,25 @@ def _nan_error(name: str, epoch: int, step: int, value: float) -> TrainingError:
 
 
 def check_finite(run: Run, progress: Progress) -> dict[str, list[float]]:
-    """The logged metrics of the log window (one sync); raises TrainingError at the first NaN or inf."""
+    """The logged metrics' sums of each step of the log window (one sync); raises TrainingError at the first NaN or inf."""
     logged = run.task.logged
     if not progress.window:
         return {name: [] for name in logged}
     flat: list[float] = torch.stack([w.values[name] for w in progress.window for name in logged]).tolist()
-    values = {name: flat[i :: len(logged)] for i, name in enumerate(logged)}
+    sums = {name: flat[i :: len(logged)] for i, name in enumerate(logged)}
     for i, w in enumerate(progress.window):
         for name in logged:
-            if not math.isfinite(values[name][i]):
-                raise _nan_error(name, w.epoch, w.step, values[name][i])
-    return values
+            if not math.isfinite(sums[name][i]):
+                raise _nan_error(name, w.epoch, w.step, sums[name][i])
+    return sums
 
 
 def _log_window(run: Run, progress: Progress) -> None:
-    values = check_finite(run, progress)
-    sizes = [w.n for w in progress.window]
+    sums = check_finite(run, progress)
+    images = sum(w.n for w in progress.window)
     points = [
-        MetricPoint(
-            name=name,
-            step=progress.step,
-            epoch=progress.epoch,
-            value=sum(v * n for v, n in zip(series, sizes, strict=True)) / sum(sizes),
-        )
-        for name, series in values.items()
+        MetricPoint(name=name, step=progress.step, epoch=progress.epoch, value=sum(series) / images)
+        for name, series in sums.items()
     ]
     progress.window.clear()
     run.ctx.report_metrics(points)
@@ -257,7 +204,7 @@ def _log_window(run: Run, progress: Progress) -> None:
 
 @torch.no_grad()
 def evaluate(run: Run, images: Images) -> dict[str, float]:
-    """The task's evaluation metrics over ``images`` (means), without augmentation or noise."""
+    """The mean of each of the task's evaluation metrics over ``images``, without augmentation or noise."""
     task = run.task
     task.eval_mode()
     sums: dict[str, Tensor] = {}
@@ -304,18 +251,6 @@ def finish_epoch(run: Run, progress: Progress) -> None:
         save_checkpoint(run, progress, tags, primary)
 
 
-def _partial(progress: Progress) -> dict[str, Any]:
-    return {
-        "epoch_sums": {name: total.cpu() for name, total in progress.epoch_sums.items()},
-        "epoch_samples": progress.epoch_samples,
-        "epoch_seconds": progress.epoch_seconds,
-        "window": [
-            {"epoch": w.epoch, "step": w.step, "n": w.n, "values": {k: v.cpu() for k, v in w.values.items()}}
-            for w in progress.window
-        ],
-    }
-
-
 def save_checkpoint(run: Run, progress: Progress, tags: list[CheckpointTag], metric: float | None) -> None:
     """Write ``<tag>.pt`` (resumable) and ``<tag>.safetensors`` (weights) for each tag, then announce them.
 
@@ -338,7 +273,7 @@ def save_checkpoint(run: Run, progress: Progress, tags: list[CheckpointTag], met
         "best_epoch": progress.best_epoch,
         "primary_metric": run.task.primary,
         "last_metrics": dict(progress.last_metrics),
-        "partial": _partial(progress),
+        "partial": progress.partial_state(),
         "kind": run.spec.kind.value,
         "spec": spec,
         "trainjobs_version": __version__,
@@ -372,24 +307,14 @@ def restore_checkpoint(run: Run, progress: Progress, checkpoint: dict[str, Any])
         run.task.load_state_dict(checkpoint)
     except (RuntimeError, KeyError, ValueError) as e:
         raise TrainingError(f"the checkpoint to resume from does not fit the model: {str(e)[:300]}") from e
-    torch.set_rng_state(checkpoint["rng"]["torch"])
     device = run.task.runtime.device
-    if "cuda" in checkpoint["rng"] and device.type == "cuda":
-        torch.cuda.set_rng_state(checkpoint["rng"]["cuda"], device)
-    partial = checkpoint["partial"]
-    progress.epoch = checkpoint["epoch"]
-    progress.step = checkpoint["step"]
-    progress.step_in_epoch = checkpoint["step_in_epoch"]
-    progress.best_metric = checkpoint["best_metric"]
-    progress.best_epoch = checkpoint["best_epoch"]
-    progress.last_metrics = dict(checkpoint["last_metrics"])
-    progress.epoch_sums = {name: total.to(device) for name, total in partial["epoch_sums"].items()}
-    progress.epoch_samples = partial["epoch_samples"]
-    progress.epoch_seconds = partial["epoch_seconds"]
-    progress.window = [
-        WindowStep(w["epoch"], w["step"], {k: v.to(device) for k, v in w["values"].items()}, w["n"])
-        for w in partial["window"]
-    ]
+    try:
+        torch.set_rng_state(checkpoint["rng"]["torch"])
+        if "cuda" in checkpoint["rng"] and device.type == "cuda":
+            torch.cuda.set_rng_state(checkpoint["rng"]["cuda"], device)
+        progress.restore(checkpoint, device)
+    except (KeyError, TypeError, ValueError) as e:
+        raise TrainingError(f"the checkpoint to resume from is not one this worker can read: missing {e}") from e
 
 
 def _result(run: Run, progress: Progress) -> Result:

@@ -44,7 +44,7 @@ class ReconstructionTask(Task):
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()  # type: ignore[no-untyped-call]
         self.optimizer.step()
-        return {"train_loss": loss.detach()}
+        return {"train_loss": loss.detach() * len(batch)}
 
     def eval_step(self, x: Tensor, labels: Tensor) -> dict[str, Tensor]:
         with self.runtime.autocast():

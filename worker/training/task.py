@@ -5,9 +5,11 @@ batches, the learning-rate schedule (applied to every optimizer the task has), s
 the metric windows and NaN checks, evaluation passes, checkpoints and resume. A task:
 
 - ``train_step(batch)``: one optimizer step (or one step of each of its optimizers) on a batch;
-  returns the batch's mean of each training metric, as 0-dim tensors left on the device;
-- ``eval_step(x, labels)``: the batch's *sums* of each evaluation metric (the loop divides by the
-  number of images and prefixes ``test_`` / ``val_``);
+  returns the batch's *sum* over its images of each training metric (a mean loss times the batch
+  size, a count of right answers), as 0-dim tensors left on the device; the loop divides by the
+  number of images (exactly, for counts);
+- ``eval_step(x, labels)``: the same sums for each evaluation metric (the loop prefixes ``test_``
+  / ``val_``);
 - names its ``primary`` metric and whether higher is better, and which training metrics are
   reported at log steps (``logged``; each one is also checked for NaN);
 - ``state_dict()`` / ``load_state_dict()``: its whole state for a checkpoint (``model`` holds the

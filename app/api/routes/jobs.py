@@ -50,17 +50,13 @@ def submit_job(
     ] = None,
 ) -> JobPublic:
     """Submit a job; 201 means it is stored on disk."""
+    jobs.check_dataset_path(spec, settings.data_dir)
     ttl = timedelta(hours=settings.idempotency_hours)
     for attempt in range(3):
         try:
             with db.write() as session:
                 job, created = jobs.submit_job(
-                    session,
-                    scope,
-                    spec,
-                    data_dir=settings.data_dir,
-                    idempotency_key=idempotency_key,
-                    idempotency_ttl=ttl,
+                    session, scope, spec, idempotency_key=idempotency_key, idempotency_ttl=ttl
                 )
                 public = JobPublic.of(job)
             break

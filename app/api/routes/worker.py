@@ -8,6 +8,7 @@ write is fenced by the lease token the claim handed out.
 from __future__ import annotations
 
 import asyncio
+import functools
 import math
 from typing import Annotated
 
@@ -160,10 +161,9 @@ async def upload_checkpoint(
         same_as=x_checkpoint_same_as,
     )
     store = CheckpointStore(db, settings.artifacts_dir, settings.max_upload_bytes)
-    upload = await run_in_threadpool(store.open_upload, header)  # fenced: a stale worker is refused here
+    has_body = declared not in (None, "0") or "chunked" in request.headers.get("transfer-encoding", "")
+    upload = await run_in_threadpool(functools.partial(store.open_upload, header, has_body=has_body))  # fenced
     try:
-        if upload.linked and declared not in (None, "0"):
-            raise InvalidRequest("send no body with X-Checkpoint-Same-As", ("header", "x-checkpoint-same-as"))
         if not upload.linked:
             await receive_into(request, upload)
         ckpt = await run_in_threadpool(store.commit_upload, header, upload)

@@ -61,25 +61,28 @@ class DigitsDataset(_DatasetOptions):
 @dataclass(frozen=True)
 class TorchvisionSource:
     title: str
+    dataset_class: str
+    """The class in ``torchvision.datasets`` that reads it."""
     shape: Shape
     classes: int
     expected: str
     """What belongs in ``DATA_DIR/<name>``, for the error message when it is missing."""
 
 
+IDX_FILES = "the raw IDX files ({}/raw/train-images-idx3-ubyte and the other three)"
 TORCHVISION_SOURCES: dict[str, TorchvisionSource] = {
-    "cifar10": TorchvisionSource("CIFAR-10", (3, 32, 32), 10, "the python-version batches (cifar-10-batches-py/)"),
-    "cifar100": TorchvisionSource("CIFAR-100", (3, 32, 32), 100, "the python-version files (cifar-100-python/)"),
-    "mnist": TorchvisionSource(
-        "MNIST", (1, 28, 28), 10, "the raw IDX files (MNIST/raw/train-images-idx3-ubyte and the other three)"
+    "cifar10": TorchvisionSource(
+        "CIFAR-10", "CIFAR10", (3, 32, 32), 10, "the python-version batches (cifar-10-batches-py/)"
     ),
+    "cifar100": TorchvisionSource(
+        "CIFAR-100", "CIFAR100", (3, 32, 32), 100, "the python-version files (cifar-100-python/)"
+    ),
+    "mnist": TorchvisionSource("MNIST", "MNIST", (1, 28, 28), 10, IDX_FILES.format("MNIST")),
     "fashion_mnist": TorchvisionSource(
-        "Fashion-MNIST",
-        (1, 28, 28),
-        10,
-        "the raw IDX files (FashionMNIST/raw/train-images-idx3-ubyte and the other three)",
+        "Fashion-MNIST", "FashionMNIST", (1, 28, 28), 10, IDX_FILES.format("FashionMNIST")
     ),
 }
+"""Each torchvision dataset a job may name (the ``TorchvisionDataset.name`` literal lists the same keys)."""
 
 
 class TorchvisionDataset(_DatasetOptions):

@@ -340,3 +340,46 @@ def test_channels_last_is_used_for_conv_nets_on_cuda_and_cpu_only() -> None:
     assert not use_channels_last(on, torch.device("mps"), cnn)
     assert not use_channels_last(on, torch.device("cpu"), mlp)
     assert not use_channels_last(off, torch.device("cpu"), cnn)
+
+
+def test_a_checkpoint_in_the_first_layout_resumes(tmp_path: Path) -> None:
+    """A job a worker of trainjobs 0.1 saved mid-epoch (rolling upgrade) resumes on this one."""
+    spec = RESUME_CASES["finetune-sgd-flipcrop"]
+    whole = Recorder(tmp_path / "data", tmp_path / "whole")
+    whole_result = run_training(spec, whole.context())
+    parts = Recorder(tmp_path / "data", tmp_path / "parts", stop_after_step=7)
+    with pytest.raises(StopRequested):
+        run_training(spec, parts.context())
+    last = parts.work_dir / "last.pt"
+    checkpoint = load_pt(last)
+    partial = checkpoint["partial"]
+    window = partial.pop("window")
+    sums = partial.pop("epoch_sums")
+    checkpoint["partial"] = {  # the first layout, as 0.1 wrote it
+        **partial,
+        "epoch_loss": sums["train_loss"],
+        "epoch_correct": sums["train_accuracy"],
+        "window_epochs": [w["epoch"] for w in window],
+        "window_steps": [w["step"] for w in window],
+        "window_losses": [w["values"]["train_loss"] / w["n"] for w in window],
+        "window_sizes": [w["n"] for w in window],
+    }
+    checkpoint["scheduler"] = {"last_epoch": 7}
+    torch.save(checkpoint, last)
+    parts.stop_after_step = None
+    result = run_training(spec, parts.context(resume_from=last))
+    got, want = parts.stable_metrics(), whole.stable_metrics()
+    assert [m[:3] for m in got] == [m[:3] for m in want]  # no gap, no duplicate
+    assert [m[3] for m in got] == pytest.approx([m[3] for m in want], rel=1e-6)
+    assert result["test_accuracy"] == whole_result["test_accuracy"]
+
+
+def test_a_checkpoint_this_worker_cannot_read_fails_with_a_reason(recorder: Recorder, tmp_path: Path) -> None:
+    spec = finetune({"arch": "mlp", "hidden": [16]}, SMALL)
+    run_training(spec, recorder.context())
+    checkpoint = load_pt(recorder.work_dir / "last.pt")
+    del checkpoint["partial"]
+    torch.save(checkpoint, tmp_path / "odd.pt")
+    again = Recorder(tmp_path / "data", tmp_path / "again")
+    with pytest.raises(TrainingError, match=r"^the checkpoint to resume from is not one this worker can read"):
+        run_training(spec, again.context(resume_from=tmp_path / "odd.pt"))
