@@ -1,17 +1,24 @@
-"""``trainjobs-api``: serve the API with uvicorn; ``trainjobs-api migrate`` upgrades the schema."""
+"""``trainjobs-api``: serve the API; ``migrate`` the schema; make ``users`` and ``tokens`` from a shell on the server.
+
+``trainjobs-api users create NAME`` and ``trainjobs-api tokens create --user NAME`` print the new
+token alone on stdout (scripts capture it); any failure is one line on stderr and a non-zero exit.
+They use the service's own settings (``TRAINJOBS_DATABASE_URL``).
+"""
 
 from __future__ import annotations
 
 import argparse
 import sys
 
-from app.core.config import get_settings
-from app.core.db import UnsupportedDatabase, check_sqlite_version
-from app.core.migrate import upgrade
+from app.core import accounts
+from app.core.config import Settings, get_settings
+from app.core.db import Database, UnsupportedDatabase, check_sqlite_version
+from app.core.errors import TrainjobsError
+from app.core.migrate import SchemaNotCurrent, check_schema_current, upgrade
+from app.core.states import TokenKind
 
 
-def main(argv: list[str] | None = None) -> int:
-    settings = get_settings()
+def serve(argv: list[str], settings: Settings) -> int:
     parser = argparse.ArgumentParser(prog="trainjobs-api", description="The trainjobs API service.")
     parser.add_argument("command", nargs="?", choices=["serve", "migrate"], default="serve")
     parser.add_argument("--migrate", action="store_true", help="upgrade the schema first, then serve")
@@ -20,13 +27,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=1, help="uvicorn worker processes (default 1)")
     parser.add_argument("--log-level", default="info")
     parser.add_argument("--access-log", action="store_true", help="log every request (off: workers poll often)")
+    parser.epilog = "also: trainjobs-api users create NAME [--admin] [--password-stdin]; trainjobs-api tokens create --user NAME [--worker]"
     args = parser.parse_args(argv)
-
-    try:
-        check_sqlite_version()
-    except UnsupportedDatabase as exc:
-        print(f"trainjobs-api: {exc}", file=sys.stderr)
-        return 2
     if args.command == "migrate" or args.migrate:
         upgrade(settings.database_url)
         print(f"trainjobs-api: schema is up to date ({settings.database_url.split('@')[-1]})", file=sys.stderr)
@@ -44,6 +46,61 @@ def main(argv: list[str] | None = None) -> int:
         access_log=args.access_log,
     )
     return 0
+
+
+def account_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="trainjobs-api", description="Users and tokens, from a shell on the server.")
+    nouns = parser.add_subparsers(dest="noun", required=True)
+    users = nouns.add_parser("users", help="users").add_subparsers(dest="verb", required=True)
+    create_user = users.add_parser("create", help="make a user and print a new user token for them")
+    create_user.add_argument("name", help="1-64 of [A-Za-z0-9._-]")
+    create_user.add_argument("--admin", action="store_true", help="an admin: sees and manages every user's jobs")
+    create_user.add_argument("--password-stdin", action="store_true", help="read a password (8+ characters) from stdin")
+    tokens = nouns.add_parser("tokens", help="tokens").add_subparsers(dest="verb", required=True)
+    create_token = tokens.add_parser("create", help="print a new token for a user")
+    create_token.add_argument("--user", required=True, help="whose token it is")
+    create_token.add_argument("--worker", action="store_true", help="a worker token (/worker/* only)")
+    create_token.add_argument("--name", default=None, help="a label (default: made by trainjobs-api)")
+    create_token.add_argument("--expires-in-days", type=float, default=None, help="default: never expires")
+    return parser
+
+
+def manage_accounts(argv: list[str], settings: Settings) -> int:
+    args = account_parser().parse_args(argv)
+    password = sys.stdin.read().rstrip("\n") if getattr(args, "password_stdin", False) else None
+    db = Database.from_url(settings.database_url)
+    try:
+        check_schema_current(db.engine)
+        with db.write() as session:
+            if args.noun == "users":
+                user = accounts.create_user(session, args.name, password=password, is_admin=args.admin)
+                kind, name, days = TokenKind.USER, "made by trainjobs-api users create", None
+            else:
+                user = accounts.user_named(session, args.user)
+                kind = TokenKind.WORKER if args.worker else TokenKind.USER
+                name, days = args.name or "made by trainjobs-api tokens create", args.expires_in_days
+            token = accounts.issue_token(session, user, kind, name, expires_in_days=days).token
+    except (TrainjobsError, SchemaNotCurrent) as exc:
+        message = exc.message if isinstance(exc, TrainjobsError) else str(exc)
+        print(f"trainjobs-api: {message}", file=sys.stderr)
+        return 1
+    finally:
+        db.dispose()
+    print(token)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    settings = get_settings()
+    try:
+        check_sqlite_version()
+    except UnsupportedDatabase as exc:
+        print(f"trainjobs-api: {exc}", file=sys.stderr)
+        return 2
+    if argv and argv[0] in ("users", "tokens"):
+        return manage_accounts(argv, settings)
+    return serve(argv, settings)
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -13,22 +14,27 @@ from fastapi import FastAPI, Request, status
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from sqlalchemy.exc import DataError, OperationalError
+from sqlalchemy.exc import DataError, IntegrityError, OperationalError
 
 from app import __version__
+from app.api.limits import BodyLimit, body_limit
+from app.api.routes import accounts as accounts_routes
 from app.api.routes import health, jobs, worker
 from app.api.wakeup import Wakeup
-from app.core import leases
+from app.core import accounts, leases
 from app.core.config import Settings, get_settings
 from app.core.db import Database
 from app.core.errors import (
     Conflict,
+    Forbidden,
     InvalidRequest,
     JobNotFound,
+    LimitExceeded,
     NotFound,
     PreconditionFailed,
     TooLarge,
     TrainjobsError,
+    Unauthorized,
 )
 from app.core.migrate import check_schema_current
 from app.core.states import JobStatus
@@ -80,6 +86,20 @@ async def reap_periodically(db: Database, settings: Settings, wakeup: Wakeup, ga
             wakeup.notify()
 
 
+def make_first_admin(db: Database, settings: Settings) -> None:
+    """On a start with no admin who can sign in, make one and write its secrets to a file (never to the log)."""
+    try:
+        with db.write() as session:
+            made = accounts.bootstrap_admin(session)
+            if made is None:
+                return
+            path = settings.admin_credentials_file.resolve()
+            accounts.write_credentials(path, made, f"http://{settings.host}:{settings.port}")
+    except IntegrityError:  # another API process made it at the same moment
+        return
+    log.warning("first start: made admin '%s'; its password and a token are in %s (mode 0600)", made.username, path)
+
+
 def create_app(settings: Settings | None = None, db: Database | None = None) -> FastAPI:
     settings = settings or get_settings()
 
@@ -88,6 +108,7 @@ def create_app(settings: Settings | None = None, db: Database | None = None) -> 
         database = db or Database.from_url(settings.database_url)
         check_schema_current(database.engine)
         settings.artifacts_dir.mkdir(parents=True, exist_ok=True)
+        await run_in_threadpool(make_first_admin, database, settings)
         app.state.db = database
         app.state.wakeup.bind(asyncio.get_running_loop())
         app.state.reap_gate = ReapGate(settings.lease_seconds)
@@ -104,6 +125,8 @@ def create_app(settings: Settings | None = None, db: Database | None = None) -> 
     app = FastAPI(title="trainjobs", version=__version__, description=DESCRIPTION, lifespan=lifespan)
     app.state.settings = settings
     app.state.wakeup = Wakeup()
+    app.add_middleware(BodyLimit, limit_for=body_limit(settings.max_body_bytes, settings.max_upload_bytes))
+    app.include_router(accounts_routes.router)
     app.include_router(jobs.router)
     app.include_router(worker.router)
     app.include_router(health.router)
@@ -117,6 +140,17 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(TrainjobsError)
     async def _domain_error(_request: Request, exc: TrainjobsError) -> JSONResponse:
+        if isinstance(exc, Unauthorized):
+            response = detail(exc, status.HTTP_401_UNAUTHORIZED)
+            response.headers["WWW-Authenticate"] = "Bearer"
+            return response
+        if isinstance(exc, Forbidden):
+            return detail(exc, status.HTTP_403_FORBIDDEN)
+        if isinstance(exc, LimitExceeded):
+            response = detail(exc, status.HTTP_429_TOO_MANY_REQUESTS)
+            if exc.retry_after is not None:
+                response.headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after)))
+            return response
         if isinstance(exc, JobNotFound | NotFound):
             return detail(exc, status.HTTP_404_NOT_FOUND)
         if isinstance(exc, Conflict):

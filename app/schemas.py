@@ -1,21 +1,24 @@
-"""Response models of the public API (job specs: app/core/specs; worker protocol: app/core/protocol.py)."""
+"""Request and response models of the public API (job specs: app/core/specs; worker protocol: app/core/protocol.py)."""
 
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
-from app.core.models import Checkpoint, Job
+from app.core.accounts import NewToken
+from app.core.models import ApiToken, Checkpoint, Job, User
 from app.core.protocol import Progress, StoredCheckpoint
-from app.core.states import JobKind, JobStatus
+from app.core.specs import Text
+from app.core.states import JobKind, JobStatus, TokenKind
 
 
 class JobPublic(BaseModel):
     """A job as the API shows it."""
 
     id: int
+    owner: str = Field(description="The username of the user who submitted it.")
     kind: JobKind
     name: str | None
     status: JobStatus
@@ -40,6 +43,7 @@ class JobPublic(BaseModel):
     def of(cls, job: Job) -> JobPublic:
         return cls(
             id=job.id,
+            owner=job.owner.username,
             kind=job.kind,
             name=job.name,
             status=job.status,
@@ -97,6 +101,106 @@ class CheckpointPublic(StoredCheckpoint):
 
 class CheckpointsPublic(BaseModel):
     data: list[CheckpointPublic]
+
+
+# --- accounts ---------------------------------------------------------------------------
+
+Username = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._-]+$")]
+Password = Annotated[Text, Field(min_length=8, max_length=1024)]
+
+
+class _Request(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class LoginRequest(_Request):
+    username: Annotated[Text, Field(min_length=1, max_length=64)]
+    password: Annotated[Text, Field(min_length=1, max_length=1024)]
+
+
+class TokenCreate(_Request):
+    name: Annotated[Text, Field(min_length=1, max_length=100, description="A label: what or who uses it.")]
+    expires_in_days: float | None = Field(None, gt=0, le=3650, description="Default: never expires.")
+
+
+class UserTokenCreate(TokenCreate):
+    kind: TokenKind = Field(TokenKind.USER, description="user: the public API; worker: /worker/* only.")
+
+
+class UserCreate(_Request):
+    username: Username
+    password: Password | None = Field(None, description="None: the user signs in with tokens only.")
+    is_admin: bool = False
+
+
+class UserUpdate(_Request):
+    is_active: bool | None = Field(None, description="false: every token of the user stops working at once.")
+    is_admin: bool | None = None
+    password: Password | None = None
+
+
+class UserPublic(BaseModel):
+    id: int
+    username: str
+    is_admin: bool
+    is_active: bool
+    has_password: bool
+    created_at: datetime
+
+    @classmethod
+    def of(cls, user: User) -> UserPublic:
+        return cls(
+            id=user.id,
+            username=user.username,
+            is_admin=user.is_admin,
+            is_active=user.is_active,
+            has_password=user.password_hash is not None,
+            created_at=user.created_at,
+        )
+
+
+class UsersPublic(BaseModel):
+    data: list[UserPublic]
+
+
+class TokenPublic(BaseModel):
+    """A token as listed: its prefix and name, never its secret."""
+
+    id: int
+    user: str
+    kind: TokenKind
+    name: str
+    prefix: str = Field(description="Shown as tj_<prefix>_...: enough to recognise it, not to use it.")
+    created_at: datetime
+    expires_at: datetime | None
+    last_used_at: datetime | None
+    revoked_at: datetime | None
+
+    @classmethod
+    def of(cls, row: ApiToken) -> TokenPublic:
+        return cls(
+            id=row.id,
+            user=row.user.username,
+            kind=row.kind,
+            name=row.name,
+            prefix=row.prefix,
+            created_at=row.created_at,
+            expires_at=row.expires_at,
+            last_used_at=row.last_used_at,
+            revoked_at=row.revoked_at,
+        )
+
+
+class TokensPublic(BaseModel):
+    data: list[TokenPublic]
+
+
+class TokenCreated(TokenPublic):
+    token: str = Field(description="The whole token: shown this once; the service keeps only its hash.")
+
+    @classmethod
+    def of_new(cls, new: NewToken) -> TokenCreated:
+        return cls(**TokenPublic.of(new.row).model_dump(), token=new.token)
 
 
 class Health(BaseModel):

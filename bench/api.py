@@ -17,8 +17,6 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import httpx
-
 from devtools.servers import REPO, ApiServer
 
 from .servers import submit
@@ -42,8 +40,9 @@ def _wrk_ms(text: str, percent: str) -> float:
     return float(found.group(1)) * _UNITS[found.group(2)]
 
 
-def run_wrk(url: str, seconds: float, body: dict[str, Any] | None, scripts: Path) -> dict[str, float]:
+def run_wrk(url: str, token: str, seconds: float, body: dict[str, Any] | None, scripts: Path) -> dict[str, float]:
     cmd = ["wrk", "-t1", f"-c{CONNECTIONS}", f"-d{max(1, round(seconds))}s", "--latency"]
+    cmd += ["-H", f"Authorization: Bearer {token}"]
     if body is not None:
         script = scripts / "post.lua"
         script.write_text(
@@ -63,8 +62,9 @@ def run_wrk(url: str, seconds: float, body: dict[str, Any] | None, scripts: Path
     return {"rps": float(rps.group(1)), "p50_ms": _wrk_ms(text, "50"), "p99_ms": _wrk_ms(text, "99"), "errors": errors}
 
 
-def run_httpx(url: str, seconds: float, body: dict[str, Any] | None) -> dict[str, float]:
+def run_httpx(url: str, token: str, seconds: float, body: dict[str, Any] | None) -> dict[str, float]:
     cmd = [sys.executable, "-m", "bench.loadgen", url, "--connections", str(CONNECTIONS), "--seconds", str(seconds)]
+    cmd += ["--token", token]
     if body is not None:
         cmd += ["--method", "POST", "--body", json.dumps(body)]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True, cwd=REPO, timeout=seconds + 120).stdout
@@ -81,14 +81,14 @@ def run(*, quick: bool, loadgen: str = "auto") -> Result:
     )
     with tempfile.TemporaryDirectory(prefix="bench-api-") as tmp:
         root = Path(tmp)
-        with ApiServer(root / "api") as api, httpx.Client(base_url=api.url, timeout=30) as http:
+        with ApiServer(root / "api", max_active_jobs_per_user="100000000") as api, api.client(timeout=30) as http:
             job_url = f"{api.url}/jobs/{submit(http, JOB)['id']}"
             post_url = f"{api.url}/jobs"
 
             def load(url: str, body: dict[str, Any] | None) -> dict[str, float]:
                 if tool == "wrk":
-                    return run_wrk(url, seconds, body, root)
-                return run_httpx(url, seconds, body)
+                    return run_wrk(url, api.token, seconds, body, root)
+                return run_httpx(url, api.token, seconds, body)
 
             runs = interleave(
                 {"GET": lambda: load(job_url, None), "POST": lambda: load(post_url, JOB)}, rounds, warmup=True

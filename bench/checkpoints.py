@@ -22,10 +22,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import httpx
-
 from app.core.states import CheckpointFormat, CheckpointTag
-from devtools.servers import ApiServer
+from devtools.servers import WORKER_TOKEN, ApiServer
 from worker.client import WorkerClient
 
 from .metrics import NO_REAPING, claim_new_job
@@ -71,10 +69,10 @@ def run(*, quick: bool) -> Result:
         write_random_file(source, size)
         with (
             ApiServer(root / "api", lease_seconds=NO_REAPING) as api,
-            httpx.Client(base_url=api.url, timeout=600) as http,
+            api.client(timeout=600) as http,
         ):
             job_id, token = claim_new_job(http)
-            client = WorkerClient(api.url)
+            client = WorkerClient(api.url, WORKER_TOKEN)
             step = iter(range(1, 1_000_000))
             stored: dict[str, str] = {}
 
@@ -119,7 +117,7 @@ def run(*, quick: bool) -> Result:
                 evict(server_file())
                 dest = root / "downloaded.pt"
                 url = f"/worker/jobs/{job_id}/checkpoints/last?format=pt"
-                speed = timed_mb_per_s(size, lambda: client.download(url, dest, stored["sha256"]))
+                speed = timed_mb_per_s(size, lambda: client.download(url, dest, stored["sha256"], token))
                 dest.unlink()
                 return speed
 

@@ -81,7 +81,7 @@ def run(*, quick: bool, device: str, threads: int) -> Result:
         with (
             ApiServer(root / "api") as api,
             start_worker(api.url, root / "worker", device=device, threads=1, start_method=START_METHOD) as worker,
-            httpx.Client(base_url=api.url, timeout=30) as http,
+            api.client(timeout=30) as http,
         ):
             # The first job proves the worker is up (its start-up imports are not dispatch latency).
             wait_for_status(http, submit(http, TINY_JOB)["id"], {"succeeded"}, timeout=180)

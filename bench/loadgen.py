@@ -1,6 +1,6 @@
 """An HTTP load generator in its own process, for machines without ``wrk``.
 
-``python -m bench.loadgen URL [--method POST --body JSON] --connections 10 --seconds 5`` keeps
+``python -m bench.loadgen URL [--method POST --body JSON] [--token T] --connections 10 --seconds 5`` keeps
 that many requests in flight (one per connection, each sent as soon as the previous answer
 arrives) for that long, then prints one JSON line: requests, errors, seconds, rps, p50_ms, p99_ms.
 """
@@ -17,9 +17,13 @@ import httpx
 from .stats import percentile
 
 
-async def generate(url: str, method: str, body: bytes | None, connections: int, seconds: float) -> dict[str, float]:
+async def generate(
+    url: str, method: str, body: bytes | None, connections: int, seconds: float, token: str | None = None
+) -> dict[str, float]:
     limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
     headers = {"content-type": "application/json"} if body is not None else {}
+    if token:
+        headers["authorization"] = f"Bearer {token}"
     latencies: list[float] = []
     errors = 0
     async with httpx.AsyncClient(limits=limits, timeout=30) as client:
@@ -59,9 +63,10 @@ def main() -> None:
     p.add_argument("--body", default=None, help="request body (JSON text)")
     p.add_argument("--connections", type=int, default=10)
     p.add_argument("--seconds", type=float, default=5.0)
+    p.add_argument("--token", default=None, help="sent as 'Authorization: Bearer <token>'")
     args = p.parse_args()
     body = args.body.encode() if args.body is not None else None
-    print(json.dumps(asyncio.run(generate(args.url, args.method, body, args.connections, args.seconds))))
+    print(json.dumps(asyncio.run(generate(args.url, args.method, body, args.connections, args.seconds, args.token))))
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ from typing import Any
 import httpx
 
 from app.core.protocol import MetricIn
-from devtools.servers import ApiServer
+from devtools.servers import WORKER_TOKEN, ApiServer
 from worker.client import WorkerClient
 
 from .servers import submit
@@ -76,8 +76,8 @@ def run(*, quick: bool) -> Result:
     with (
         tempfile.TemporaryDirectory(prefix="bench-metrics-") as tmp,
         ApiServer(Path(tmp) / "api", lease_seconds=NO_REAPING) as api,
-        httpx.Client(base_url=api.url, timeout=120) as http,
-        contextlib.closing(WorkerClient(api.url, timeout=120)) as worker_client,
+        api.client(timeout=120) as http,
+        contextlib.closing(WorkerClient(api.url, WORKER_TOKEN, timeout=120)) as worker_client,
     ):
         current: dict[str, int] = {}
 

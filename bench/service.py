@@ -129,7 +129,7 @@ def run(*, quick: bool, device: str, threads: int) -> Result:
                 start_worker(api.url, root / method, device=device, threads=threads, start_method=method)
             )
             workers.append(worker.pid)
-            http = stack.enter_context(httpx.Client(base_url=api.url, timeout=30))
+            http = stack.enter_context(api.client(timeout=30))
             # A first tiny job: the worker is up and idle, and a forkserver has imported torch.
             wait_for_status(http, submit(http, TINY_JOB)["id"], {"succeeded"}, timeout=300)
             variants[method] = settled(functools.partial(through_service, http, body, timeout=seconds * 20))

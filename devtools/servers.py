@@ -8,19 +8,22 @@ from __future__ import annotations
 
 import os
 import re
+import secrets
 import signal
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import httpx
 
 REPO = Path(__file__).resolve().parents[1]
 T = TypeVar("T")
+WORKER_TOKEN = f"dev-worker-{secrets.token_urlsafe(24)}"
+"""The worker token (``TRAINJOBS_WORKER_TOKEN``) every server and worker started here shares: one per run."""
 
 
 def free_port() -> int:
@@ -75,37 +78,81 @@ def settings_env(settings: dict[str, str]) -> dict[str, str]:
     return {f"TRAINJOBS_{name.upper()}": value for name, value in settings.items()}
 
 
+class CallerAuth(httpx.Auth):
+    """A user token on the public API, the worker token on /worker/*, as the real callers send them."""
+
+    def __init__(self, user_token: str) -> None:
+        self.user_token = user_token
+
+    def auth_flow(self, request: httpx.Request) -> Iterator[httpx.Request]:
+        token = WORKER_TOKEN if request.url.path.startswith("/worker/") else self.user_token
+        request.headers["Authorization"] = f"Bearer {token}"
+        yield request
+
+
 class ApiServer:
     """``trainjobs-api`` on a free port (or ``port``), with its artifacts, data and log under ``root``.
 
     Without ``database_url`` it gets a fresh SQLite file under ``root``, migrated at start-up.
-    ``settings`` are service settings by name (``lease_seconds="2"``).
+    ``settings`` are service settings by name (``lease_seconds="2"``). Workers reach it with
+    ``WORKER_TOKEN``; ``token`` is its first admin's user token (from the credentials file its
+    first start writes).
     """
 
     def __init__(
-        self, root: Path, database_url: str | None = None, *, port: int | None = None, **settings: str
+        self,
+        root: Path,
+        database_url: str | None = None,
+        *,
+        port: int | None = None,
+        log_level: str = "warning",
+        access_log: bool = False,
+        **settings: str,
     ) -> None:
         root.mkdir(parents=True, exist_ok=True)
         self.root = root
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.migrate = database_url is None
-        self.env = process_env(
-            TRAINJOBS_DATABASE_URL=database_url or f"sqlite:///{root / 'trainjobs.db'}",
-            TRAINJOBS_ARTIFACTS_DIR=str(root / "artifacts"),
-            TRAINJOBS_DATA_DIR=str(root / "data"),
-            TRAINJOBS_PORT=str(self.port),
-            **settings_env(settings),
-        )
+        defaults = {
+            "database_url": database_url or f"sqlite:///{root / 'trainjobs.db'}",
+            "artifacts_dir": str(root / "artifacts"),
+            "data_dir": str(root / "data"),
+            "port": str(self.port),
+            "worker_token": WORKER_TOKEN,
+            "admin_credentials_file": str(root / "admin-credentials"),
+        }
+        self.env = process_env(**settings_env({**defaults, **settings}))
         self.log = root / f"api-{self.port}.log"
+        self.options = ["--log-level", log_level, *(["--access-log"] if access_log else [])]
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
     def artifacts_dir(self) -> Path:
         return self.root / "artifacts"
 
+    @property
+    def token(self) -> str:
+        """The first admin's user token, from the credentials file the service wrote on its first start."""
+        for line in Path(self.env["TRAINJOBS_ADMIN_CREDENTIALS_FILE"]).read_text().splitlines():
+            if line.startswith("export TRAINJOBS_TOKEN="):
+                return line.split("=", 1)[1]
+        raise RuntimeError("no token in the admin credentials file")
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """Authorization for the public API: the first admin's token."""
+        return {"Authorization": f"Bearer {self.token}"}
+
+    worker_headers = {"Authorization": f"Bearer {WORKER_TOKEN}"}
+    """Authorization for the worker protocol."""
+
+    def client(self, **options: Any) -> httpx.Client:
+        """An HTTP client that acts for the first admin on the public API and as a worker on /worker/*."""
+        return httpx.Client(base_url=self.url, auth=CallerAuth(self.token), **options)
+
     def start(self, timeout: float = 60) -> ApiServer:
-        cmd = [sys.executable, "-m", "app.cli", "--log-level", "warning", *(["--migrate"] if self.migrate else [])]
+        cmd = [sys.executable, "-m", "app.cli", *self.options, *(["--migrate"] if self.migrate else [])]
         with self.log.open("ab") as out:
             self.proc = subprocess.Popen(cmd, env=self.env, cwd=self.root, stdout=out, stderr=out)
         self.wait_healthy(timeout)
@@ -125,6 +172,11 @@ class ApiServer:
                 pass
             time.sleep(0.1)
         raise RuntimeError(f"API did not become healthy: {self.log.read_text()[-2000:]}")
+
+    def cli(self, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+        """``trainjobs-api ARGS`` with this server's settings (its database), as an operator runs it on the server."""
+        cmd = [sys.executable, "-m", "app.cli", *args]
+        return subprocess.run(cmd, env=self.env, cwd=self.root, input=stdin, capture_output=True, text=True, timeout=60)
 
     def kill(self, sig: int = signal.SIGKILL) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -162,6 +214,7 @@ class WorkerProcess:
         poll_seconds: float | None = 1,
         start_method: str | None = None,
         log_level: str | None = None,
+        token: str | None = WORKER_TOKEN,
     ) -> None:
         root.mkdir(parents=True, exist_ok=True)
         self.name = name
@@ -179,7 +232,8 @@ class WorkerProcess:
             *args,
         ]  # fmt: skip
         with self.log.open("ab") as out:
-            self.proc = subprocess.Popen(cmd, env=process_env(), cwd=root, stdout=out, stderr=subprocess.STDOUT)
+            env = process_env(**({"TRAINJOBS_WORKER_TOKEN": token} if token else {}))  # not in argv: ps shows that
+            self.proc = subprocess.Popen(cmd, env=env, cwd=root, stdout=out, stderr=subprocess.STDOUT)
 
     @property
     def pid(self) -> int:

@@ -17,15 +17,24 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import create_engine, text
+from pydantic import SecretStr
+from sqlalchemy import create_engine, select, text
+from sqlalchemy.orm import Session
 
+from app.core import accounts
 from app.core.config import Settings
 from app.core.db import Database
 from app.core.migrate import upgrade
+from app.core.models import User
+from app.core.states import TokenKind
+from devtools.servers import WORKER_TOKEN
+from tests.authed import AuthedClient
 
 BACKENDS = [b.strip() for b in os.environ.get("TRAINJOBS_TEST_BACKENDS", "sqlite,postgresql").split(",") if b.strip()]
 PG_ADMIN_URL = os.environ.get("TRAINJOBS_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
-TABLES = "metric_points, checkpoints, idempotency_keys, jobs"
+TABLES = "metric_points, checkpoints, idempotency_keys, jobs, api_tokens, users"
+USERS = (("root", True), ("alice", False), ("bob", False))
+"""Every API test's users: an admin and two users; the test client acts for alice."""
 
 
 def ensure_postgres_running() -> None:
@@ -96,19 +105,35 @@ def settings(database_url: str, tmp_path: Path) -> Settings:
         database_url=database_url,
         artifacts_dir=tmp_path / "artifacts",
         data_dir=tmp_path / "data",
-        worker_token=None,
+        worker_token=SecretStr(WORKER_TOKEN),
+        admin_credentials_file=tmp_path / "admin-credentials",
         claim_poll_seconds=0.2,
         _env_file=None,  # type: ignore[call-arg]
     )
 
 
-@pytest.fixture
-def client(settings: Settings, db: Database) -> Iterator[Any]:
-    from fastapi.testclient import TestClient
+def store_owner(session: Session) -> int:
+    """The id of the user 'tester' (made on first use): the owner of the jobs the store tests submit."""
+    found = session.scalars(select(User.id).where(User.username == "tester")).first()
+    return found if found is not None else accounts.create_user(session, "tester").id
 
+
+@pytest.fixture
+def tokens(db: Database) -> dict[str, str]:
+    """A user token of each of USERS, by name (token-only users: no password hashing to wait for)."""
+    made = {}
+    with db.write() as session:
+        for name, is_admin in USERS:
+            user = accounts.create_user(session, name, is_admin=is_admin)
+            made[name] = accounts.issue_token(session, user, TokenKind.USER, "tests").token
+    return made
+
+
+@pytest.fixture
+def client(settings: Settings, db: Database, tokens: dict[str, str]) -> Iterator[AuthedClient]:
     from app.main import create_app
 
-    with TestClient(create_app(settings, db)) as c:
+    with AuthedClient(create_app(settings, db), tokens["alice"]) as c:
         yield c
 
 

@@ -30,7 +30,7 @@ def test_accepted_jobs_survive_sigkill_of_the_api(tmp_path: Path) -> None:
     stop = threading.Event()
 
     def submitter() -> None:
-        with httpx.Client(base_url=server.url, timeout=5) as http:
+        with server.client(timeout=5) as http:
             while not stop.is_set():
                 try:
                     r = http.post("/jobs", json=pretrain_body())
@@ -50,7 +50,7 @@ def test_accepted_jobs_survive_sigkill_of_the_api(tmp_path: Path) -> None:
     for t in threads:
         t.join()
 
-    with ApiServer(tmp_path, url) as again, httpx.Client(base_url=again.url) as http:
+    with ApiServer(tmp_path, url) as again, again.client() as http:
         for job_id in accepted:
             r = http.get(f"/jobs/{job_id}")
             assert r.status_code == 200, job_id
@@ -63,13 +63,13 @@ def test_two_api_processes_on_postgresql_never_hand_out_a_job_twice(postgres_url
         conn.execute(text(f"TRUNCATE {TABLES} RESTART IDENTITY CASCADE"))
     engine.dispose()
     with ApiServer(tmp_path, postgres_url) as a, ApiServer(tmp_path, postgres_url) as b:
-        with httpx.Client(base_url=a.url) as http:
+        with a.client() as http:
             for _ in range(120):
                 assert http.post("/jobs", json=pretrain_body()).status_code == 201
 
         def claimer(n: int) -> list[int]:
             got = []
-            with httpx.Client(base_url=(a.url if n % 2 else b.url), timeout=10) as http:
+            with (a if n % 2 else b).client(timeout=10) as http:
                 while True:
                     r = http.post("/worker/claim", json={"worker_id": f"w{n}", "device": "cpu"})
                     if r.status_code == 204:
@@ -102,7 +102,7 @@ def test_a_burst_of_concurrent_worker_writes_all_succeed(tmp_path: Path) -> None
     """More concurrent writes than the API's thread pool has threads: none fails, none hangs (SQLite)."""
     url = f"sqlite:///{tmp_path / 'db.sqlite'}"
     upgrade(url)
-    with ApiServer(tmp_path, url) as api, httpx.Client(base_url=api.url, timeout=60) as http:
+    with ApiServer(tmp_path, url) as api, api.client(timeout=60) as http:
         job_id = http.post("/jobs", json=pretrain_body()).json()["id"]
         token = http.post("/worker/claim", json={"worker_id": "w", "device": "cpu", "wait_seconds": 0}).json()[
             "lease_token"
@@ -110,7 +110,7 @@ def test_a_burst_of_concurrent_worker_writes_all_succeed(tmp_path: Path) -> None
 
         def writes(n: int) -> list[int]:
             codes = []
-            with httpx.Client(base_url=api.url, timeout=60) as own:
+            with api.client(timeout=60) as own:
                 for i in range(5):
                     if n % 4 == 0:
                         point = {"name": "loss", "step": n * 5 + i, "value": 1.0}

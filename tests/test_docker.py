@@ -354,3 +354,20 @@ def test_compose_declares_every_named_volume() -> None:
     declared = set((compose.get("volumes") or {}).keys())
     used = set().union(*(named_volumes(service) for service in compose["services"].values()))
     assert used <= declared, f"undeclared volumes: {used - declared}"
+
+
+def test_compose_tls_profile_puts_caddy_in_front_of_the_api() -> None:
+    proxy = load_compose()["services"]["proxy"]
+    assert proxy.get("profiles") == ["tls"], "TLS is opt-in: the proxy starts with --profile tls"
+    assert proxy["image"].startswith("caddy:") and proxy["image"].split(":", 1)[1] not in ("", "latest")
+    assert 443 in published_container_ports(proxy)
+    assert proxy["depends_on"]["api"]["condition"] == "service_healthy"
+    caddyfile = ROOT / "deploy" / "Caddyfile"
+    assert any(str(v).startswith("./deploy/Caddyfile:") for v in proxy["volumes"]) and caddyfile.is_file()
+    assert "reverse_proxy api:8000" in caddyfile.read_text()
+
+
+def test_compose_needs_a_worker_token_from_the_environment() -> None:
+    text = COMPOSE_FILE.read_text()
+    assert "change-me" not in text, "no default token: a service would start with a token anyone can guess"
+    assert text.count("${TRAINJOBS_WORKER_TOKEN:?") == 2

@@ -16,7 +16,7 @@ from pydantic import ValidationError
 from app.core.protocol import summarize
 from worker.agent import Agent, default_worker_id, resolve_device
 from worker.client import WorkerClient
-from worker.settings import WorkerConfig, WorkerSettings
+from worker.settings import WorkerConfig, WorkerSettings, insecure_reason
 
 
 def positive(text: str) -> int:
@@ -69,6 +69,12 @@ def parse_args(argv: list[str] | None, defaults: WorkerSettings) -> argparse.Nam
         help="start the next job's process while idle, its imports done (TRAINJOBS_PRESTART; on by default)",
     )
     p.add_argument("--log-level", default=defaults.log_level, help="TRAINJOBS_LOG_LEVEL (%(default)s)")
+    p.add_argument(
+        "--allow-insecure-http",
+        action=argparse.BooleanOptionalAction,
+        default=defaults.allow_insecure_http,
+        help="send the token over plain http:// to a machine other than this one (TRAINJOBS_ALLOW_INSECURE_HTTP)",
+    )
     return p.parse_args(argv)
 
 
@@ -90,6 +96,7 @@ def settings_from(args: argparse.Namespace, defaults: WorkerSettings) -> WorkerS
             "start_method": args.start_method,
             "prestart": args.prestart,
             "log_level": args.log_level,
+            "allow_insecure_http": args.allow_insecure_http,
         }
     )
 
@@ -101,6 +108,10 @@ def main(argv: list[str] | None = None) -> int:
         settings = settings_from(args, defaults)
     except ValidationError as exc:
         print(f"trainjobs-worker: bad setting: {summarize(exc)}", file=sys.stderr)
+        return 2
+    refused = insecure_reason(settings)
+    if refused is not None:
+        print(f"trainjobs-worker: {refused}", file=sys.stderr)
         return 2
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)

@@ -157,11 +157,12 @@ class WorkerClient:
         )
         return digest
 
-    def download(self, url: str, dest: Path, sha256: str) -> Path:
-        """GET a checkpoint to ``dest`` and check its hash."""
+    def download(self, url: str, dest: Path, sha256: str, lease_token: str) -> Path:
+        """GET a checkpoint the job holding ``lease_token`` starts from, to ``dest``, and check its hash."""
         tmp = dest.with_suffix(dest.suffix + ".part")
+        headers = {"X-Lease-Token": lease_token}
         try:
-            with self.http.stream("GET", url, timeout=httpx.Timeout(30.0, read=600.0)) as r:
+            with self.http.stream("GET", url, headers=headers, timeout=httpx.Timeout(30.0, read=600.0)) as r:
                 if r.status_code >= 500:
                     raise ServiceUnavailable(f"GET {url}: HTTP {r.status_code}")
                 if r.status_code >= 400:

@@ -346,7 +346,7 @@ class JobRun:
         if ref is None:
             return None
         dest = self.dir / name
-        self._retrying(f"download of {ref.url}", lambda: self.client.download(ref.url, dest, ref.sha256))
+        self._retrying(f"download of {ref.url}", lambda: self.client.download(ref.url, dest, ref.sha256, self.token))
         return dest
 
     # --- the end ---------------------------------------------------------------------

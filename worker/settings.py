@@ -5,10 +5,12 @@
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -33,6 +35,29 @@ class WorkerSettings(BaseSettings):
     start_method: StartMethod = Field("spawn", description="How each job's process starts.")
     prestart: bool = Field(True, description="Start the next job's process while idle, its imports done.")
     log_level: str = Field("INFO", description="Logging level of the worker.")
+    allow_insecure_http: bool = Field(False, description="Send the token over plain HTTP to another machine.")
+
+
+LOOPBACK_NAMES = {"localhost", "localhost.localdomain"}
+
+
+def insecure_reason(settings: WorkerSettings) -> str | None:
+    """Why this worker must not start: its token would cross the network in clear. None when it may."""
+    url = urlsplit(settings.api_url)
+    host = (url.hostname or "").lower()
+    if settings.worker_token is None or url.scheme != "http" or settings.allow_insecure_http:
+        return None
+    try:
+        if ipaddress.ip_address(host).is_loopback:
+            return None
+    except ValueError:
+        if host in LOOPBACK_NAMES:
+            return None
+    return (
+        f"refusing to send the worker token over plain HTTP to {host}: anyone on the way could read it and "
+        "then claim jobs and write results as this worker; use an https:// URL (TLS at the reverse proxy in "
+        "front of the service), or pass --allow-insecure-http on a network you trust"
+    )
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""Dependencies of the route modules: sessions, settings, the caller's scope, worker auth.
+"""Dependencies of the route modules: sessions and settings (who is calling: app/api/auth.py).
 
 Three ways a route reaches the database; pick by what the route does:
 
@@ -17,11 +17,10 @@ thread pool, a thread hop per dependency per request.
 
 from __future__ import annotations
 
-import secrets
 from collections.abc import Callable, Iterator
 from typing import Annotated, TypeVar
 
-from fastapi import Depends, Header, HTTPException, Request, status
+from fastapi import Depends, Request
 from fastapi.concurrency import run_in_threadpool
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
@@ -29,7 +28,6 @@ from sqlalchemy.orm import Session
 from app.api.wakeup import Wakeup
 from app.core.config import Settings
 from app.core.db import Database
-from app.core.jobs import EVERYONE, Scope
 
 T = TypeVar("T")
 
@@ -73,28 +71,7 @@ async def quick_read(db: Database, read: Callable[[Session], T]) -> T:
     return await run_in_threadpool(in_thread)
 
 
-async def get_scope() -> Scope:
-    """The jobs the caller may see and act on (every job, until accounts)."""
-    return EVERYONE
-
-
 DatabaseDep = Annotated[Database, Depends(get_db)]
-ScopeDep = Annotated[Scope, Depends(get_scope)]
 SessionDep = Annotated[Session, Depends(get_read_session, scope="function")]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 WakeupDep = Annotated[Wakeup, Depends(get_wakeup)]
-
-
-async def require_worker_token(
-    settings: SettingsDep, authorization: Annotated[str | None, Header(include_in_schema=False)] = None
-) -> None:
-    """When TRAINJOBS_WORKER_TOKEN is set, the worker protocol needs 'Authorization: Bearer <token>'."""
-    if settings.worker_token is None:
-        return
-    expected = f"Bearer {settings.worker_token.get_secret_value()}"
-    if authorization is None or not secrets.compare_digest(authorization.encode(), expected.encode()):
-        raise HTTPException(
-            status.HTTP_401_UNAUTHORIZED,
-            "worker token missing or wrong: send 'Authorization: Bearer <TRAINJOBS_WORKER_TOKEN>'",
-            headers={"WWW-Authenticate": "Bearer"},
-        )

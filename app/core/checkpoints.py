@@ -18,7 +18,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import BinaryIO
 
-from sqlalchemy import select
+from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
 from app.core.db import Database
@@ -27,7 +27,7 @@ from app.core.files import link_or_copy, replace_durably
 from app.core.jobs import Scope, get_job
 from app.core.leases import check_lease
 from app.core.models import Checkpoint, Job, utcnow
-from app.core.states import CheckpointFormat, CheckpointTag
+from app.core.states import CheckpointFormat, CheckpointTag, JobStatus
 
 # --- rows -----------------------------------------------------------------------------
 
@@ -60,9 +60,17 @@ def find_checkpoint(
     return _tagged(session, get_job(session, scope, job_id), tag, fmt)
 
 
-def find_for_worker(session: Session, job_id: int, tag: CheckpointTag, fmt: CheckpointFormat) -> Checkpoint:
-    """Unscoped: a worker fetching the checkpoint it resumes or starts from (named in its claim)."""
-    job = session.get(Job, job_id)
+def find_for_worker(
+    session: Session, job_id: int, tag: CheckpointTag, fmt: CheckpointFormat, *, lease_token: str
+) -> Checkpoint:
+    """A checkpoint a worker starts from, for the lease it holds: its own job's (to resume) or that
+    job's base job's (a finetune's init). Any other job's is a 404: a worker reads nothing else."""
+    holds = select(Job.id).where(
+        Job.lease_token == lease_token,
+        Job.status == JobStatus.RUNNING,
+        or_(Job.id == job_id, Job.init_job_id == job_id),
+    )
+    job = session.get(Job, job_id) if session.scalars(holds.limit(1)).first() is not None else None
     if job is None:
         raise JobNotFound(job_id)
     return _tagged(session, job, tag, fmt)

@@ -19,7 +19,19 @@ class Settings(BaseSettings):
     data_dir: Path = Field(Path("./var/data"), description="Where datasets live; imagefolder paths are relative to it.")
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
-    worker_token: SecretStr | None = Field(None, description="When set, /worker/* requires 'Authorization: Bearer'.")
+    worker_token: SecretStr | None = Field(
+        None,
+        description="A worker token from the environment, good for /worker/* (besides worker tokens in the database).",
+    )
+    admin_credentials_file: Path = Field(
+        Path("./var/admin-credentials"),
+        description="Where the first start writes the first admin's password and token (mode 0600).",
+    )
+    max_active_jobs_per_user: int = Field(1000, ge=1, description="Queued plus running jobs one user may have.")
+    max_body_bytes: int = Field(1024 * 1024, ge=1024, description="Largest JSON body of the public API.")
+    login_max_failures: int = Field(5, ge=1, description="Failed logins per username (and 4x per address) per window.")
+    login_window_seconds: float = Field(300.0, gt=0, description="The window failed logins are counted over.")
+    login_token_days: float = Field(30.0, gt=0, description="How long a token made by POST /auth/login lasts.")
     max_upload_bytes: int = Field(16 * 1024**3, ge=1, description="Largest checkpoint upload accepted.")
     lease_seconds: float = Field(60.0, gt=0, description="A running job whose heartbeat is older is requeued.")
     heartbeat_seconds: float = Field(5.0, gt=0, description="How often workers heartbeat (sent to them on claim).")

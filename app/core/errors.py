@@ -4,9 +4,12 @@ The API maps each to an HTTP status (app/main.py); the messages are written
 for the person who sent the request and say what to change.
 
 - ``TrainjobsError``: base.
-  - ``JobNotFound`` (404): no job with that id.
+  - ``Unauthorized`` (401): no token, or one that is wrong, expired, revoked or of the wrong kind.
+  - ``Forbidden`` (403): a known caller asking for what only an admin may do.
+  - ``JobNotFound`` (404): no job with that id (or not one the caller may see).
   - ``NotFound`` (404): something else is missing (a checkpoint).
-  - ``TooLarge`` (413): an upload over MAX_UPLOAD_BYTES.
+  - ``TooLarge`` (413): a request body or upload over its limit.
+  - ``LimitExceeded`` (429): a per-user limit, or too many failed logins (``retry_after`` seconds).
   - ``InvalidRequest`` (422): a request that validates field by field but not against the store.
   - ``Conflict`` (409): the job is in a state that does not allow this.
     - ``LeaseLost`` (409): a worker's lease token is no longer the job's.
@@ -22,6 +25,20 @@ class TrainjobsError(Exception):
     def __init__(self, message: str) -> None:
         super().__init__(message)
         self.message = message
+
+
+class Unauthorized(TrainjobsError):
+    pass
+
+
+class Forbidden(TrainjobsError):
+    pass
+
+
+class LimitExceeded(TrainjobsError):
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class JobNotFound(TrainjobsError):

@@ -13,10 +13,10 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 
-from sqlalchemy import ColumnElement, Select, delete, select, true, update
+from sqlalchemy import ColumnElement, Select, delete, func, select, true, update
 from sqlalchemy.orm import Session
 
-from app.core.errors import Conflict, IdempotencyConflict, InvalidRequest, JobNotFound
+from app.core.errors import Conflict, IdempotencyConflict, InvalidRequest, JobNotFound, LimitExceeded
 from app.core.leases import fail_dependents
 from app.core.models import Checkpoint, IdempotencyKey, Job, MetricPoint, utcnow
 from app.core.specs import AnyJobSpec, ImageFolderDataset, parse_job_spec, spec_to_json
@@ -25,10 +25,13 @@ from app.core.states import ACTIVE, TERMINAL, JobKind, JobStatus, guard
 
 @dataclass(frozen=True)
 class Scope:
-    """Whose jobs a caller may see and act on: today every caller sees every job (no accounts yet)."""
+    """Whose jobs a caller may see and act on: one owner's, or (an admin's scope) everyone's."""
+
+    owner_id: int | None = None
+    """None: every owner."""
 
     def condition(self) -> ColumnElement[bool]:
-        return true()
+        return true() if self.owner_id is None else Job.owner_id == self.owner_id
 
 
 EVERYONE = Scope()
@@ -83,9 +86,11 @@ def _check_base_job(session: Session, scope: Scope, spec: AnyJobSpec, base_id: i
         )
 
 
-def _seen_key(session: Session, scope: Scope, key: str, digest: str, ttl: timedelta, now: datetime) -> Job | None:
-    """The job an Idempotency-Key still names (same body), None for a new or expired key; 409 for another body."""
-    seen = session.get(IdempotencyKey, key)
+def _seen_key(
+    session: Session, scope: Scope, owner_id: int, key: str, digest: str, ttl: timedelta, now: datetime
+) -> Job | None:
+    """The job an owner's Idempotency-Key still names (same body), None for a new or expired key; 409 for another body."""
+    seen = session.get(IdempotencyKey, (owner_id, key))
     if seen is None:
         return None
     if seen.created_at <= now - ttl:
@@ -97,29 +102,48 @@ def _seen_key(session: Session, scope: Scope, key: str, digest: str, ttl: timede
     return get_job(session, scope, seen.job_id)  # the key is deleted with its job
 
 
+def check_active_limit(session: Session, owner_id: int, limit: int | None) -> None:
+    """At most ``limit`` queued or running jobs per owner (429 naming the cap)."""
+    if limit is None:
+        return
+    active = session.scalar(
+        select(func.count()).select_from(Job).where(Job.owner_id == owner_id, Job.status.in_(sorted(ACTIVE)))
+    )
+    if active is not None and active >= limit:
+        raise LimitExceeded(
+            f"you have {active} queued or running jobs, the most one user may have "
+            f"(TRAINJOBS_MAX_ACTIVE_JOBS_PER_USER = {limit}); wait for some to finish or cancel some"
+        )
+
+
 def submit_job(
     session: Session,
     scope: Scope,
     spec: AnyJobSpec,
     *,
+    owner_id: int,
     idempotency_key: str | None = None,
     idempotency_ttl: timedelta = timedelta(hours=24),
+    max_active: int | None = None,
     now: datetime | None = None,
 ) -> tuple[Job, bool]:
-    """Store a new queued job; returns (job, created). With an idempotency key seen before, the first job.
+    """Store a new queued job of ``owner_id``; returns (job, created). With an idempotency key the owner
+    used before, the first job. ``scope`` decides which jobs it may start from.
 
     Check the spec against the file system first (``check_dataset_path``), outside the transaction.
     """
     now = now or utcnow()
     digest = request_hash(spec)
     if idempotency_key is not None:
-        seen = _seen_key(session, scope, idempotency_key, digest, idempotency_ttl, now)
+        seen = _seen_key(session, scope, owner_id, idempotency_key, digest, idempotency_ttl, now)
         if seen is not None:
             return seen, False
+    check_active_limit(session, owner_id, max_active)
     base_id = spec.base_job_id
     if base_id is not None:
         _check_base_job(session, scope, spec, base_id)
     job = Job(
+        owner_id=owner_id,
         kind=spec.kind,
         name=spec.name,
         status=JobStatus.QUEUED,
@@ -134,7 +158,8 @@ def submit_job(
     session.add(job)
     session.flush()
     if idempotency_key is not None:
-        session.add(IdempotencyKey(key=idempotency_key, request_hash=digest, job_id=job.id, created_at=now))
+        key = IdempotencyKey(owner_id=owner_id, key=idempotency_key, request_hash=digest, job_id=job.id, created_at=now)
+        session.add(key)
         session.flush()
     return job, True
 
@@ -155,11 +180,14 @@ def list_jobs(
     *,
     status: JobStatus | None = None,
     kind: JobKind | None = None,
+    owner_id: int | None = None,
     limit: int = 50,
     before_id: int | None = None,
 ) -> tuple[list[Job], int | None]:
     """Newest first; returns the page and the id to pass as the next cursor (None at the end)."""
     stmt = visible_jobs(scope).order_by(Job.id.desc()).limit(limit + 1)
+    if owner_id is not None:
+        stmt = stmt.where(Job.owner_id == owner_id)
     if status is not None:
         stmt = stmt.where(Job.status == status)
     if kind is not None:
@@ -216,7 +244,7 @@ def cancel_job(session: Session, scope: Scope, job_id: int, *, now: datetime | N
 
 def delete_job(session: Session, scope: Scope, job_id: int) -> None:
     """Delete a finished job with its metrics and checkpoint rows (its files: ``checkpoints.remove_job_files``)."""
-    job = session.scalars(visible_jobs(scope).where(Job.id == job_id).with_for_update()).first()
+    job = session.scalars(visible_jobs(scope).where(Job.id == job_id).with_for_update(of=Job)).first()
     if job is None:
         raise JobNotFound(job_id)
     if job.status not in TERMINAL:

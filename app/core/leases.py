@@ -237,7 +237,7 @@ def reap_expired_leases(session: Session, *, now: datetime | None = None) -> lis
         .where(Job.status == JobStatus.RUNNING, Job.lease_expires_at < now)
         .order_by(Job.id)
         .limit(100)
-        .with_for_update(skip_locked=True)
+        .with_for_update(skip_locked=True, of=Job)
     ).all()
     changed: list[tuple[int, JobStatus]] = []
     for job in expired:

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
+import sqlalchemy as sa
 from alembic import command
 from alembic.config import Config
+from alembic.operations import BatchOperations
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Engine
@@ -18,6 +22,26 @@ MIGRATE_COMMAND = "trainjobs-api migrate"
 
 class SchemaNotCurrent(RuntimeError):
     pass
+
+
+@contextmanager
+def rebuild_table(name: str) -> Iterator[BatchOperations]:
+    """For a migration: a batch of changes to a table with AUTOINCREMENT ids (jobs, users, api_tokens).
+
+    On SQLite batch mode rebuilds the table: its partial indexes and check constraints are reflected
+    and rebuilt, AUTOINCREMENT is not, so it is restated, and the table's counter (sqlite_sequence) is
+    carried over, so that a deleted row's id is still never handed out again.
+    """
+    from alembic import op
+
+    sqlite = op.get_bind().dialect.name == "sqlite"
+    counter = sa.text("SELECT seq FROM sqlite_sequence WHERE name = :name").bindparams(name=name)
+    last_id = op.get_bind().execute(counter).scalar() if sqlite else None
+    with op.batch_alter_table(name, table_kwargs={"sqlite_autoincrement": True}) as batch:
+        yield batch
+    if last_id is not None:
+        update = "UPDATE sqlite_sequence SET seq = max(seq, :last) WHERE name = :name"
+        op.execute(sa.text(update).bindparams(last=last_id, name=name))
 
 
 def alembic_config(url: str) -> Config:

@@ -1,7 +1,7 @@
-"""SQLAlchemy 2.0 models: jobs, their metric points, checkpoints and idempotency keys.
+"""SQLAlchemy 2.0 models: users and their API tokens, jobs, metric points, checkpoints, idempotency keys.
 
-Relationships are ``lazy="raise"``: every query that needs related rows says so
-in app/core, so no request does surprise I/O.
+The two relationships are many-to-one and always joined (``lazy="joined"``): a job comes with
+its owner's name, a token with its user, in the same query, so no request does surprise I/O.
 """
 
 from __future__ import annotations
@@ -27,9 +27,9 @@ from sqlalchemy import (
     UniqueConstraint,
     text,
 )
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
-from app.core.states import CheckpointFormat, CheckpointTag, JobKind, JobStatus, sql_in
+from app.core.states import CheckpointFormat, CheckpointTag, JobKind, JobStatus, TokenKind, sql_in
 
 
 def utcnow() -> datetime:
@@ -80,10 +80,49 @@ class Base(DeclarativeBase):
     type_annotation_map = {datetime: UTCDateTime(), dict[str, Any]: JSON()}
 
 
+class User(Base):
+    __tablename__ = "users"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    username: Mapped[str] = mapped_column(String(64), unique=True)
+    password_hash: Mapped[str | None] = mapped_column(String(255), doc="argon2id; None: signs in by token only.")
+    is_admin: Mapped[bool] = mapped_column(Boolean, default=False)
+    is_active: Mapped[bool] = mapped_column(Boolean, default=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    __table_args__ = ({"sqlite_autoincrement": True},)
+
+
+class ApiToken(Base):
+    """A bearer token ``tj_<prefix>_<secret>``: only the secret's SHA-256 is kept; the prefix is shown."""
+
+    __tablename__ = "api_tokens"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    kind: Mapped[TokenKind] = mapped_column(StrEnumColumn(TokenKind))
+    name: Mapped[str] = mapped_column(String(100))
+    prefix: Mapped[str] = mapped_column(String(16))
+    secret_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime | None]
+    last_used_at: Mapped[datetime | None]
+    revoked_at: Mapped[datetime | None]
+
+    user: Mapped[User] = relationship(lazy="joined", innerjoin=True)
+
+    __table_args__ = (
+        CheckConstraint(sql_in("kind", TokenKind), name="token_kind_valid"),
+        Index("ix_api_tokens_user_id", "user_id"),
+        {"sqlite_autoincrement": True},
+    )
+
+
 class Job(Base):
     __tablename__ = "jobs"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    owner_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="RESTRICT", name="fk_jobs_owner_id_users"))
     kind: Mapped[JobKind] = mapped_column(StrEnumColumn(JobKind))
     name: Mapped[str | None] = mapped_column(String(200))
     status: Mapped[JobStatus] = mapped_column(StrEnumColumn(JobStatus), default=JobStatus.QUEUED)
@@ -112,6 +151,8 @@ class Job(Base):
     started_at: Mapped[datetime | None]
     finished_at: Mapped[datetime | None]
 
+    owner: Mapped[User] = relationship(lazy="joined", innerjoin=True)
+
     __table_args__ = (
         CheckConstraint(sql_in("status", JobStatus), name="status_valid"),
         CheckConstraint(sql_in("kind", JobKind), name="kind_valid"),
@@ -131,6 +172,7 @@ class Job(Base):
             postgresql_where=text(f"status = '{JobStatus.RUNNING.value}'"),
         ),
         Index("ix_jobs_status_id", "status", "id"),
+        Index("ix_jobs_owner_status_id", "owner_id", "status", "id"),
         Index("ix_jobs_init_job_id", "init_job_id"),
         Index("ix_jobs_parent_id", "parent_id"),
         # Never hand a deleted job's id to a new job: links to /jobs/{id} must not change meaning.
@@ -174,8 +216,11 @@ class Checkpoint(Base):
 
 
 class IdempotencyKey(Base):
+    """An Idempotency-Key a user sent with a submit: keys are per owner, so two users' never collide."""
+
     __tablename__ = "idempotency_keys"
 
+    owner_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), primary_key=True)
     key: Mapped[str] = mapped_column(String(255), primary_key=True)
     request_hash: Mapped[str] = mapped_column(String(64))
     job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))

@@ -74,6 +74,13 @@ class JobKind(StrEnum):
 WORKER_KINDS = frozenset({JobKind.PRETRAIN, JobKind.FINETUNE})
 
 
+class TokenKind(StrEnum):
+    USER = "user"
+    """Acts for its user on the public API (``/jobs``, ``/tokens``, ...)."""
+    WORKER = "worker"
+    """Speaks the worker protocol (``/worker/*``) and nothing else."""
+
+
 class CheckpointTag(StrEnum):
     BEST = "best"
     """The epoch whose primary metric beat every earlier one."""

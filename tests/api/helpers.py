@@ -14,12 +14,13 @@ from httpx import Response
 from app.core.config import Settings
 from app.core.db import Database
 from app.main import create_app
+from tests.authed import AuthedClient
 
 
 @contextmanager
-def client_with(settings: Settings, db: Database, **changes: Any) -> Iterator[TestClient]:
-    """A client of an app whose settings differ from the fixture's in ``changes``."""
-    with TestClient(create_app(settings.model_copy(update=changes), db)) as c:
+def client_with(settings: Settings, db: Database, tokens: dict[str, str], **changes: Any) -> Iterator[AuthedClient]:
+    """A client (acting for alice) of an app whose settings differ from the fixture's in ``changes``."""
+    with AuthedClient(create_app(settings.model_copy(update=changes), db), tokens["alice"]) as c:
         yield c
 
 

@@ -20,7 +20,7 @@ from tests.api.helpers import (
     start,
     submit,
 )
-from tests.conftest import pretrain_body
+from tests.conftest import finetune_body, pretrain_body
 
 DATA = bytes(range(256)) * 4  # 1 KiB, every byte value
 
@@ -122,9 +122,9 @@ def test_upload_streamed_in_chunks_without_content_length(
 
 @pytest.mark.parametrize("streamed", [False, True], ids=["content-length", "chunked"])
 def test_upload_over_max_upload_bytes_is_413_and_stores_nothing(
-    settings: Settings, db: Database, streamed: bool
+    settings: Settings, db: Database, tokens: dict[str, str], streamed: bool
 ) -> None:
-    with client_with(settings, db, max_upload_bytes=1000) as client:
+    with client_with(settings, db, tokens, max_upload_bytes=1000) as client:
         job_id, token = start(client, pretrain_body())
         body = chunks(DATA) if streamed else DATA
 
@@ -378,14 +378,32 @@ def test_worker_download_serves_the_file_back(client: TestClient, running: tuple
     job_id, token = running
     put_checkpoint(client, job_id, token, DATA, "last")
 
-    r = client.get(f"/worker/jobs/{job_id}/checkpoints/last")
+    lease = {"X-Lease-Token": token}
+    r = client.get(f"/worker/jobs/{job_id}/checkpoints/last", headers=lease)
 
     assert r.status_code == 200
     assert r.content == DATA
     assert r.headers["ETag"] == f'"{sha256(DATA)}"'
-    ranged = client.get(f"/worker/jobs/{job_id}/checkpoints/last", headers={"Range": "bytes=0-9"})
+    ranged = client.get(f"/worker/jobs/{job_id}/checkpoints/last", headers={"Range": "bytes=0-9", **lease})
     assert (ranged.status_code, ranged.content) == (206, DATA[:10])
-    assert client.get(f"/worker/jobs/{job_id}/checkpoints/best").status_code == 404
+    assert client.get(f"/worker/jobs/{job_id}/checkpoints/best", headers=lease).status_code == 404
+
+
+def test_a_worker_reads_only_the_checkpoints_its_lease_starts_from(client: TestClient) -> None:
+    """Its own job's (to resume) and its job's base's (a finetune's init); another job's is a 404, like a bad lease."""
+    base, base_token = start(client, pretrain_body())
+    put_checkpoint(client, base, base_token, DATA, "best")
+    assert finish(client, base, base_token, result={"test_loss": 0.1}).status_code == 200
+    other, other_token = start(client, pretrain_body())
+    put_checkpoint(client, other, other_token, DATA, "last")
+    finetune, finetune_token = start(client, finetune_body(base))
+    url = "/worker/jobs/{}/checkpoints/{}"
+    assert client.get(url.format(base, "best"), headers={"X-Lease-Token": finetune_token}).content == DATA
+    assert client.get(url.format(other, "last"), headers={"X-Lease-Token": other_token}).content == DATA
+    for job_id, token in [(other, finetune_token), (base, other_token), (base, "stale"), (finetune, other_token)]:
+        r = client.get(url.format(job_id, "best"), headers={"X-Lease-Token": token})
+        assert r.status_code == 404, (job_id, token)
+    assert client.get(url.format(base, "best")).status_code == 422  # no lease named at all
 
 
 # --- large files: the server buffers 8 MiB per write and reads 4 MiB per chunk --------------------
@@ -401,7 +419,7 @@ def test_a_large_upload_in_odd_chunks_comes_back_byte_for_byte(client: TestClien
     assert r.status_code == 201, r.text
     assert (r.json()["size"], r.json()["sha256"]) == (len(BIG), sha256(BIG))
     assert client.get(f"/jobs/{job_id}/checkpoint").content == BIG
-    assert client.get(f"/worker/jobs/{job_id}/checkpoints/last").content == BIG
+    assert client.get(f"/worker/jobs/{job_id}/checkpoints/last", headers={"X-Lease-Token": token}).content == BIG
     start_at, end_at = 4 * 1024 * 1024 - 3, 12 * 1024 * 1024 + 2  # across read-chunk boundaries
     part = client.get(f"/jobs/{job_id}/checkpoint", headers={"Range": f"bytes={start_at}-{end_at}"})
     assert (part.status_code, part.content) == (206, BIG[start_at : end_at + 1])
@@ -421,9 +439,9 @@ def test_a_large_upload_with_one_flipped_byte_is_422_and_stores_nothing(
 
 
 def test_a_large_streamed_upload_over_the_limit_stops_with_413_and_stores_nothing(
-    settings: Settings, db: Database
+    settings: Settings, db: Database, tokens: dict[str, str]
 ) -> None:
-    with client_with(settings, db, max_upload_bytes=10 * 1024 * 1024) as client:
+    with client_with(settings, db, tokens, max_upload_bytes=10 * 1024 * 1024) as client:
         job_id, token = start(client, pretrain_body())
 
         r = put_checkpoint(client, job_id, token, chunks(BIG, 65_536), digest=sha256(BIG))

@@ -376,7 +376,7 @@ def test_finetune_from_a_queued_base_waits_for_it_then_starts_from_its_checkpoin
     assert init["tag"] == "best"
     assert init["size"] == len(weights)
     assert init["url"] == f"/worker/jobs/{base['id']}/checkpoints/best?format=pt"
-    assert client.get(init["url"]).content == weights
+    assert client.get(init["url"], headers={"X-Lease-Token": claimed["lease_token"]}).content == weights
 
 
 def end_base(client: TestClient, base_id: int, how: str) -> None:

@@ -16,24 +16,30 @@ from typing import Any
 import pytest
 import schemathesis
 from fastapi import FastAPI
-from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, Phase, settings
+from pydantic import SecretStr
 from schemathesis import APIOperation, Case
 from schemathesis.checks import not_a_server_error
 from schemathesis.core.result import Err
 from schemathesis.generation.hypothesis.builder import HypothesisTestConfig, HypothesisTestMode, create_test
 from schemathesis.python import asgi
 
+from app.core import accounts
 from app.core.config import Settings
 from app.core.db import Database
+from app.core.states import TokenKind
 from app.main import create_app
+from devtools.servers import WORKER_TOKEN
 from tests.api.helpers import claim_job, finish, post_points, put_checkpoint, run_job, submit
+from tests.authed import AuthedClient
 from tests.conftest import finetune_body, pretrain_body
 
 SEEDED_IDS = 6
+USER_TOKEN: list[str] = []
+"""alice's, made with the app below (she owns every seeded job)."""
 
 
-def seed_jobs(client: TestClient) -> None:
+def seed_jobs(client: AuthedClient) -> None:
     """Jobs 1-6: succeeded (with metrics and a checkpoint), failed, cancelled, running, queued finetune, queued."""
     base = submit(client, pretrain_body())["id"]
     token = claim_job(client, base)
@@ -58,14 +64,18 @@ def api_app(sqlite_template: Path, tmp_path_factory: pytest.TempPathFactory) -> 
         database_url=url,
         artifacts_dir=folder / "artifacts",
         data_dir=folder / "data",
-        worker_token=None,
+        worker_token=SecretStr(WORKER_TOKEN),
+        admin_credentials_file=folder / "admin-credentials",
         claim_max_wait_seconds=0.05,
         claim_poll_seconds=0.05,
         _env_file=None,  # type: ignore[call-arg]
     )
     db = Database.from_url(url)
+    with db.write() as session:
+        alice = accounts.create_user(session, "alice")
+        USER_TOKEN.append(accounts.issue_token(session, alice, TokenKind.USER, "schemathesis").token)
     app = create_app(app_settings, db)
-    with TestClient(app) as client:
+    with AuthedClient(app, USER_TOKEN[0]) as client:
         seed_jobs(client)
     yield app
     asgi.shutdown_lifespans()  # schemathesis keeps the app's lifespan (and its reaper) running until exit
@@ -86,6 +96,12 @@ def operations_by_label() -> dict[str, APIOperation[Any, Any, Any, Any]]:
 
 
 OPERATIONS = operations_by_label()
+
+
+def authenticate(case: Case[Any]) -> None:
+    """Send the caller's token as a client would: alice's on the public API, the worker token to /worker/*."""
+    token = WORKER_TOKEN if case.path.startswith("/worker") else USER_TOKEN[0]
+    case.headers = {**(case.headers or {}), "Authorization": f"Bearer {token}"}
 
 
 def hit_seeded_jobs(case: Case[Any]) -> None:
@@ -112,6 +128,7 @@ HYPOTHESIS_SETTINGS = settings(
 def test_no_generated_request_gets_a_server_error(api_app: FastAPI, label: str) -> None:
     def check(case: Case[Any]) -> None:
         hit_seeded_jobs(case)
+        authenticate(case)
         case.call_and_validate(app=api_app, checks=[not_a_server_error])
 
     config = HypothesisTestConfig(project=SCHEMA.config, modes=list(HypothesisTestMode), settings=HYPOTHESIS_SETTINGS)

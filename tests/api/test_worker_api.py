@@ -28,11 +28,10 @@ from tests.conftest import finetune_body, pretrain_body
 # --- the worker token ----------------------------------------------------------------------
 
 
-def test_with_a_worker_token_the_worker_protocol_needs_it_and_public_endpoints_do_not(
-    settings: Settings, db: Database
-) -> None:
-    with client_with(settings, db, worker_token=SecretStr("s3cret")) as client:
-        job_id = submit(client, pretrain_body())["id"]  # public: no token
+def test_the_worker_protocol_needs_the_worker_token(settings: Settings, db: Database, tokens: dict[str, str]) -> None:
+    with client_with(settings, db, tokens, worker_token=SecretStr("s3cret")) as client:
+        client.worker_token = None  # the requests below say which token they send
+        job_id = submit(client, pretrain_body())["id"]
         assert client.get("/jobs").status_code == 200
         assert client.get(f"/jobs/{job_id}").status_code == 200
         assert client.get("/healthz").status_code == 200
@@ -58,8 +57,12 @@ def test_with_a_worker_token_the_worker_protocol_needs_it_and_public_endpoints_d
         assert r.status_code == 200
 
 
-def test_without_a_worker_token_the_worker_protocol_is_open(client: TestClient) -> None:
-    assert client.post("/worker/claim", json={"worker_id": "w1"}).status_code == 204
+def test_without_any_worker_token_the_worker_protocol_is_closed(
+    settings: Settings, db: Database, tokens: dict[str, str]
+) -> None:
+    with client_with(settings, db, tokens, worker_token=None) as client:
+        r = client.post("/worker/claim", json={"worker_id": "w1"})
+        assert r.status_code == 401 and "worker token wrong" in r.json()["detail"]
 
 
 # --- claim ------------------------------------------------------------------------------------
@@ -395,7 +398,7 @@ def test_release_offers_the_last_checkpoint_to_the_next_claim(client: TestClient
     assert again is not None
     resume = again["resume_checkpoint"]
     assert (resume["job_id"], resume["tag"], resume["epoch"], resume["step"]) == (job_id, "last", 1, 29)
-    assert client.get(resume["url"]).content == data
+    assert client.get(resume["url"], headers={"X-Lease-Token": again["lease_token"]}).content == data
 
 
 def test_release_of_a_job_with_a_cancel_requested_ends_it_cancelled(client: TestClient) -> None:

@@ -19,7 +19,7 @@ from app.core.models import Checkpoint, Job, utcnow
 from app.core.protocol import MetricIn
 from app.core.specs import parse_job_spec
 from app.core.states import CheckpointFormat, CheckpointTag
-from tests.conftest import finetune_body, pretrain_body
+from tests.conftest import finetune_body, pretrain_body, store_owner
 
 
 @dataclass
@@ -31,7 +31,7 @@ class Claimed:
 
 def submit(db: Database, body: dict[str, Any], **kw: Any) -> int:
     with db.write() as s:
-        job, _ = jobs.submit_job(s, EVERYONE, parse_job_spec(body), **kw)
+        job, _ = jobs.submit_job(s, EVERYONE, parse_job_spec(body), owner_id=store_owner(s), **kw)
         return job.id
 
 
@@ -135,7 +135,7 @@ def test_concurrent_claimers_take_each_job_exactly_once(db: Database) -> None:
     with db.write() as s:
         spec = parse_job_spec(pretrain_body())
         for _ in range(200):
-            jobs.submit_job(s, EVERYONE, spec)
+            jobs.submit_job(s, EVERYONE, spec, owner_id=store_owner(s))
     taken: list[int] = []
     lock = threading.Lock()
     errors: list[BaseException] = []
@@ -285,16 +285,24 @@ def test_metrics_replace_a_step_reported_again(db: Database) -> None:
 def test_idempotency_key_returns_the_first_job(db: Database) -> None:
     body = pretrain_body()
     with db.write() as s:
-        first, created = jobs.submit_job(s, EVERYONE, parse_job_spec(body), idempotency_key="k1")
+        first, created = jobs.submit_job(
+            s, EVERYONE, parse_job_spec(body), owner_id=store_owner(s), idempotency_key="k1"
+        )
         assert created
     with db.write() as s:
-        again, created = jobs.submit_job(s, EVERYONE, parse_job_spec(body), idempotency_key="k1")
+        again, created = jobs.submit_job(
+            s, EVERYONE, parse_job_spec(body), owner_id=store_owner(s), idempotency_key="k1"
+        )
         assert not created and again.id == first.id
     with pytest.raises(IdempotencyConflict), db.write() as s:
-        jobs.submit_job(s, EVERYONE, parse_job_spec(pretrain_body(name="other")), idempotency_key="k1")
+        jobs.submit_job(
+            s, EVERYONE, parse_job_spec(pretrain_body(name="other")), owner_id=store_owner(s), idempotency_key="k1"
+        )
     later = utcnow() + timedelta(hours=25)
     with db.write() as s:
-        fresh, created = jobs.submit_job(s, EVERYONE, parse_job_spec(body), idempotency_key="k1", now=later)
+        fresh, created = jobs.submit_job(
+            s, EVERYONE, parse_job_spec(body), owner_id=store_owner(s), idempotency_key="k1", now=later
+        )
         assert created and fresh.id != first.id
 
 

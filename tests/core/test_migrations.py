@@ -34,13 +34,16 @@ def tables(url: str) -> set[str]:
         engine.dispose()
 
 
+ALL_TABLES = {"jobs", "metric_points", "checkpoints", "idempotency_keys", "users", "api_tokens"}
+
+
 def test_upgrade_downgrade_upgrade(empty_url: str) -> None:
     upgrade(empty_url)
-    assert tables(empty_url) == {"jobs", "metric_points", "checkpoints", "idempotency_keys"}
+    assert tables(empty_url) == ALL_TABLES
     downgrade(empty_url, "base")
     assert tables(empty_url) == set()
     upgrade(empty_url)
-    assert tables(empty_url) == {"jobs", "metric_points", "checkpoints", "idempotency_keys"}
+    assert tables(empty_url) == ALL_TABLES
 
 
 def test_migrations_match_the_models(database_url: str) -> None:
@@ -58,7 +61,12 @@ def test_api_refuses_a_database_behind_the_newest_migration(tmp_path: Path) -> N
 
     url = f"sqlite:///{tmp_path / 'old.db'}"
     command.stamp(alembic_config(url), "base")
-    settings = Settings(database_url=url, artifacts_dir=tmp_path / "a", _env_file=None)  # type: ignore[call-arg]
+    settings = Settings(
+        database_url=url,
+        artifacts_dir=tmp_path / "a",
+        admin_credentials_file=tmp_path / "admin-credentials",
+        _env_file=None,  # type: ignore[call-arg]
+    )
     with pytest.raises(SchemaNotCurrent, match="trainjobs-api migrate"), TestClient(create_app(settings)):
         pass
     upgrade(url)
@@ -90,7 +98,7 @@ def test_0002_carries_depends_on_over_as_init_job_id(empty_url: str) -> None:
         conn.execute(text(row), {"kind": "finetune", "base": 1, "now": now})
         conn.execute(text(row), {"kind": "pretrain", "base": None, "now": now})
         conn.execute(text("DELETE FROM jobs WHERE id = 3"))
-    upgrade(empty_url)
+    upgrade(empty_url, "0002")
     with engine.begin() as conn:
         assert conn.execute(text("SELECT id, init_job_id, parent_id FROM jobs ORDER BY id")).all() == [
             (1, None, None),
@@ -101,3 +109,34 @@ def test_0002_carries_depends_on_over_as_init_job_id(empty_url: str) -> None:
     indexes = {i["name"] for i in inspect(engine).get_indexes("jobs")}
     engine.dispose()
     assert {"ix_jobs_claimable", "ix_jobs_running_lease", "ix_jobs_init_job_id", "ix_jobs_parent_id"} <= indexes
+
+
+def test_0003_gives_existing_jobs_and_keys_to_a_first_admin(empty_url: str) -> None:
+    """A database of 0002 with jobs and an Idempotency-Key: all of it belongs to 'admin' after the upgrade."""
+    upgrade(empty_url, "0002")
+    engine = create_engine(empty_url.replace("postgresql://", "postgresql+psycopg://"))
+    now = "2026-11-30 12:00:00"
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO jobs (kind, status, spec, priority, attempt, max_attempts, cancel_requested,"
+                " created_at, updated_at) VALUES ('pretrain', 'queued', '{}', 0, 0, 3, false, :now, :now)"
+            ),
+            {"now": now},
+        )
+        conn.execute(
+            text("INSERT INTO idempotency_keys (key, request_hash, job_id, created_at) VALUES ('k', 'h', 1, :now)"),
+            {"now": now},
+        )
+    upgrade(empty_url)
+    with engine.begin() as conn:
+        assert conn.execute(text("SELECT id, username, is_admin, password_hash FROM users")).all() == [
+            (1, "admin", True, None)
+        ]
+        assert conn.execute(text("SELECT owner_id FROM jobs")).scalars().all() == [1]
+        assert conn.execute(text("SELECT owner_id, key, job_id FROM idempotency_keys")).all() == [(1, "k", 1)]
+    downgrade(empty_url, "0002")
+    with engine.begin() as conn:
+        assert conn.execute(text("SELECT key, job_id FROM idempotency_keys")).all() == [("k", 1)]
+    engine.dispose()
+    upgrade(empty_url)

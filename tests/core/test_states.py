@@ -14,7 +14,7 @@ from app.core.jobs import EVERYONE
 from app.core.models import Job, utcnow
 from app.core.specs import parse_job_spec
 from app.core.states import TRANSITIONS, IllegalTransition, JobStatus, guard
-from tests.conftest import finetune_body, pretrain_body
+from tests.conftest import finetune_body, pretrain_body, store_owner
 
 Move = tuple[JobStatus, JobStatus]
 
@@ -39,7 +39,7 @@ class Observer:
 
     def submit(self, body: dict[str, object]) -> int:
         with self.db.write() as s:
-            job, _ = jobs.submit_job(s, EVERYONE, parse_job_spec(body))
+            job, _ = jobs.submit_job(s, EVERYONE, parse_job_spec(body), owner_id=store_owner(s))
             return job.id
 
     def claim(self, lease: float = 60) -> tuple[int, str]:

@@ -12,7 +12,7 @@ import pytest
 
 from app.core.migrate import upgrade
 from app.core.protocol import ClaimedJob, MetricIn
-from devtools.servers import ApiServer
+from devtools.servers import WORKER_TOKEN, ApiServer
 from tests.conftest import TINY_JOB
 from worker.client import ServiceUnavailable, WorkerClient
 from worker.messages import Metrics
@@ -21,48 +21,48 @@ from worker.settings import WorkerConfig, WorkerSettings
 
 
 @pytest.fixture
-def leased(tmp_path: Path) -> Iterator[tuple[str, int, str]]:
-    """(API url, job id, lease token) of a job claimed by hand on a running API."""
+def leased(tmp_path: Path) -> Iterator[tuple[ApiServer, int, str]]:
+    """(the API, job id, lease token) of a job claimed by hand on a running API."""
     url = f"sqlite:///{tmp_path / 'db.sqlite'}"
     upgrade(url)
     with ApiServer(tmp_path, url) as api:
-        job_id = httpx.post(f"{api.url}/jobs", json=TINY_JOB).json()["id"]
+        job_id = httpx.post(f"{api.url}/jobs", json=TINY_JOB, headers=api.headers).json()["id"]
         claim = {"worker_id": "test", "device": "cpu", "wait_seconds": 0}
-        token = httpx.post(f"{api.url}/worker/claim", json=claim).json()["lease_token"]
-        yield api.url, job_id, token
+        token = httpx.post(f"{api.url}/worker/claim", json=claim, headers=api.worker_headers).json()["lease_token"]
+        yield api, job_id, token
 
 
-def test_a_checkpoint_goes_up_and_comes_back_byte_for_byte(tmp_path: Path, leased: tuple[str, int, str]) -> None:
-    api_url, job_id, token = leased
+def test_a_checkpoint_goes_up_and_comes_back_byte_for_byte(tmp_path: Path, leased: tuple[ApiServer, int, str]) -> None:
+    api, job_id, token = leased
     data = os.urandom(19 * 1024 * 1024 + 7)
     source = tmp_path / "last.pt"
     source.write_bytes(data)
     digest = hashlib.sha256(data).hexdigest()
-    client = WorkerClient(api_url)
+    client = WorkerClient(api.url, WORKER_TOKEN)
     try:
         client.upload_checkpoint(job_id, token, tag="last", fmt="pt", path=source, epoch=1, step=10, metric=None)
         dest = tmp_path / "back.pt"
-        client.download(f"/worker/jobs/{job_id}/checkpoints/last?format=pt", dest, digest)
+        client.download(f"/worker/jobs/{job_id}/checkpoints/last?format=pt", dest, digest, token)
         assert dest.read_bytes() == data
 
         wrong = tmp_path / "wrong.pt"
         with pytest.raises(ServiceUnavailable, match="does not match"):
-            client.download(f"/worker/jobs/{job_id}/checkpoints/last?format=pt", wrong, "0" * 64)
+            client.download(f"/worker/jobs/{job_id}/checkpoints/last?format=pt", wrong, "0" * 64, token)
         assert not wrong.exists()
         assert not wrong.with_suffix(".pt.part").exists()
     finally:
         client.close()
 
 
-def test_metrics_sent_by_the_client_are_stored(leased: tuple[str, int, str]) -> None:
-    api_url, job_id, token = leased
-    client = WorkerClient(api_url)
+def test_metrics_sent_by_the_client_are_stored(leased: tuple[ApiServer, int, str]) -> None:
+    api, job_id, token = leased
+    client = WorkerClient(api.url, WORKER_TOKEN)
     try:
         points = [MetricIn(name="train_loss", step=s, epoch=1, value=1 / s, time=1.7e9) for s in range(1, 1001)]
         client.send_metrics(job_id, token, points)
     finally:
         client.close()
-    series = httpx.get(f"{api_url}/jobs/{job_id}/metrics").json()["series"]["train_loss"]
+    series = httpx.get(f"{api.url}/jobs/{job_id}/metrics", headers=api.headers).json()["series"]["train_loss"]
     assert [(p["step"], p["value"]) for p in series] == [(s, 1 / s) for s in range(1, 1001)]
 
 
@@ -94,11 +94,11 @@ def test_points_that_are_not_finite_are_dropped_before_sending(tmp_path: Path) -
     assert [(p.step, p.value, p.time) for p in sent] == [(0, 0.5, 1.7e9), (3, 0.25, 1.7e9)]
 
 
-def test_a_file_uploaded_as_best_is_not_sent_again_as_last(tmp_path: Path, leased: tuple[str, int, str]) -> None:
-    api_url, job_id, token = leased
+def test_a_file_uploaded_as_best_is_not_sent_again_as_last(tmp_path: Path, leased: tuple[ApiServer, int, str]) -> None:
+    api, job_id, token = leased
     source = tmp_path / "best.pt"
     source.write_bytes(os.urandom(3 * 1024 * 1024))
-    client = WorkerClient(api_url)
+    client = WorkerClient(api.url, WORKER_TOKEN)
     stored: dict[str, str] = {}
     try:
         for tag in ("best", "last"):
@@ -124,4 +124,7 @@ def test_a_file_uploaded_as_best_is_not_sent_again_as_last(tmp_path: Path, lease
         )
     finally:
         client.close()
-    assert httpx.get(f"{api_url}/jobs/{job_id}/checkpoint", params={"tag": "last"}).content == source.read_bytes()
+    assert (
+        httpx.get(f"{api.url}/jobs/{job_id}/checkpoint", params={"tag": "last"}, headers=api.headers).content
+        == source.read_bytes()
+    )

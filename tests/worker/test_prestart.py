@@ -41,8 +41,12 @@ def ahead(worker: WorkerProcess, count: int = 1) -> list[int]:
 
 
 def run_job(api: ApiServer) -> int:
-    job_id = int(httpx.post(f"{api.url}/jobs", json=TINY_JOB).json()["id"])
-    wait_until(lambda: httpx.get(f"{api.url}/jobs/{job_id}").json()["status"] == "succeeded", 120, "the job")
+    job_id = int(httpx.post(f"{api.url}/jobs", json=TINY_JOB, headers=api.headers).json()["id"])
+    wait_until(
+        lambda: httpx.get(f"{api.url}/jobs/{job_id}", headers=api.headers).json()["status"] == "succeeded",
+        120,
+        "the job",
+    )
     return job_id
 
 

@@ -7,7 +7,6 @@ from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 from sqlalchemy import create_engine, text
 
@@ -33,13 +32,13 @@ def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 
 
 def run_fleet(apis: list[ApiServer], tmp_path: Path, jobs: int, workers: int) -> tuple[list[WorkerProcess], list[dict]]:
-    with httpx.Client(base_url=apis[0].url, timeout=30) as http:
+    with apis[0].client(timeout=30) as http:
         ids = [http.post("/jobs", json={**TINY_JOB, "name": f"job-{i}"}).json()["id"] for i in range(jobs)]
     # forkserver: each job is still a process of its own, without paying for a torch import per job.
     options = ("--max-jobs", str(jobs), "--start-method", "forkserver")
     fleet = [WorkerProcess(apis[n % len(apis)].url, tmp_path, f"w{n}", *options) for n in range(workers)]
     try:
-        with httpx.Client(base_url=apis[-1].url, timeout=30) as http:
+        with apis[-1].client(timeout=30) as http:
 
             def finished() -> list[dict] | None:
                 page = http.get("/jobs", params={"limit": 500}).json()["data"]

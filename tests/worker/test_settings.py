@@ -64,3 +64,36 @@ def test_a_bad_setting_stops_the_worker_with_one_line(
     with pytest.raises(SystemExit) as stopped:
         main(["--threads", "0"])
     assert stopped.value.code == 2 and "must be 1 or more" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("api_url", "allowed"),
+    [
+        ("http://127.0.0.1:8000", True),
+        ("http://localhost:8000", True),
+        ("http://[::1]:8000", True),
+        ("https://trainjobs.internal", True),
+        ("http://trainjobs.internal:8000", False),
+        ("http://10.0.0.5:8000", False),
+    ],
+)
+def test_a_token_is_never_sent_in_clear_to_another_machine_unless_told(api_url: str, allowed: bool) -> None:
+    from worker.settings import insecure_reason
+
+    settings = WorkerSettings(api_url=api_url, worker_token="tj-secret", _env_file=None)  # type: ignore[call-arg,arg-type]
+    reason = insecure_reason(settings)
+    assert (reason is None) == allowed
+    if reason is not None:
+        assert "plain HTTP" in reason and "--allow-insecure-http" in reason and "tj-secret" not in reason
+        told = settings.model_copy(update={"allow_insecure_http": True})
+        assert insecure_reason(told) is None
+    assert insecure_reason(settings.model_copy(update={"worker_token": None})) is None  # nothing to leak
+
+
+def test_the_worker_refuses_to_start_so(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    from worker.__main__ import main
+
+    monkeypatch.setenv("TRAINJOBS_WORKER_TOKEN", "tj-secret")
+    assert main(["--api", "http://10.0.0.5:8000"]) == 2
+    err = capsys.readouterr().err
+    assert "refusing to send the worker token over plain HTTP to 10.0.0.5" in err and "tj-secret" not in err

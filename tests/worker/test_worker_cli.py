@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from app.core.migrate import upgrade
-from devtools.servers import ApiServer, WorkerProcess, free_port, wait_until
+from devtools.servers import WORKER_TOKEN, ApiServer, WorkerProcess, free_port, process_env, wait_until
 from tests.conftest import TINY_JOB
 
 pytestmark = pytest.mark.slow
@@ -25,7 +25,10 @@ def test_once_with_nothing_queued_exits_zero(tmp_path: Path) -> None:
     upgrade(url)
     with ApiServer(tmp_path, url) as api:
         done = subprocess.run(
-            worker_command(api.url, tmp_path, "--once", "--poll-seconds", "0.5"), capture_output=True, timeout=60
+            worker_command(api.url, tmp_path, "--once", "--poll-seconds", "0.5"),
+            capture_output=True,
+            timeout=60,
+            env=process_env(TRAINJOBS_WORKER_TOKEN=WORKER_TOKEN),
         )
     assert done.returncode == 0, done.stderr
 
@@ -41,9 +44,9 @@ def test_an_unreachable_service_is_logged_once_and_the_worker_carries_on(tmp_pat
         with ApiServer(tmp_path, url, port=port) as api:
             # Several retries happen while the service is down; the log says so once.
             assert worker.text().count("service unavailable") == 1
-            job_id = httpx.post(f"{api.url}/jobs", json=TINY_JOB).json()["id"]
+            job_id = httpx.post(f"{api.url}/jobs", json=TINY_JOB, headers=api.headers).json()["id"]
             assert worker.wait(timeout=120) == 0
-            assert httpx.get(f"{api.url}/jobs/{job_id}").json()["status"] == "succeeded"
+            assert httpx.get(f"{api.url}/jobs/{job_id}", headers=api.headers).json()["status"] == "succeeded"
         assert "service reachable again" in worker.text()
     finally:
         worker.kill()
@@ -57,4 +60,5 @@ def test_a_wrong_token_stops_the_worker_with_a_clear_message(tmp_path: Path) -> 
             worker_command(api.url, tmp_path, "--token", "wrong"), capture_output=True, text=True, timeout=60
         )
     assert done.returncode == 2
-    assert "worker token missing or wrong" in done.stderr
+    assert "worker token wrong, expired or revoked" in done.stderr
+    assert "wrong" not in done.stderr.replace("worker token wrong", "")  # the token itself is not echoed

@@ -10,21 +10,24 @@ from fastapi import APIRouter, Body, Header, Query, Request, Response, status
 from fastapi import Path as PathParam
 from fastapi.responses import FileResponse
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
 
-from app.api.deps import DatabaseDep, ScopeDep, SessionDep, SettingsDep, WakeupDep, quick_read
+from app.api.auth import CurrentUser, ScopeDep
+from app.api.deps import DatabaseDep, SessionDep, SettingsDep, WakeupDep, quick_read
 from app.api.downloads import serve_checkpoint
-from app.core import checkpoints, jobs, metrics
-from app.core.errors import InvalidRequest
+from app.core import accounts, checkpoints, jobs, metrics
+from app.core.accounts import Caller
+from app.core.errors import Forbidden, InvalidRequest, NotFound
 from app.core.specs import JobSpec
 from app.core.states import CheckpointFormat, CheckpointTag, JobKind, JobStatus
 from app.schemas import CheckpointPublic, CheckpointsPublic, JobPublic, JobsPublic, MetricsPublic
 
-router = APIRouter(prefix="/jobs", tags=["jobs"])
+router = APIRouter(prefix="/jobs", tags=["jobs"], responses={401: {"description": "No token, or not a valid one."}})
 
 JobId = Annotated[int, PathParam(ge=1, le=2**31 - 1, description="Job id.")]
 
 _ERRORS: dict[int | str, dict[str, str]] = {
-    404: {"description": "No such job (or checkpoint)."},
+    404: {"description": "No such job (or checkpoint), or not one of yours."},
     409: {"description": "The job's state does not allow this."},
 }
 
@@ -36,13 +39,14 @@ _ERRORS: dict[int | str, dict[str, str]] = {
         200: {"description": "Same Idempotency-Key and body as an earlier request: that job.", "model": JobPublic},
         409: {"description": "Idempotency-Key reused with another body."},
         422: {"description": "Invalid job: the detail names the field."},
+        429: {"description": "You have TRAINJOBS_MAX_ACTIVE_JOBS_PER_USER queued or running jobs already."},
     },
 )
 def submit_job(
     spec: Annotated[JobSpec, Body(description="A pretrain or finetune job (see README for every field).")],
     response: Response,
     db: DatabaseDep,
-    scope: ScopeDep,
+    caller: CurrentUser,
     settings: SettingsDep,
     wakeup: WakeupDep,
     idempotency_key: Annotated[
@@ -56,7 +60,13 @@ def submit_job(
         try:
             with db.write() as session:
                 job, created = jobs.submit_job(
-                    session, scope, spec, idempotency_key=idempotency_key, idempotency_ttl=ttl
+                    session,
+                    caller.scope,
+                    spec,
+                    owner_id=caller.user_id,
+                    idempotency_key=idempotency_key,
+                    idempotency_ttl=ttl,
+                    max_active=settings.max_active_jobs_per_user,
                 )
                 public = JobPublic.of(job)
             break
@@ -72,23 +82,43 @@ def submit_job(
     return public
 
 
-@router.get("")
+@router.get("", responses={403: {"description": "?owner= names another user, and you are not an admin."}})
 def list_jobs(
     session: SessionDep,
-    scope: ScopeDep,
+    caller: CurrentUser,
     status: Annotated[JobStatus | None, Query()] = None,
     kind: Annotated[JobKind | None, Query()] = None,
+    owner: Annotated[
+        str | None, Query(max_length=64, description="Admins: a username, or * for everyone's. Default: your own.")
+    ] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     cursor: Annotated[str | None, Query(max_length=20, description="next_cursor of the previous page.")] = None,
 ) -> JobsPublic:
-    """List jobs, newest first, a page at a time."""
+    """List your jobs (an admin: anyone's), newest first, a page at a time."""
+    owner_id = owner_filter(session, caller, owner)
     before_id = None
     if cursor is not None:
         if not (cursor.isascii() and cursor.isdigit()) or not 0 < int(cursor) < 2**31:
             raise InvalidRequest("cursor is not one this API gave out; pass next_cursor unchanged", ("query", "cursor"))
         before_id = int(cursor)
-    page, next_id = jobs.list_jobs(session, scope, status=status, kind=kind, limit=limit, before_id=before_id)
+    page, next_id = jobs.list_jobs(
+        session, caller.scope, status=status, kind=kind, owner_id=owner_id, limit=limit, before_id=before_id
+    )
     return JobsPublic(data=[JobPublic.of(j) for j in page], next_cursor=str(next_id) if next_id else None)
+
+
+def owner_filter(session: Session, caller: Caller, owner: str | None) -> int | None:
+    """The owner ``?owner=`` names: your own by default; others' (or ``*``, everyone's) for admins only."""
+    if owner is None or owner == caller.username:
+        return caller.user_id
+    if not caller.is_admin:
+        raise Forbidden("only an admin may list other users' jobs; leave out ?owner= for your own")
+    if owner == "*":
+        return None
+    try:
+        return accounts.user_named(session, owner).id
+    except NotFound:
+        raise InvalidRequest(f"owner: no user named '{owner}'", ("query", "owner")) from None
 
 
 @router.get("/{job_id}", response_model=JobPublic, responses=_ERRORS)

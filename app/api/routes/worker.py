@@ -17,7 +17,8 @@ from fastapi import APIRouter, Depends, Header, Query, Request, Response, status
 from fastapi import Path as PathParam
 from fastapi.concurrency import run_in_threadpool
 
-from app.api.deps import DatabaseDep, SessionDep, SettingsDep, WakeupDep, require_worker_token
+from app.api.auth import require_worker
+from app.api.deps import DatabaseDep, SessionDep, SettingsDep, WakeupDep
 from app.api.downloads import serve_checkpoint
 from app.api.json_body import json_body, openapi_body
 from app.api.routes.jobs import JobId
@@ -39,7 +40,7 @@ from app.core.protocol import (
 from app.core.states import CheckpointFormat, CheckpointTag
 from app.schemas import CheckpointPublic, JobPublic
 
-router = APIRouter(prefix="/worker", tags=["worker"], dependencies=[Depends(require_worker_token)])
+router = APIRouter(prefix="/worker", tags=["worker"], dependencies=[Depends(require_worker)])
 
 _FENCED: dict[int | str, dict[str, str]] = {
     401: {"description": "Worker token missing or wrong."},
@@ -146,9 +147,7 @@ async def upload_checkpoint(
     """
     if x_checkpoint_metric is not None and not math.isfinite(x_checkpoint_metric):
         raise InvalidRequest("X-Checkpoint-Metric must be a finite number", ("header", "x-checkpoint-metric"))
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isascii() and declared.isdigit() and int(declared) > settings.max_upload_bytes:
-        raise TooLarge(f"checkpoint is larger than MAX_UPLOAD_BYTES ({settings.max_upload_bytes} bytes)")
+    declared = request.headers.get("content-length")  # over MAX_UPLOAD_BYTES: a 413 already (app/api/limits.py)
     header = UploadHeader(
         job_id=job_id,
         lease_token=x_lease_token,
@@ -217,10 +216,13 @@ def download_checkpoint(
     session: SessionDep,
     settings: SettingsDep,
     request: Request,
+    x_lease_token: Annotated[
+        str, Header(min_length=1, max_length=64, description="The lease of the job that starts from it.")
+    ],
     format: Annotated[CheckpointFormat, Query()] = CheckpointFormat.PT,
 ) -> Response:
-    """Serve a checkpoint back to a worker (to resume, or to start a finetune from a pretrain job)."""
-    ckpt = checkpoints.find_for_worker(session, job_id, tag, format)
+    """Serve a checkpoint to the worker whose job starts from it: to resume, or a finetune from its base job."""
+    ckpt = checkpoints.find_for_worker(session, job_id, tag, format, lease_token=x_lease_token)
     return serve_checkpoint(ckpt, settings.artifacts_dir, request)
 
 
