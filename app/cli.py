@@ -10,11 +10,14 @@ from __future__ import annotations
 import argparse
 import sys
 
+from pydantic import ValidationError
+
 from app.core import accounts
 from app.core.config import Settings, get_settings
 from app.core.db import Database, UnsupportedDatabase, check_sqlite_version
-from app.core.errors import TrainjobsError
-from app.core.migrate import SchemaNotCurrent, check_schema_current, upgrade
+from app.core.errors import TrainjobsError, first_line
+from app.core.migrate import check_schema_current, upgrade
+from app.core.protocol import summarize
 from app.core.states import TokenKind
 
 
@@ -44,6 +47,8 @@ def serve(argv: list[str], settings: Settings) -> int:
         workers=args.workers,
         log_level=args.log_level,
         access_log=args.access_log,
+        proxy_headers=True,
+        forwarded_allow_ips=settings.forwarded_allow_ips,
     )
     return 0
 
@@ -67,9 +72,9 @@ def account_parser() -> argparse.ArgumentParser:
 
 def manage_accounts(argv: list[str], settings: Settings) -> int:
     args = account_parser().parse_args(argv)
-    password = sys.stdin.read().rstrip("\n") if getattr(args, "password_stdin", False) else None
     db = Database.from_url(settings.database_url)
     try:
+        password = sys.stdin.read().rstrip("\n") if getattr(args, "password_stdin", False) else None
         check_schema_current(db.engine)
         with db.write() as session:
             if args.noun == "users":
@@ -78,10 +83,11 @@ def manage_accounts(argv: list[str], settings: Settings) -> int:
             else:
                 user = accounts.user_named(session, args.user)
                 kind = TokenKind.WORKER if args.worker else TokenKind.USER
-                name, days = args.name or "made by trainjobs-api tokens create", args.expires_in_days
+                name = args.name if args.name is not None else "made by trainjobs-api tokens create"
+                days = args.expires_in_days
             token = accounts.issue_token(session, user, kind, name, expires_in_days=days).token
-    except (TrainjobsError, SchemaNotCurrent) as exc:
-        message = exc.message if isinstance(exc, TrainjobsError) else str(exc)
+    except Exception as exc:  # a one-line reason, whatever went wrong: scripts read stderr
+        message = exc.message if isinstance(exc, TrainjobsError) else first_line(exc)
         print(f"trainjobs-api: {message}", file=sys.stderr)
         return 1
     finally:
@@ -92,7 +98,11 @@ def manage_accounts(argv: list[str], settings: Settings) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    settings = get_settings()
+    try:
+        settings = get_settings()
+    except ValidationError as exc:
+        print(f"trainjobs-api: bad setting: {summarize(exc)}", file=sys.stderr)
+        return 2
     try:
         check_sqlite_version()
     except UnsupportedDatabase as exc:

@@ -134,6 +134,13 @@ def create_app(settings: Settings | None = None, db: Database | None = None) -> 
     return app
 
 
+def printable(value: object) -> object:
+    """A string made encodable (a lone surrogate becomes its escape, \\ud800); anything else as it is."""
+    if isinstance(value, str):
+        return value.encode("utf-8", "backslashreplace").decode("utf-8")
+    return value
+
+
 def install_error_handlers(app: FastAPI) -> None:
     def detail(exc: TrainjobsError, code: int) -> JSONResponse:
         return JSONResponse({"detail": exc.message}, status_code=code)
@@ -166,8 +173,12 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
-        # Pydantic's errors name the field; drop the echoed input and context, which can be large or binary.
-        errors = [{"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]} for e in exc.errors()]
+        # Pydantic's errors name the field; drop the echoed input and context, which can be large or binary,
+        # and escape what is not Unicode text (a lone surrogate in a key or an echoed tag) so the answer encodes.
+        errors = [
+            {"loc": [printable(part) for part in e["loc"]], "msg": printable(e["msg"]), "type": e["type"]}
+            for e in exc.errors()
+        ]
         return JSONResponse({"detail": errors}, status_code=status.HTTP_422_UNPROCESSABLE_CONTENT)
 
     @app.exception_handler(DataError)

@@ -80,3 +80,34 @@ def test_tokens_and_passwords_never_reach_a_log_an_error_or_a_job(tmp_path: Path
         assert len(secret) >= 8
         assert secret not in logs, "a secret in a log"
         assert not any(secret in body for body in bodies), "a secret in an answer"
+
+
+def test_the_operators_commands_say_what_is_wrong_in_one_line(tmp_path: Path) -> None:
+    with ApiServer(tmp_path) as api:
+        api.cli("users", "create", "ivy")
+        cases = {
+            ("tokens", "create", "--user", "ivy", "--expires-in-days", "nan"): "expires_in_days",
+            ("tokens", "create", "--user", "ivy", "--expires-in-days", "1e9"): "expires_in_days",
+            ("tokens", "create", "--user", "ivy", "--expires-in-days", "-1"): "expires_in_days",
+            ("tokens", "create", "--user", "ivy", "--name", ""): "name",
+            ("tokens", "create", "--user", "ivy", "--name", "n" * 101): "name",
+            ("users", "create", "bad name"): "username",
+        }
+        for args, mentions in cases.items():
+            done = api.cli(*args)
+            assert done.returncode == 1 and done.stdout == "", args
+            assert done.stderr.count("\n") == 1 and mentions in done.stderr and "Traceback" not in done.stderr, args
+        short = api.cli("users", "create", "jo", "--password-stdin", stdin="short\n")
+        assert short.returncode == 1 and "password" in short.stderr
+        ivy = httpx.get(f"{api.url}/users", headers=api.headers).json()["data"][-1]
+        httpx.patch(f"{api.url}/users/{ivy['id']}", json={"is_active": False}, headers=api.headers)
+        inactive = api.cli("tokens", "create", "--user", "ivy")
+        assert inactive.returncode == 1 and "deactivated" in inactive.stderr
+
+
+def test_a_guessable_worker_token_stops_the_service_at_start(tmp_path: Path) -> None:
+    api = ApiServer(tmp_path, worker_token="change-me")
+    done = api.cli("serve")
+    assert done.returncode == 2
+    assert done.stderr.startswith("trainjobs-api: bad setting: worker_token") and "at least 24" in done.stderr
+    assert "change-me" not in done.stderr

@@ -12,11 +12,12 @@ once a minute, after the response. A request with more than one Authorization he
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 from dataclasses import dataclass
 from typing import Annotated
 
-from fastapi import BackgroundTasks, Depends, Request
+from fastapi import Depends, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
@@ -31,8 +32,8 @@ from app.core.models import utcnow
 from app.core.states import TokenKind
 
 USER_TOKEN_HELP = (
-    "send 'Authorization: Bearer <token>' with a user token: `trainjobs login`, POST /auth/login, "
-    "`trainjobs-api users create NAME`, or the token in var/admin-credentials after the service's first start"
+    "send 'Authorization: Bearer <token>' with a user token: from POST /auth/login, from "
+    "`trainjobs-api users create NAME` on the server, or the one in var/admin-credentials after the first start"
 )
 WORKER_TOKEN_HELP = (
     "send 'Authorization: Bearer <worker token>': TRAINJOBS_WORKER_TOKEN, or one made with "
@@ -81,12 +82,22 @@ async def presented(db: Database, token: str) -> Presented | None:
     return await quick_read(db, look_up)
 
 
-def _note_use(db: Database, token_id: int) -> None:
-    with db.write() as session:
-        accounts.note_use(session, token_id)
+_noting: set[asyncio.Task[None]] = set()
 
 
-async def current_user(request: Request, db: DatabaseDep, background: BackgroundTasks, _: UserScheme) -> Caller:
+def note_use(db: Database, token_id: int) -> None:
+    """Write the token's last use after this request, whatever its answer (a probe's 404 counts too)."""
+
+    def write() -> None:
+        with db.write() as session:
+            accounts.note_use(session, token_id)
+
+    task = asyncio.get_running_loop().create_task(run_in_threadpool(write))
+    _noting.add(task)
+    task.add_done_callback(_noting.discard)
+
+
+async def current_user(request: Request, db: DatabaseDep, _: UserScheme) -> Caller:
     token = bearer_token(request)
     if token is None:
         raise Unauthorized(f"no token: {USER_TOKEN_HELP}")
@@ -96,7 +107,7 @@ async def current_user(request: Request, db: DatabaseDep, background: Background
     if found.kind != TokenKind.USER:
         raise Unauthorized("this is a worker token: it is good for /worker/* only; use a user token")
     if found.stale_use and found.caller.token_id is not None:
-        background.add_task(run_in_threadpool, _note_use, db, found.caller.token_id)
+        note_use(db, found.caller.token_id)
     return found.caller
 
 
@@ -120,9 +131,7 @@ async def admin_user(caller: CurrentUser) -> Caller:
 AdminUser = Annotated[Caller, Depends(admin_user)]
 
 
-async def require_worker(
-    request: Request, db: DatabaseDep, settings: SettingsDep, background: BackgroundTasks, _: WorkerScheme
-) -> None:
+async def require_worker(request: Request, db: DatabaseDep, settings: SettingsDep, _: WorkerScheme) -> None:
     token = bearer_token(request, WORKER_TOKEN_HELP)
     if token is None:
         raise Unauthorized(f"worker token missing: {WORKER_TOKEN_HELP}")
@@ -135,4 +144,4 @@ async def require_worker(
     if found.kind != TokenKind.WORKER:
         raise Unauthorized(f"a user token cannot speak the worker protocol: {WORKER_TOKEN_HELP}")
     if found.stale_use and found.caller.token_id is not None:
-        background.add_task(run_in_threadpool, _note_use, db, found.caller.token_id)
+        note_use(db, found.caller.token_id)

@@ -10,6 +10,7 @@ looks its token up, with its user, in the database.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import re
@@ -20,13 +21,14 @@ from pathlib import Path
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session
 
 from app.core.errors import Conflict, InvalidRequest, NotFound, Unauthorized
 from app.core.files import replace_durably
 from app.core.jobs import EVERYONE, Scope
 from app.core.models import ApiToken, User, utcnow
+from app.core.specs import storable_text
 from app.core.states import TokenKind
 
 USERNAME = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
@@ -35,8 +37,12 @@ LAST_USED_EVERY = timedelta(minutes=1)
 """``last_used_at`` is written at most this often per token: a read must not become a write each time."""
 
 _hasher = PasswordHasher()  # argon2id, the library's current recommended parameters
-_DUMMY_HASH = _hasher.hash(secrets.token_urlsafe(16))
-"""Checked against when the user does not exist, so a login takes as long for a wrong name as a wrong password."""
+
+
+@functools.cache
+def _dummy_hash() -> str:
+    """Checked against when the user does not exist, so a login takes as long for a wrong name as a wrong password."""
+    return str(_hasher.hash(secrets.token_urlsafe(16)))
 
 
 @dataclass(frozen=True)
@@ -67,16 +73,35 @@ class NewToken:
 def hash_password(password: str) -> str:
     if not 8 <= len(password) <= 1024:
         raise InvalidRequest("password: give 8 to 1,024 characters", ("body", "password"))
+    try:
+        storable_text(password)
+    except ValueError as exc:
+        raise InvalidRequest(f"password {exc}", ("body", "password")) from None
     return str(_hasher.hash(password))
 
 
-def password_matches(user: User | None, password: str) -> bool:
+@dataclass(frozen=True)
+class LoginCandidate:
+    """What a login checks a password against, read before (and outside) any write."""
+
+    user_id: int
+    password_hash: str | None
+
+
+def login_candidate(session: Session, username: str) -> LoginCandidate | None:
+    """The active user of that name, if any."""
+    user = session.scalars(select(User).where(User.username == username, User.is_active)).first()
+    return None if user is None else LoginCandidate(user.id, user.password_hash)
+
+
+def password_matches(candidate: LoginCandidate | None, password: str) -> bool:
     """Constant work whether or not the user exists or has a password."""
-    stored = user.password_hash if user is not None and user.password_hash else _DUMMY_HASH
+    stored = candidate.password_hash if candidate is not None and candidate.password_hash else _dummy_hash()
     try:
-        return _hasher.verify(stored, password) and user is not None and user.password_hash is not None
+        ok = _hasher.verify(stored, password)
     except (VerificationError, InvalidHashError):
         return False
+    return bool(ok) and candidate is not None and candidate.password_hash is not None
 
 
 # --- users -----------------------------------------------------------------------------
@@ -135,6 +160,8 @@ def update_user(
     """Change a user; deactivating one stops their tokens at once (their jobs stay)."""
     user = get_user(session, user_id)
     if (is_active is False or is_admin is False) and user.is_admin and user.is_active:
+        # Lock the admins first: two admins demoting each other at once must not both pass.
+        session.scalars(select(User.id).where(User.is_admin, User.is_active).with_for_update()).all()
         others = session.scalar(
             select(func.count()).where(User.is_admin, User.is_active, User.id != user.id).select_from(User)
         )
@@ -167,6 +194,16 @@ def issue_token(
     now: datetime | None = None,
 ) -> NewToken:
     """A new token for ``user``; the whole token is in the result, and only there."""
+    if not user.is_active:
+        raise Conflict(f"user '{user.username}' is deactivated; reactivate them first (PATCH /users/{user.id})")
+    if expires_in_days is not None and not 0 < expires_in_days <= 3650:
+        raise InvalidRequest("expires_in_days: give a number of days from 0 to 3,650", ("body", "expires_in_days"))
+    try:
+        storable_text(name)
+    except ValueError as exc:
+        raise InvalidRequest(f"name {exc}", ("body", "name")) from None
+    if not 1 <= len(name) <= 100:
+        raise InvalidRequest("name: give 1 to 100 characters", ("body", "name"))
     now = now or utcnow()
     prefix, secret = secrets.token_hex(4), secrets.token_urlsafe(32)
     row = ApiToken(
@@ -224,16 +261,19 @@ def note_use(session: Session, token_id: int, *, now: datetime | None = None) ->
         row.last_used_at = now
 
 
-def log_in(session: Session, username: str, password: str, *, days: float, now: datetime | None = None) -> NewToken:
-    """A new user token for the right username and password (401 otherwise, saying nothing of which)."""
-    user = session.scalars(select(User).where(User.username == username)).first()
-    if not password_matches(user, password) or user is None or not user.is_active:
+def log_in(session: Session, user_id: int, *, days: float, now: datetime | None = None) -> NewToken:
+    """A new user token for a user whose password was just checked (``password_matches``)."""
+    user = session.get(User, user_id)
+    if user is None or not user.is_active:
         raise Unauthorized("wrong username or password")
     now = now or utcnow()
     return issue_token(session, user, TokenKind.USER, f"login {now:%Y-%m-%d %H:%M}", expires_in_days=days, now=now)
 
 
 # --- the first admin ------------------------------------------------------------------------
+
+
+BOOTSTRAP_LOCK = 0x74726A62  # "trjb": the PostgreSQL advisory lock the first-admin check takes
 
 
 @dataclass(frozen=True)
@@ -259,6 +299,8 @@ def bootstrap_admin(session: Session, *, now: datetime | None = None) -> AdminCr
     """On a start with no admin who can sign in: give the first admin (made if there is none) a password
     and a token, and return them; None when some admin can already sign in."""
     now = now or utcnow()
+    if session.get_bind().dialect.name == "postgresql":  # API processes starting at once: one makes it
+        session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": BOOTSTRAP_LOCK})
     admins = list(session.scalars(select(User).where(User.is_admin, User.is_active).order_by(User.id)))
     if _can_sign_in(session, admins, now):
         return None
@@ -278,11 +320,12 @@ def write_credentials(path: Path, credentials: AdminCredentials, server: str) ->
     """The first admin's password and token, readable by the service's own user only (mode 0600)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    tmp.unlink(missing_ok=True)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as f:
         f.write(
             "# trainjobs: the first admin, made on the service's first start. Keep this file secret.\n"
-            "# The dashboard takes the username and password; the CLI, the SDK and curl take the token:\n"
+            "# The password signs in (POST /auth/login); the token goes with every request:\n"
             f'#   . {path}   # then: curl -H "Authorization: Bearer $TRAINJOBS_TOKEN" $TRAINJOBS_SERVER/me\n'
             f"export TRAINJOBS_SERVER={server}\n"
             f"export TRAINJOBS_USERNAME={credentials.username}\n"

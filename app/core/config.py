@@ -5,8 +5,10 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+MIN_WORKER_TOKEN = 24
 
 
 class Settings(BaseSettings):
@@ -32,6 +34,22 @@ class Settings(BaseSettings):
     login_max_failures: int = Field(5, ge=1, description="Failed logins per username (and 4x per address) per window.")
     login_window_seconds: float = Field(300.0, gt=0, description="The window failed logins are counted over.")
     login_token_days: float = Field(30.0, gt=0, description="How long a token made by POST /auth/login lasts.")
+    forwarded_allow_ips: str = Field(
+        "127.0.0.1",
+        description="Proxies whose X-Forwarded-For is trusted for the client's address (comma-separated, or *).",
+    )
+
+    @field_validator("worker_token")
+    @classmethod
+    def _long_enough(cls, token: SecretStr | None) -> SecretStr | None:
+        if token is not None and len(token.get_secret_value()) < MIN_WORKER_TOKEN:
+            raise ValueError(
+                f"TRAINJOBS_WORKER_TOKEN has {len(token.get_secret_value())} characters; give at least "
+                f"{MIN_WORKER_TOKEN} (e.g. `openssl rand -hex 32`): a short one can be guessed, and with it "
+                "anyone can claim jobs and forge their results"
+            )
+        return token
+
     max_upload_bytes: int = Field(16 * 1024**3, ge=1, description="Largest checkpoint upload accepted.")
     lease_seconds: float = Field(60.0, gt=0, description="A running job whose heartbeat is older is requeued.")
     heartbeat_seconds: float = Field(5.0, gt=0, description="How often workers heartbeat (sent to them on claim).")

@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session
 
 from app.core.errors import Conflict, IdempotencyConflict, InvalidRequest, JobNotFound, LimitExceeded
 from app.core.leases import fail_dependents
-from app.core.models import Checkpoint, IdempotencyKey, Job, MetricPoint, utcnow
+from app.core.models import Checkpoint, IdempotencyKey, Job, MetricPoint, User, utcnow
 from app.core.specs import AnyJobSpec, ImageFolderDataset, parse_job_spec, spec_to_json
 from app.core.states import ACTIVE, TERMINAL, JobKind, JobStatus, guard
 
@@ -106,6 +106,8 @@ def check_active_limit(session: Session, owner_id: int, limit: int | None) -> No
     """At most ``limit`` queued or running jobs per owner (429 naming the cap)."""
     if limit is None:
         return
+    # On PostgreSQL, submits of one owner take turns here, so two at once cannot both pass at cap - 1.
+    session.scalars(select(User.id).where(User.id == owner_id).with_for_update()).first()
     active = session.scalar(
         select(func.count()).select_from(Job).where(Job.owner_id == owner_id, Job.status.in_(sorted(ACTIVE)))
     )
@@ -249,13 +251,17 @@ def delete_job(session: Session, scope: Scope, job_id: int) -> None:
         raise JobNotFound(job_id)
     if job.status not in TERMINAL:
         raise Conflict(f"job {job_id} is {job.status}; cancel it first (POST /jobs/{job_id}/cancel), then delete it")
-    # Integrity, not visibility: whoever's jobs wait for this one, it must stay.
-    waiting = session.scalars(
-        select(Job.id).where(Job.init_job_id == job_id, Job.status.in_(sorted(ACTIVE))).order_by(Job.id)
+    # Integrity, not visibility: whoever's jobs wait for this one, it must stay; the message names only yours.
+    waiting = session.execute(
+        select(Job.id, scope.condition())
+        .where(Job.init_job_id == job_id, Job.status.in_(sorted(ACTIVE)))
+        .order_by(Job.id)
     ).all()
     if waiting:
-        ids = ", ".join(map(str, waiting))
-        raise Conflict(f"job {job_id} is the base of unfinished job(s) {ids}; cancel or delete them first")
+        yours = [str(i) for i, visible in waiting if visible]
+        others = len(waiting) - len(yours)
+        named = ", ".join(yours + ([f"{others} of other users'"] if others else []))
+        raise Conflict(f"job {job_id} is the base of unfinished job(s) {named}; they must end first")
     if session.scalars(select(Job.id).where(Job.parent_id == job_id).limit(1)).first() is not None:
         raise Conflict(f"job {job_id} has jobs that are part of it; delete them first")
     session.execute(update(Job).where(Job.init_job_id == job_id).values(init_job_id=None))

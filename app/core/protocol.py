@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal, Self, TypedDict
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationError, field_validator
 
-from app.core.specs import AnyJobSpec, Text, parse_job_spec
+from app.core.specs import AnyJobSpec, Text, parse_job_spec, storable_text
 from app.core.states import CheckpointFormat, CheckpointTag, JobKind, JobStatus
 
 if TYPE_CHECKING:  # the worker imports this module; it needs no ORM
@@ -204,8 +204,11 @@ def check_json_value(value: object, where: str = "result") -> None:
     """Finite numbers and NUL-free strings only: PostgreSQL's JSON refuses the rest."""
     if isinstance(value, float) and not math.isfinite(value):
         raise ValueError(f"{where} holds {value}; send finite numbers (or null)")
-    if isinstance(value, str) and "\x00" in value:
-        raise ValueError(f"{where} holds a string with a NUL character")
+    if isinstance(value, str):
+        try:
+            storable_text(value)
+        except ValueError as exc:
+            raise ValueError(f"{where}: a string that {exc}") from None
     if isinstance(value, dict):
         for key, item in value.items():
             check_json_value(key, where)

@@ -6,8 +6,10 @@ for alice unless a test says otherwise.
 
 from __future__ import annotations
 
+import json
 import os
 import stat
+from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -19,10 +21,12 @@ from app.core.config import Settings
 from app.core.db import Database
 from app.core.models import ApiToken, utcnow
 from app.core.states import TokenKind
+from devtools.servers import wait_until
 from tests.api.helpers import claim_job, client_with, finish, post_points, put_checkpoint, submit
 from tests.authed import AuthedClient
 from tests.conftest import finetune_body, pretrain_body
 
+JSON = {"Content-Type": "application/json"}
 PUBLIC = [
     ("GET", "/me"),
     ("GET", "/tokens"),
@@ -335,3 +339,83 @@ def test_the_first_start_makes_an_admin_and_writes_its_secrets_to_a_private_file
         assert not path.exists()  # an admin can sign in already: nothing new is made
     finally:
         db.dispose()
+
+
+def test_guesses_sent_at_once_do_not_pass_the_login_throttle(
+    settings: Settings, db: Database, tokens: dict[str, str]
+) -> None:
+    with db.write() as session:
+        accounts.create_user(session, "hal", password="the right password")
+    with (
+        client_with(settings, db, tokens, login_max_failures=3) as client,
+        client.anonymous(),
+        ThreadPoolExecutor(12) as pool,
+    ):
+        codes = list(
+            pool.map(
+                lambda _: client.post("/auth/login", json={"username": "hal", "password": "a wrong one"}).status_code,
+                range(12),
+            )
+        )
+    assert sorted(codes) == [401] * 3 + [429] * 9
+
+
+def test_a_tokens_use_is_recorded_also_when_the_answer_is_an_error(
+    client: AuthedClient, db: Database, tokens: dict[str, str]
+) -> None:
+    with client.as_user(tokens["bob"]):
+        assert client.get("/jobs/424242").status_code == 404  # a probe
+
+    def last_used() -> object:
+        with db.read() as session:
+            row = accounts.find_token(session, tokens["bob"])
+            return row.last_used_at if row else None
+
+    assert wait_until(last_used, 5, "bob's token's last use to be written") is not None
+
+
+def test_a_delete_blocked_by_others_jobs_does_not_name_them(client: AuthedClient, tokens: dict[str, str]) -> None:
+    base = submit(client, pretrain_body())["id"]
+    token = claim_job(client, base)
+    assert finish(client, base, token, result={"test_loss": 0.1}).status_code == 200
+    with client.as_user(tokens["root"]):  # an admin may start from anyone's job
+        theirs = submit(client, finetune_body(base))["id"]
+    mine = submit(client, finetune_body(base))["id"]
+    r = client.delete(f"/jobs/{base}")
+    assert r.status_code == 409
+    assert (
+        r.json()["detail"]
+        == f"job {base} is the base of unfinished job(s) {mine}, 1 of other users'; they must end first"
+    )
+    assert str(theirs) not in r.json()["detail"]
+
+
+def test_text_that_is_not_unicode_is_a_422_naming_the_field(
+    client: AuthedClient, tokens: dict[str, str], subtests: pytest.Subtests
+) -> None:
+    bad = "a\ud800b"
+    cases = [
+        ("POST", "/auth/login", {"username": "alice", "password": bad}, ["body", "password"]),
+        ("POST", "/auth/login", {"username": bad, "password": "x"}, ["body", "username"]),
+        ("POST", "/tokens", {"name": bad}, ["body", "name"]),
+        ("POST", "/jobs", pretrain_body(name=bad), ["body", "pretrain", "name"]),
+        ("POST", "/users", {"username": "carl", "password": f"long {bad} password"}, ["body", "password"]),
+    ]
+    for method, path, body, loc in cases:
+        with subtests.test(path=path, loc=loc), client.as_user(tokens["root"]):
+            r = client.request(method, path, content=json.dumps(body), headers=JSON)  # "\ud800", as JSON allows
+            assert r.status_code == 422, r.text
+            assert loc in [e["loc"] for e in r.json()["detail"]]
+            assert any("lone surrogate" in e["msg"] for e in r.json()["detail"])
+    with client.as_user(tokens["root"]):
+        body = json.dumps(pretrain_body(model={"arch": bad}))
+        r = client.post("/jobs", content=body, headers=JSON)  # an echoed tag is escaped, not a 500
+        assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "pretrain", "model"]
+
+
+def test_a_deactivated_user_gets_no_new_token(client: AuthedClient, tokens: dict[str, str]) -> None:
+    with client.as_user(tokens["root"]):
+        bob = next(u for u in client.get("/users").json()["data"] if u["username"] == "bob")
+        client.patch(f"/users/{bob['id']}", json={"is_active": False})
+        r = client.post(f"/users/{bob['id']}/tokens", json={"name": "again"})
+        assert r.status_code == 409 and "deactivated" in r.json()["detail"]

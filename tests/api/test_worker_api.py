@@ -29,14 +29,19 @@ from tests.conftest import finetune_body, pretrain_body
 
 
 def test_the_worker_protocol_needs_the_worker_token(settings: Settings, db: Database, tokens: dict[str, str]) -> None:
-    with client_with(settings, db, tokens, worker_token=SecretStr("s3cret")) as client:
+    with client_with(settings, db, tokens, worker_token=SecretStr("s3cret-worker-token-of-32-chars!")) as client:
         client.worker_token = None  # the requests below say which token they send
         job_id = submit(client, pretrain_body())["id"]
         assert client.get("/jobs").status_code == 200
         assert client.get(f"/jobs/{job_id}").status_code == 200
         assert client.get("/healthz").status_code == 200
 
-        for headers in [{}, {"Authorization": "Bearer wrong"}, {"Authorization": "s3cret"}, {"Authorization": ""}]:
+        for headers in [
+            {},
+            {"Authorization": "Bearer wrong"},
+            {"Authorization": "s3cret-worker-token-of-32-chars!"},
+            {"Authorization": ""},
+        ]:
             r = client.post("/worker/claim", json={"worker_id": "w1"}, headers=headers)
             assert r.status_code == 401, headers
             assert "TRAINJOBS_WORKER_TOKEN" in r.json()["detail"]
@@ -45,7 +50,7 @@ def test_the_worker_protocol_needs_the_worker_token(settings: Settings, db: Data
         assert r.status_code == 401
         assert client.get(f"/jobs/{job_id}").json()["status"] == "queued"  # nothing was claimed
 
-        auth = {"Authorization": "Bearer s3cret"}
+        auth = {"Authorization": "Bearer s3cret-worker-token-of-32-chars!"}
         r = client.post("/worker/claim", json={"worker_id": "w1"}, headers=auth)
         assert r.status_code == 200
         token = r.json()["lease_token"]

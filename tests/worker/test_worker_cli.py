@@ -55,7 +55,7 @@ def test_an_unreachable_service_is_logged_once_and_the_worker_carries_on(tmp_pat
 def test_a_wrong_token_stops_the_worker_with_a_clear_message(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'db.sqlite'}"
     upgrade(url)
-    with ApiServer(tmp_path, url, worker_token="right") as api:
+    with ApiServer(tmp_path, url, worker_token="the-right-worker-token-0123456789") as api:
         done = subprocess.run(
             worker_command(api.url, tmp_path, "--token", "wrong"), capture_output=True, text=True, timeout=60
         )

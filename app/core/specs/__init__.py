@@ -5,7 +5,7 @@
 - ``jobs``: ``TrainSpec``, ``PretrainSpec``, ``FinetuneSpec``, presets, ``parse_job_spec``.
 """
 
-from app.core.specs.base import Shape, Text, literal_names
+from app.core.specs.base import Shape, Text, literal_names, storable_text
 from app.core.specs.datasets import (
     DATASET_NAMES,
     AnyDataset,
@@ -81,4 +81,5 @@ __all__ = [
     "literal_names",
     "parse_job_spec",
     "spec_to_json",
+    "storable_text",
 ]

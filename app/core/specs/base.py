@@ -15,13 +15,18 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
 
-def _no_nul(value: str) -> str:
+def storable_text(value: str) -> str:
+    """Text every database stores: no NUL character, no lone UTF-16 surrogate (valid JSON, not valid Unicode)."""
     if "\x00" in value:
         raise ValueError("must not contain NUL characters")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("must be valid Unicode text: it holds a lone surrogate (such as \\ud800)") from None
     return value
 
 
-Text = Annotated[str, AfterValidator(_no_nul)]
+Text = Annotated[str, AfterValidator(storable_text)]
 
 
 def literal_names(union: Any, field: str) -> list[str]:
