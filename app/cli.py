@@ -40,6 +40,8 @@ def serve(argv: list[str], settings: Settings) -> int:
 
     import uvicorn
 
+    from app.serve import uvicorn_options
+
     uvicorn.run(
         "app.main:app",
         host=args.host,
@@ -49,6 +51,7 @@ def serve(argv: list[str], settings: Settings) -> int:
         access_log=args.access_log,
         proxy_headers=True,
         forwarded_allow_ips=settings.forwarded_allow_ips,
+        **uvicorn_options(),
     )
     return 0
 

@@ -5,37 +5,27 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI, Request, status
+import anyio
+from fastapi import FastAPI
 from fastapi.concurrency import run_in_threadpool
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
-from sqlalchemy.exc import DataError, IntegrityError, OperationalError
+from sqlalchemy.exc import IntegrityError
 
 from app import __version__
+from app.api.auth import Authenticate, RecentTokens
+from app.api.deps import WORKER_THREADS, WorkerLane
+from app.api.errors import install_error_handlers
 from app.api.limits import BodyLimit, body_limit
 from app.api.routes import accounts as accounts_routes
 from app.api.routes import health, jobs, worker
+from app.api.shedding import LoadShedding, Turns
 from app.api.wakeup import Wakeup
-from app.core import accounts, leases
+from app.core import accounts, checkpoints, leases
 from app.core.config import Settings, get_settings
 from app.core.db import Database
-from app.core.errors import (
-    Conflict,
-    Forbidden,
-    InvalidRequest,
-    JobNotFound,
-    LimitExceeded,
-    NotFound,
-    PreconditionFailed,
-    TooLarge,
-    TrainjobsError,
-    Unauthorized,
-)
 from app.core.migrate import check_schema_current
 from app.core.states import JobStatus
 
@@ -105,12 +95,20 @@ def create_app(settings: Settings | None = None, db: Database | None = None) -> 
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        database = db or Database.from_url(settings.database_url)
+        database = db or Database.from_url(settings.database_url, pool_timeout=settings.pool_timeout_seconds)
         check_schema_current(database.engine)
         settings.artifacts_dir.mkdir(parents=True, exist_ok=True)
         await run_in_threadpool(make_first_admin, database, settings)
+        swept = await run_in_threadpool(checkpoints.sweep_temporaries, settings.artifacts_dir)
+        if swept:
+            log.warning("removed %s temporary file(s) left by interrupted uploads or downloads", swept)
         app.state.db = database
+        worker_db = database.sibling(WORKER_THREADS + 2, settings.pool_timeout_seconds)
+        app.state.worker_lane = WorkerLane(worker_db, anyio.CapacityLimiter(WORKER_THREADS))
         app.state.wakeup.bind(asyncio.get_running_loop())
+        # Few threads for the public routes: each more makes every hand-over of the GIL slower, and the
+        # event loop (with every worker's heartbeat on it) waits its turn behind them all (docs/benchmarks.md).
+        anyio.to_thread.current_default_thread_limiter().total_tokens = settings.api_threads
         app.state.reap_gate = ReapGate(settings.lease_seconds)
         reaper = asyncio.create_task(reap_periodically(database, settings, app.state.wakeup, app.state.reap_gate))
         try:
@@ -119,85 +117,26 @@ def create_app(settings: Settings | None = None, db: Database | None = None) -> 
             reaper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await reaper
+            worker_db.dispose()
             if db is None:
                 database.dispose()
 
     app = FastAPI(title="trainjobs", version=__version__, description=DESCRIPTION, lifespan=lifespan)
     app.state.settings = settings
     app.state.wakeup = Wakeup()
-    app.add_middleware(BodyLimit, limit_for=body_limit(settings.max_body_bytes, settings.max_upload_bytes))
+    app.state.recent_tokens = RecentTokens()
+    # Outermost last: shed load, check the token, bound (and, public, read) the body; then take a turn to run.
+    limit_for = body_limit(settings.max_body_bytes, settings.max_upload_bytes)
+    app.add_middleware(Turns, running=2 * settings.api_threads)
+    app.add_middleware(BodyLimit, limit_for=limit_for, body_timeout=settings.body_timeout_seconds)
+    app.add_middleware(Authenticate)
+    app.add_middleware(LoadShedding, limit=settings.max_concurrency)
     app.include_router(accounts_routes.router)
     app.include_router(jobs.router)
     app.include_router(worker.router)
     app.include_router(health.router)
     install_error_handlers(app)
     return app
-
-
-def printable(value: object) -> object:
-    """A string made encodable (a lone surrogate becomes its escape, \\ud800); anything else as it is."""
-    if isinstance(value, str):
-        return value.encode("utf-8", "backslashreplace").decode("utf-8")
-    return value
-
-
-def install_error_handlers(app: FastAPI) -> None:
-    def detail(exc: TrainjobsError, code: int) -> JSONResponse:
-        return JSONResponse({"detail": exc.message}, status_code=code)
-
-    @app.exception_handler(TrainjobsError)
-    async def _domain_error(_request: Request, exc: TrainjobsError) -> JSONResponse:
-        if isinstance(exc, Unauthorized):
-            response = detail(exc, status.HTTP_401_UNAUTHORIZED)
-            response.headers["WWW-Authenticate"] = "Bearer"
-            return response
-        if isinstance(exc, Forbidden):
-            return detail(exc, status.HTTP_403_FORBIDDEN)
-        if isinstance(exc, LimitExceeded):
-            response = detail(exc, status.HTTP_429_TOO_MANY_REQUESTS)
-            if exc.retry_after is not None:
-                response.headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after)))
-            return response
-        if isinstance(exc, JobNotFound | NotFound):
-            return detail(exc, status.HTTP_404_NOT_FOUND)
-        if isinstance(exc, Conflict):
-            return detail(exc, status.HTTP_409_CONFLICT)
-        if isinstance(exc, PreconditionFailed):
-            return detail(exc, status.HTTP_412_PRECONDITION_FAILED)
-        if isinstance(exc, TooLarge):
-            return detail(exc, status.HTTP_413_CONTENT_TOO_LARGE)
-        if isinstance(exc, InvalidRequest):
-            body = {"detail": [{"loc": list(exc.loc), "msg": exc.message, "type": "value_error"}]}
-            return JSONResponse(body, status_code=status.HTTP_422_UNPROCESSABLE_CONTENT)
-        return detail(exc, status.HTTP_400_BAD_REQUEST)
-
-    @app.exception_handler(RequestValidationError)
-    async def _validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
-        # Pydantic's errors name the field; drop the echoed input and context, which can be large or binary,
-        # and escape what is not Unicode text (a lone surrogate in a key or an echoed tag) so the answer encodes.
-        errors = [
-            {"loc": [printable(part) for part in e["loc"]], "msg": printable(e["msg"]), "type": e["type"]}
-            for e in exc.errors()
-        ]
-        return JSONResponse({"detail": errors}, status_code=status.HTTP_422_UNPROCESSABLE_CONTENT)
-
-    @app.exception_handler(DataError)
-    async def _unstorable(_request: Request, exc: DataError) -> JSONResponse:
-        # A value the database cannot store that validation let through: the client's to change.
-        log.warning("database refused a value: %s", exc.orig)
-        return JSONResponse(
-            {"detail": "a value in the request cannot be stored (out of range or an invalid character)"},
-            status_code=status.HTTP_422_UNPROCESSABLE_CONTENT,
-        )
-
-    @app.exception_handler(OperationalError)
-    async def _database_down(_request: Request, exc: OperationalError) -> JSONResponse:
-        log.error("database error: %s", exc)
-        return JSONResponse(
-            {"detail": "the database is unavailable; try again shortly"},
-            status_code=status.HTTP_503_SERVICE_UNAVAILABLE,
-            headers={"Retry-After": "1"},
-        )
 
 
 app = create_app()

@@ -3,15 +3,34 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from app.api.errors import printable
 from app.core.accounts import NewToken
 from app.core.models import ApiToken, Checkpoint, Job, User
 from app.core.protocol import Progress, StoredCheckpoint
 from app.core.specs import Text
 from app.core.states import JobKind, JobStatus, TokenKind
+from app.core.stored_json import UNREADABLE
+
+T = TypeVar("T")
+
+
+def readable_object(value: object) -> dict[str, Any] | None:
+    """A stored JSON object (a job's spec or result); anything else says it is unreadable
+    (what the object holds was made readable as it was loaded: app/core/stored_json.py)."""
+    if value is None or isinstance(value, dict):
+        return value
+    return dict(UNREADABLE)
+
+
+def stored_progress(value: object) -> Progress | None:
+    try:
+        return Progress.model_validate(value) if value else None
+    except ValidationError:
+        return None
 
 
 class JobPublic(BaseModel):
@@ -45,18 +64,18 @@ class JobPublic(BaseModel):
             id=job.id,
             owner=job.owner.username,
             kind=job.kind,
-            name=job.name,
+            name=printable(job.name),
             status=job.status,
             priority=job.priority,
-            spec=job.spec,
+            spec=readable_object(job.spec) or {},
             depends_on=job.init_job_id,
             parent_id=job.parent_id,
             attempt=job.attempt,
             max_attempts=job.max_attempts,
             cancel_requested=job.cancel_requested,
-            progress=Progress.model_validate(job.progress) if job.progress else None,
-            error=job.error,
-            result=job.result,
+            progress=stored_progress(job.progress),
+            error=printable(job.error),
+            result=readable_object(job.result),
             worker=job.lease_owner,
             device=job.worker_device,
             created_at=job.created_at,

@@ -16,11 +16,11 @@ import traceback
 from collections.abc import Callable
 from pathlib import Path
 
-from . import api, checkpoints, dispatch, metrics, service, training
+from . import api, checkpoints, dispatch, load, metrics, service, training
 from .report import describe_machine, markdown_table, results_path, started_at, write_results
 from .stats import Result
 
-NAMES = ["training", "service", "dispatch", "api", "metrics", "checkpoints"]
+NAMES = ["training", "service", "dispatch", "api", "load", "metrics", "checkpoints"]
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -53,6 +53,7 @@ def main(argv: list[str] | None = None) -> int:
         "service": lambda: service.run(quick=args.quick, device=device, threads=threads),
         "dispatch": lambda: dispatch.run(quick=args.quick, device=device, threads=threads),
         "api": lambda: api.run(quick=args.quick, loadgen=args.loadgen),
+        "load": lambda: load.run(quick=args.quick, loadgen_tool=args.loadgen),
         "metrics": lambda: metrics.run(quick=args.quick),
         "checkpoints": lambda: checkpoints.run(quick=args.quick),
     }
@@ -86,11 +87,11 @@ def main(argv: list[str] | None = None) -> int:
 
     path = results_path(args.results_dir, now, quick=args.quick, only=selected if args.only else None)
     write_results(path, document)
-    load = ", ".join(f"{x:.2f}" for x in machine["load_average_start"])  # type: ignore[attr-defined]
+    load_average = ", ".join(f"{x:.2f}" for x in machine["load_average_start"])  # type: ignore[attr-defined]
     print(
         f"{machine['cpu_model']}, {machine['cpu_cores']} cores, torch {machine['torch']}, device {device}"
         f"{' (' + str(machine['gpu']) + ')' if machine['gpu'] else ''}, {threads} torch threads; "
-        f"load average at start {load}; {document['mode']} run {document['date']}\n"
+        f"load average at start {load_average}; {document['mode']} run {document['date']}\n"
     )
     print(markdown_table(results))
     print(f"\nresults: {path}", file=sys.stderr)

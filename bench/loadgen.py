@@ -1,8 +1,11 @@
-"""An HTTP load generator in its own process, for machines without ``wrk``.
+"""An HTTP load generator in its own process, for machines without ``wrk``, and a paced prober.
 
 ``python -m bench.loadgen URL [--method POST --body JSON] [--token T] --connections 10 --seconds 5`` keeps
 that many requests in flight (one per connection, each sent as soon as the previous answer
-arrives) for that long, then prints one JSON line: requests, errors, seconds, rps, p50_ms, p99_ms.
+arrives) for that long; with ``--interval S`` each connection waits S seconds between requests
+(a worker's heartbeat, a client polling), or as long as a 503's Retry-After says. It prints one JSON line: requests, errors, seconds, rps,
+p50_ms, p99_ms, max_ms, and ``statuses``: per status code (0: no answer), the count and its
+p50/p99/max latency in ms.
 """
 
 from __future__ import annotations
@@ -11,48 +14,64 @@ import argparse
 import asyncio
 import json
 import time
+from typing import Any
 
 import httpx
 
 from .stats import percentile
 
 
+def summary(latencies: list[float]) -> dict[str, float]:
+    ms = [v * 1000 for v in latencies] or [0.0]
+    return {"p50_ms": percentile(ms, 50), "p99_ms": percentile(ms, 99), "max_ms": max(ms)}
+
+
 async def generate(
-    url: str, method: str, body: bytes | None, connections: int, seconds: float, token: str | None = None
-) -> dict[str, float]:
+    url: str,
+    method: str,
+    body: bytes | None,
+    connections: int,
+    seconds: float,
+    token: str | None = None,
+    interval: float = 0.0,
+) -> dict[str, Any]:
     limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
     headers = {"content-type": "application/json"} if body is not None else {}
     if token:
         headers["authorization"] = f"Bearer {token}"
-    latencies: list[float] = []
-    errors = 0
+    by_status: dict[int, list[float]] = {}
     async with httpx.AsyncClient(limits=limits, timeout=30) as client:
-        await client.request(method, url, content=body, headers=headers)  # connect before the clock starts
+        first = await client.request(method, url, content=body, headers=headers)  # connect before the clock starts
+        if interval and first.status_code == 503:
+            await asyncio.sleep(float(first.headers.get("retry-after", 0)))
         deadline = time.perf_counter() + seconds
 
         async def connection() -> None:
-            nonlocal errors
             while time.perf_counter() < deadline:
                 sent = time.perf_counter()
+                retry_after = 0.0
                 try:
                     response = await client.request(method, url, content=body, headers=headers)
-                    if response.status_code >= 400:
-                        errors += 1
+                    code = response.status_code
+                    if code == 503:
+                        retry_after = float(response.headers.get("retry-after", 0))
                 except httpx.HTTPError:
-                    errors += 1
-                latencies.append(time.perf_counter() - sent)
+                    code = 0
+                by_status.setdefault(code, []).append(time.perf_counter() - sent)
+                if interval:  # a paced client is a polite one: it waits as long as a 503 tells it to
+                    await asyncio.sleep(max(interval, retry_after))
 
         started = time.perf_counter()
         await asyncio.gather(*(connection() for _ in range(connections)))
         elapsed = time.perf_counter() - started
-    ms = [v * 1000 for v in latencies]
+    every = [v for values in by_status.values() for v in values]
     return {
-        "requests": len(ms),
-        "errors": errors,
+        "requests": len(every),
+        "errors": sum(len(v) for code, v in by_status.items() if code == 0 or code >= 400),
         "seconds": elapsed,
-        "rps": len(ms) / elapsed,
-        "p50_ms": percentile(ms, 50),
-        "p99_ms": percentile(ms, 99),
+        "rps": len(every) / elapsed,
+        **summary(every),
+        "statuses": {str(code): {"count": len(v), **summary(v)} for code, v in sorted(by_status.items())},
     }
 
 
@@ -63,10 +82,12 @@ def main() -> None:
     p.add_argument("--body", default=None, help="request body (JSON text)")
     p.add_argument("--connections", type=int, default=10)
     p.add_argument("--seconds", type=float, default=5.0)
+    p.add_argument("--interval", type=float, default=0.0, help="seconds each connection waits between requests")
     p.add_argument("--token", default=None, help="sent as 'Authorization: Bearer <token>'")
     args = p.parse_args()
     body = args.body.encode() if args.body is not None else None
-    print(json.dumps(asyncio.run(generate(args.url, args.method, body, args.connections, args.seconds, args.token))))
+    result = generate(args.url, args.method, body, args.connections, args.seconds, args.token, args.interval)
+    print(json.dumps(asyncio.run(result)))
 
 
 if __name__ == "__main__":

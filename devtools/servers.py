@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+import resource
 import secrets
 import signal
 import socket
@@ -107,6 +108,7 @@ class ApiServer:
         port: int | None = None,
         log_level: str = "warning",
         access_log: bool = False,
+        open_files: int | None = None,
         **settings: str,
     ) -> None:
         root.mkdir(parents=True, exist_ok=True)
@@ -125,6 +127,8 @@ class ApiServer:
         self.env = process_env(**settings_env({**defaults, **settings}))
         self.log = root / f"api-{self.port}.log"
         self.options = ["--log-level", log_level, *(["--access-log"] if access_log else [])]
+        self.open_files = open_files
+        """The process's limit of open files (soft and hard), as ``ulimit -n`` would set it."""
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -153,8 +157,16 @@ class ApiServer:
 
     def start(self, timeout: float = 60) -> ApiServer:
         cmd = [sys.executable, "-m", "app.cli", *self.options, *(["--migrate"] if self.migrate else [])]
+        limit = self.open_files
+
+        def limit_files() -> None:
+            if limit is not None:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit))
+
         with self.log.open("ab") as out:
-            self.proc = subprocess.Popen(cmd, env=self.env, cwd=self.root, stdout=out, stderr=out)
+            self.proc = subprocess.Popen(
+                cmd, env=self.env, cwd=self.root, stdout=out, stderr=out, preexec_fn=limit_files
+            )
         self.wait_healthy(timeout)
         return self
 
@@ -198,7 +210,8 @@ class WorkerProcess:
     """``python -m worker`` serving ``api_url``, logging to ``root/worker-<name>.log``.
 
     ``threads``, ``poll_seconds``, ``start_method`` and ``log_level`` are passed on when given
-    (None: the worker's default); ``args`` are further options.
+    (None: the worker's default); ``args`` are further options, ``settings`` further worker
+    settings by name (``storage_retry_seconds="3"``).
     """
 
     CHILD = re.compile(r"job (\d+): attempt \d+ of \d+ started child pid (\d+)")
@@ -215,6 +228,7 @@ class WorkerProcess:
         start_method: str | None = None,
         log_level: str | None = None,
         token: str | None = WORKER_TOKEN,
+        **settings: str,
     ) -> None:
         root.mkdir(parents=True, exist_ok=True)
         self.name = name
@@ -232,7 +246,8 @@ class WorkerProcess:
             *args,
         ]  # fmt: skip
         with self.log.open("ab") as out:
-            env = process_env(**({"TRAINJOBS_WORKER_TOKEN": token} if token else {}))  # not in argv: ps shows that
+            secret = {"TRAINJOBS_WORKER_TOKEN": token} if token else {}  # not in argv: ps shows that
+            env = process_env(**secret, **settings_env(settings))
             self.proc = subprocess.Popen(cmd, env=env, cwd=root, stdout=out, stderr=subprocess.STDOUT)
 
     @property

@@ -13,6 +13,7 @@ import subprocess
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -52,9 +53,9 @@ def ensure_postgres_running() -> None:
     raise RuntimeError("PostgreSQL at 127.0.0.1:5432 is not running and could not be started")
 
 
-@pytest.fixture(scope="session")
-def postgres_url() -> Iterator[str]:
-    """A fresh, migrated PostgreSQL database for this test session, dropped at the end."""
+@contextmanager
+def new_postgres_database() -> Iterator[str]:
+    """The URL of a new, migrated PostgreSQL database, dropped afterwards."""
     if "postgresql" not in BACKENDS:
         pytest.skip("TRAINJOBS_TEST_BACKENDS leaves out postgresql (CI runs both)")
     ensure_postgres_running()
@@ -63,11 +64,20 @@ def postgres_url() -> Iterator[str]:
     with admin.connect() as conn:
         conn.execute(text(f'CREATE DATABASE "{name}"'))
     url = PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
-    upgrade(url)
-    yield url
-    with admin.connect() as conn:
-        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    admin.dispose()
+    try:
+        upgrade(url)
+        yield url
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A fresh, migrated PostgreSQL database for this test session, dropped at the end."""
+    with new_postgres_database() as url:
+        yield url
 
 
 @pytest.fixture(scope="session")

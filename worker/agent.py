@@ -10,7 +10,8 @@ from types import FrameType
 from app.core.protocol import ClaimedJob, UnsupportedJob
 from app.core.states import JobStatus
 from worker.client import LeaseGone, ProtocolError, ServiceUnavailable, WorkerClient
-from worker.runner import Child, JobRun, Outcome, Shutdown
+from worker.process import Child, Shutdown
+from worker.runner import JobRun, Outcome
 from worker.settings import WorkerConfig
 
 log = logging.getLogger("trainjobs.worker")

@@ -103,7 +103,7 @@ def run_child(inbox: Connection, out: Connection, stop: Event) -> None:
 def _train(payload: JobPayload, out: Connection, stop: Event, parent: int) -> None:
     import torch
 
-    from worker.training import StopRequested, TrainingContext, run_training
+    from worker.training import DoesNotFit, StopRequested, TrainingContext, run_training
 
     if payload.threads:
         torch.set_num_threads(payload.threads)
@@ -139,6 +139,8 @@ def _train(payload: JobPayload, out: Connection, stop: Event, parent: int) -> No
         result = run_training(payload.spec, ctx)
     except StopRequested:
         out.send(Stopped())
+    except DoesNotFit as exc:  # found before anything ran: the reason is all there is
+        out.send(Failed(str(exc)))
     except UnknownName as exc:  # a name the spec allows and this worker's registries lack: no traceback to read
         out.send(Failed(f"this worker cannot run this job (upgrade it to the service's version): {exc}"))
     except Exception as exc:

@@ -50,6 +50,10 @@ class ServiceUnavailable(Exception):
     """The service could not be reached, or answered 5xx."""
 
 
+class StorageFull(ServiceUnavailable):
+    """The service's disk is full (507): worth retrying a while, not for ever."""
+
+
 class ProtocolError(Exception):
     """The service refused a request for a reason retrying will not fix (4xx other than 409/404)."""
 
@@ -71,6 +75,8 @@ class WorkerClient:
             response = self.http.request(method, path, **kw)
         except httpx.HTTPError as exc:  # connect, read, timeouts: the service is away
             raise ServiceUnavailable(f"{method} {path}: {exc.__class__.__name__}: {exc}") from exc
+        if response.status_code == 507:
+            raise StorageFull(_detail(response))
         if response.status_code >= 500:
             raise ServiceUnavailable(f"{method} {path}: HTTP {response.status_code}")
         if response.status_code in (404, 409) and "/jobs/" in path:

@@ -13,12 +13,10 @@ import logging
 import math
 import multiprocessing as mp
 import shutil
-import signal
 import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -34,9 +32,9 @@ from app.core.protocol import (
 )
 from app.core.states import CheckpointFormat, CheckpointTag, JobStatus
 from worker import messages
-from worker.child import run_child
-from worker.client import LeaseGone, ProtocolError, ServiceUnavailable, UnstorableResult, WorkerClient
+from worker.client import LeaseGone, ProtocolError, ServiceUnavailable, StorageFull, UnstorableResult, WorkerClient
 from worker.messages import CheckpointReady, Done, Ending, Failed, JobPayload, Metrics, Stopped
+from worker.process import Child, Shutdown, describe_exit
 from worker.settings import WorkerConfig
 
 log = logging.getLogger("trainjobs.worker")
@@ -49,75 +47,8 @@ METRICS_FLUSH_SECONDS = 1.0
 METRICS_BUFFER_MAX = 200_000
 
 
-class Child:
-    """A job's training process, started for its job or ahead of it; its job's payload goes in ``inbox``."""
-
-    def __init__(self, context: Any) -> None:
-        inbox_end, self.inbox = context.Pipe(duplex=False)
-        self.messages, messages_end = context.Pipe(duplex=False)
-        self.stop = context.Event()
-        self.process = context.Process(
-            target=run_child, args=(inbox_end, messages_end, self.stop), name="trainjobs-job"
-        )
-        try:
-            self.process.start()
-        except BaseException:
-            for end in (self.inbox, self.messages):
-                end.close()
-            raise
-        finally:
-            inbox_end.close()  # our copies of the child's ends: its exit then reads as EOF
-            messages_end.close()
-
-    @property
-    def pid(self) -> int:
-        return int(self.process.pid)
-
-    def hand(self, payload: JobPayload) -> bool:
-        """Give it its job; False if it is gone (it died while waiting)."""
-        try:
-            if not self.process.is_alive():
-                return False
-            self.inbox.send(payload)
-            return True
-        except OSError:
-            return False
-        finally:
-            self.inbox.close()
-
-    def discard(self) -> None:
-        """End a child that has no job, or whose job is over for this worker: it has nothing to save."""
-        self.inbox.close()
-        if self.process.is_alive():
-            self.process.kill()
-        self.process.join()
-        self.messages.close()
-
-
-@dataclass
-class Shutdown:
-    """Set by signal handlers: the first asks for a graceful stop, the second for an immediate one."""
-
-    requested: threading.Event = field(default_factory=threading.Event)
-    immediate: threading.Event = field(default_factory=threading.Event)
-
-    def signal(self) -> None:
-        if self.requested.is_set():
-            self.immediate.set()
-        self.requested.set()
-
-
-def describe_exit(exitcode: int | None) -> str:
-    if exitcode is None:
-        return "training process did not exit"
-    if exitcode < 0:
-        try:
-            name = signal.Signals(-exitcode).name
-        except ValueError:
-            name = f"signal {-exitcode}"
-        hint = " (out of memory? the kernel's OOM killer sends SIGKILL)" if -exitcode == signal.SIGKILL else ""
-        return f"training process killed by {name}{hint}"
-    return f"training process exited with code {exitcode} without reporting a result"
+class Abandon(Exception):
+    """The job cannot go on for a reason outside it (the service cannot store its checkpoints)."""
 
 
 class JobRun:
@@ -163,6 +94,8 @@ class JobRun:
         except LeaseGone as exc:
             log.warning("job %s: lease lost (%s); writing nothing more", self.id, exc)
             return "lease_lost"
+        except Abandon as exc:  # the child is gone already (_run's finally)
+            return self._end(JobStatus.FAILED, error=str(exc))
         finally:
             self.ended.set()
             beats.join(timeout=5)
@@ -317,13 +250,27 @@ class JobRun:
             self.dropped_metrics = 0
 
     def _retrying(self, what: str, call: Callable[[], object]) -> None:
-        """Call until it succeeds; LeaseGone propagates; an immediate shutdown gives up."""
-        delay = 0.5
+        """Call until it succeeds; LeaseGone propagates; an immediate shutdown gives up.
+
+        A full disk at the service (507) is retried for ``storage_retry_seconds``, then the job is
+        given up with that reason (``Abandon``): training never goes on silently with nowhere to save.
+        """
+        delay, full_since = 0.5, None
         while True:
             try:
                 call()
                 self._recovered()
                 return
+            except StorageFull as exc:
+                if full_since is None:
+                    full_since = time.monotonic()
+                    limit = self.settings.storage_retry_seconds
+                    log.warning(
+                        "job %s: no room at the service for the %s (%s); retrying for %.0f s", self.id, what, exc, limit
+                    )
+                waited = time.monotonic() - full_since
+                if waited > self.settings.storage_retry_seconds:
+                    raise Abandon(f"the {what} failed for {waited:.0f} s: {exc}") from None
             except ServiceUnavailable as exc:
                 self._outage(exc)
             if self.lease_lost.is_set():
@@ -346,7 +293,15 @@ class JobRun:
         if ref is None:
             return None
         dest = self.dir / name
-        self._retrying(f"download of {ref.url}", lambda: self.client.download(ref.url, dest, ref.sha256, self.token))
+        try:
+            self._retrying(
+                f"download of {ref.url}", lambda: self.client.download(ref.url, dest, ref.sha256, self.token)
+            )
+        except ProtocolError as exc:  # gone since the claim (it named only files that existed)
+            raise Abandon(
+                f"job {ref.job_id}'s '{ref.tag}' checkpoint (epoch {ref.epoch}) that this job starts from "
+                f"is gone from the service: {exc}"
+            ) from None
         return dest
 
     # --- the end ---------------------------------------------------------------------

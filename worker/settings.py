@@ -36,6 +36,9 @@ class WorkerSettings(BaseSettings):
     prestart: bool = Field(True, description="Start the next job's process while idle, its imports done.")
     log_level: str = Field("INFO", description="Logging level of the worker.")
     allow_insecure_http: bool = Field(False, description="Send the token over plain HTTP to another machine.")
+    storage_retry_seconds: float = Field(
+        300.0, ge=0, description="How long a checkpoint upload the service has no room for is retried."
+    )
 
 
 LOOPBACK_NAMES = {"localhost", "localhost.localdomain"}

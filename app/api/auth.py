@@ -5,28 +5,35 @@
 - ``require_worker``: a worker token (one in the database, or ``TRAINJOBS_WORKER_TOKEN``); the
   worker protocol only. A token of the other kind is refused on each side.
 
-Tokens are looked up on every request (an indexed read, on the event loop on SQLite), so a revoked
-token or a deactivated user stops working at once. A token's ``last_used_at`` is written at most
-once a minute, after the response. A request with more than one Authorization header is refused.
+A token is looked up (an indexed read, on the event loop on SQLite) at most once a second per
+process (``RecentTokens``): a revoked token or a deactivated user stops working at once on the API
+process that made the change, and within a second on others. A token's ``last_used_at`` is
+written at most once a minute, after the response. A request with more than one Authorization header is refused.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import secrets
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, replace
 from typing import Annotated
 
 from fastapi import Depends, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
+from starlette.types import ASGIApp, Receive, Send
+from starlette.types import Scope as ASGIScope
 
-from app.api.deps import DatabaseDep, SettingsDep, quick_read
+from app.api.deps import DatabaseDep, SettingsDep, WorkerLane, WorkerLaneDep, quick_read
+from app.api.errors import domain_error
 from app.core import accounts
 from app.core.accounts import Caller
+from app.core.config import Settings
 from app.core.db import Database
-from app.core.errors import Forbidden, InvalidRequest, Unauthorized
+from app.core.errors import Forbidden, InvalidRequest, TrainjobsError, Unauthorized
 from app.core.jobs import Scope
 from app.core.models import utcnow
 from app.core.states import TokenKind
@@ -71,15 +78,63 @@ def bearer_token(request: Request, help: str = USER_TOKEN_HELP) -> str | None:
     return token.strip()
 
 
-async def presented(db: Database, token: str) -> Presented | None:
-    def look_up(session: Session) -> Presented | None:
-        row = accounts.find_token(session, token)
-        if row is None:
-            return None
-        stale = row.last_used_at is None or row.last_used_at < utcnow() - accounts.LAST_USED_EVERY
-        return Presented(row.kind, accounts.caller_of(row), stale)
+class RecentTokens:
+    """Tokens that were good within the last ``ttl`` seconds, by their SHA-256: most requests of a busy
+    client then cost no token read. Only good tokens are kept (a wrong one is looked up every time).
 
-    return await quick_read(db, look_up)
+    A revoke, a deactivation or an admin change made through this process forgets them all at once;
+    one made through another API process (or ``trainjobs-api`` on the server) takes effect here
+    within ``ttl`` (one second).
+    """
+
+    def __init__(self, ttl: float = 1.0, size: int = 10_000) -> None:
+        self.ttl, self.size = ttl, size
+        self._seen: dict[bytes, tuple[float, Presented]] = {}
+
+    @staticmethod
+    def key(token: str) -> bytes:
+        return hashlib.sha256(token.encode()).digest()
+
+    def get(self, token: str) -> Presented | None:
+        found = self._seen.get(self.key(token))
+        if found is None or found[0] < time.monotonic():
+            return None
+        return found[1]
+
+    def put(self, token: str, seen: Presented) -> None:
+        if len(self._seen) >= self.size:
+            self._seen.clear()
+        self._seen[self.key(token)] = (time.monotonic() + self.ttl, seen)
+
+    def forget_all(self) -> None:
+        self._seen.clear()
+
+
+def recent_tokens(request: Request) -> RecentTokens:
+    tokens: RecentTokens = request.app.state.recent_tokens
+    return tokens
+
+
+async def presented(request: Request, db: Database, token: str, lane: WorkerLane | None = None) -> Presented | None:
+    """What ``token`` is (None: nothing good); the token's last use is written after the response when due."""
+    recent = recent_tokens(request)
+    seen = recent.get(token)
+    if seen is None:
+
+        def look_up(session: Session) -> Presented | None:
+            row = accounts.find_token(session, token)
+            if row is None:
+                return None
+            stale = row.last_used_at is None or row.last_used_at < utcnow() - accounts.LAST_USED_EVERY
+            return Presented(row.kind, accounts.caller_of(row), stale)
+
+        seen = await quick_read(db, look_up, lane)
+        if seen is None:
+            return None
+        recent.put(token, replace(seen, stale_use=False))  # its use is noted once, below
+    if seen.stale_use and seen.caller.token_id is not None:
+        note_use(db, seen.caller.token_id)
+    return seen
 
 
 _noting: set[asyncio.Task[None]] = set()
@@ -97,18 +152,22 @@ def note_use(db: Database, token_id: int) -> None:
     task.add_done_callback(_noting.discard)
 
 
-async def current_user(request: Request, db: DatabaseDep, _: UserScheme) -> Caller:
+async def authenticate_user(request: Request, db: Database) -> Caller:
+    """The caller a request's user token acts for; Unauthorized otherwise."""
     token = bearer_token(request)
     if token is None:
         raise Unauthorized(f"no token: {USER_TOKEN_HELP}")
-    found = await presented(db, token)
+    found = await presented(request, db, token)
     if found is None:
         raise Unauthorized(f"the token is wrong, expired or revoked, or its user is deactivated; {USER_TOKEN_HELP}")
     if found.kind != TokenKind.USER:
         raise Unauthorized("this is a worker token: it is good for /worker/* only; use a user token")
-    if found.stale_use and found.caller.token_id is not None:
-        note_use(db, found.caller.token_id)
     return found.caller
+
+
+async def current_user(request: Request, db: DatabaseDep, _: UserScheme) -> Caller:
+    caller: Caller | None = getattr(request.state, "caller", None)  # ``Authenticate`` found it already
+    return caller if caller is not None else await authenticate_user(request, db)
 
 
 CurrentUser = Annotated[Caller, Depends(current_user)]
@@ -131,17 +190,56 @@ async def admin_user(caller: CurrentUser) -> Caller:
 AdminUser = Annotated[Caller, Depends(admin_user)]
 
 
-async def require_worker(request: Request, db: DatabaseDep, settings: SettingsDep, _: WorkerScheme) -> None:
+async def authenticate_worker(request: Request, db: Database, lane: WorkerLane, settings: Settings) -> None:
+    """Pass if the request carries a worker token (the environment's or one in the database); Unauthorized otherwise."""
     token = bearer_token(request, WORKER_TOKEN_HELP)
     if token is None:
         raise Unauthorized(f"worker token missing: {WORKER_TOKEN_HELP}")
     expected = settings.worker_token
     if expected is not None and secrets.compare_digest(token.encode(), expected.get_secret_value().encode()):
         return
-    found = await presented(db, token)
+    found = await presented(request, db, token, lane)
     if found is None:
         raise Unauthorized(f"worker token wrong, expired or revoked: {WORKER_TOKEN_HELP}")
     if found.kind != TokenKind.WORKER:
         raise Unauthorized(f"a user token cannot speak the worker protocol: {WORKER_TOKEN_HELP}")
-    if found.stale_use and found.caller.token_id is not None:
-        note_use(db, found.caller.token_id)
+
+
+async def require_worker(
+    request: Request, db: DatabaseDep, lane: WorkerLaneDep, settings: SettingsDep, _: WorkerScheme
+) -> None:
+    if not getattr(request.state, "worker", False):  # ``Authenticate`` checked it already
+        await authenticate_worker(request, db, lane, settings)
+
+
+OPEN_PATHS = frozenset({"/healthz", "/auth/login", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"})
+"""Everything anyone reaches without a token (tests/api/test_route_auth.py holds every route to it)."""
+
+
+def is_open(path: str) -> bool:
+    return path in OPEN_PATHS
+
+
+class Authenticate:
+    """ASGI middleware: a request's token is checked before a byte of its body is read, so a body without
+    a valid token costs the service nothing; routes then take the caller from ``request.state``."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: ASGIScope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or is_open(scope["path"]):
+            await self.app(scope, receive, send)
+            return
+        request = Request(scope)
+        state = scope["app"].state
+        try:
+            if scope["path"].startswith("/worker/"):
+                await authenticate_worker(request, state.db, state.worker_lane, state.settings)
+                request.state.worker = True
+            else:
+                request.state.caller = await authenticate_user(request, state.db)
+        except TrainjobsError as exc:
+            await (await domain_error(request, exc))(scope, receive, send)
+            return
+        await self.app(scope, receive, send)

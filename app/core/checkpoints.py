@@ -9,12 +9,17 @@ replaces it. Paths in rows are relative to ARTIFACTS_DIR.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
+import re
 import shutil
+import socket
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import BinaryIO
 
@@ -22,7 +27,15 @@ from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
 from app.core.db import Database
-from app.core.errors import InvalidRequest, JobNotFound, NotFound, PreconditionFailed, TooLarge
+from app.core.errors import (
+    Conflict,
+    InsufficientStorage,
+    InvalidRequest,
+    JobNotFound,
+    NotFound,
+    PreconditionFailed,
+    TooLarge,
+)
 from app.core.files import link_or_copy, replace_durably
 from app.core.jobs import Scope, get_job
 from app.core.leases import check_lease
@@ -76,16 +89,41 @@ def find_for_worker(
     return _tagged(session, job, tag, fmt)
 
 
-def list_checkpoints(session: Session, scope: Scope, job_id: int) -> list[Checkpoint]:
+def on_disk(artifacts_dir: Path, ckpt: Checkpoint | None) -> Checkpoint | None:
+    """The checkpoint, if its file is there (a row whose file vanished is neither listed nor handed out)."""
+    return ckpt if ckpt is not None and (artifacts_dir / ckpt.path).is_file() else None
+
+
+def list_checkpoints(session: Session, scope: Scope, job_id: int, artifacts_dir: Path) -> list[Checkpoint]:
     get_job(session, scope, job_id)
     stmt = select(Checkpoint).where(Checkpoint.job_id == job_id).order_by(Checkpoint.tag, Checkpoint.format)
-    return list(session.scalars(stmt))
+    return [c for c in session.scalars(stmt) if on_disk(artifacts_dir, c)]
 
 
-def starting_points(session: Session, job: Job) -> tuple[Checkpoint | None, Checkpoint | None]:
-    """The checkpoints a claimed job starts from: its own last (to resume), its base job's best or last."""
-    resume = checkpoint_of(session, job.id, CheckpointTag.LAST, CheckpointFormat.PT)
-    init = best_or_last(session, job.init_job_id) if job.init_job_id is not None else None
+class NoStartingPoint(Conflict):
+    """A finetune whose base job has no checkpoint file left to start from."""
+
+
+def starting_points(session: Session, job: Job, artifacts_dir: Path) -> tuple[Checkpoint | None, Checkpoint | None]:
+    """The checkpoints a claimed job starts from, by this rule (README, "Crashes and stops"):
+
+    - it resumes from its newest checkpoint whose file is there: ``last``, else ``best`` (each is a
+      whole checkpoint); with neither, it starts again from its first step;
+    - a finetune starts from its base job's ``best``, else ``last``; with neither file left it cannot
+      run: ``NoStartingPoint``.
+    """
+    pt = CheckpointFormat.PT
+    resume = on_disk(artifacts_dir, checkpoint_of(session, job.id, CheckpointTag.LAST, pt)) or on_disk(
+        artifacts_dir, checkpoint_of(session, job.id, CheckpointTag.BEST, pt)
+    )
+    if job.init_job_id is None:
+        return resume, None
+    base = job.init_job_id
+    init = on_disk(artifacts_dir, checkpoint_of(session, base, CheckpointTag.BEST, pt)) or on_disk(
+        artifacts_dir, checkpoint_of(session, base, CheckpointTag.LAST, pt)
+    )
+    if init is None:
+        raise NoStartingPoint(f"base job {base} has no checkpoint file left to start from (they were deleted)")
     return resume, init
 
 
@@ -126,6 +164,60 @@ def record_checkpoint(
 
 # --- files ---------------------------------------------------------------------------
 
+HOST = socket.gethostname()
+TEMPORARY = re.compile(r"^\.(?:upload|download)-(?P<host>.+)-(?P<pid>\d+)-")
+STALE_AFTER = timedelta(hours=24)
+
+
+def temporary_prefix(what: str) -> str:
+    """``.upload-<host>-<pid>-``: whose temporary file it is, so a later start knows it is left over."""
+    return f".{what}-{HOST}-{os.getpid()}-"
+
+
+@contextmanager
+def disk_full_is_507(what: str) -> Iterator[None]:
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        raise InsufficientStorage(
+            f"the service's disk is full: {what} could not be stored; it is kept nowhere, send it again later"
+        ) from None
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def sweep_temporaries(artifacts_dir: Path, *, now: datetime | None = None) -> int:
+    """Remove temporary files left by processes that died mid-upload or mid-download; returns how many.
+
+    A file of this host whose process is gone goes at once; any other after ``STALE_AFTER`` (several
+    API processes may share the folder, so a live one's files are never touched).
+    """
+    now = now or utcnow()
+    removed = 0
+    for path in (artifacts_dir / "jobs").glob("*/.*-*"):
+        found = TEMPORARY.match(path.name)
+        if found is None:
+            continue
+        try:
+            age = now - datetime.fromtimestamp(path.stat().st_mtime, UTC)
+        except FileNotFoundError:
+            continue
+        mine_and_dead = found["host"] == HOST and not _pid_alive(int(found["pid"]))
+        if mine_and_dead or age > STALE_AFTER:
+            path.unlink(missing_ok=True)
+            removed += 1
+    return removed
+
 
 def job_dir(artifacts_dir: Path, job_id: int) -> Path:
     return artifacts_dir / "jobs" / str(job_id)
@@ -143,8 +235,9 @@ class PendingUpload:
     """A temporary file in the job's folder being written; ``commit`` moves it into place."""
 
     def __init__(self, folder: Path, max_bytes: int) -> None:
-        folder.mkdir(parents=True, exist_ok=True)
-        fd, name = tempfile.mkstemp(prefix=".upload-", dir=folder)
+        with disk_full_is_507("a checkpoint upload"):
+            folder.mkdir(parents=True, exist_ok=True)
+            fd, name = tempfile.mkstemp(prefix=temporary_prefix("upload"), dir=folder)
         self.path = Path(name)
         self.file: BinaryIO = os.fdopen(fd, "wb")
         self.hash = hashlib.sha256()
@@ -168,14 +261,16 @@ class PendingUpload:
             raise TooLarge(f"checkpoint is larger than MAX_UPLOAD_BYTES ({self.max_bytes} bytes)")
         for chunk in chunks:
             self.hash.update(chunk)
-        self.file.writelines(chunks)
+        with disk_full_is_507("a checkpoint upload"):
+            self.file.writelines(chunks)
 
     def finish(self, expected_sha256: str) -> None:
         """Flush and fsync; refuse a body whose sha256 is not the declared one."""
         if self.linked:
             return
-        self.file.flush()
-        os.fsync(self.file.fileno())
+        with disk_full_is_507("a checkpoint upload"):
+            self.file.flush()
+            os.fsync(self.file.fileno())
         self.file.close()
         digest = self.hash.hexdigest()
         if expected_sha256 != digest:

@@ -34,6 +34,31 @@ class Settings(BaseSettings):
     login_max_failures: int = Field(5, ge=1, description="Failed logins per username (and 4x per address) per window.")
     login_window_seconds: float = Field(300.0, gt=0, description="The window failed logins are counted over.")
     login_token_days: float = Field(30.0, gt=0, description="How long a token made by POST /auth/login lasts.")
+    header_timeout_seconds: float = Field(
+        10.0, gt=0, description="A connection must send its request's headers within this long, or is closed."
+    )
+    body_timeout_seconds: float = Field(
+        30.0, gt=0, description="A request body that sends nothing for this long between two chunks is a 408."
+    )
+    max_connections: int = Field(
+        1000, ge=16, description="Open connections at most; over it, the oldest still sending headers is closed."
+    )
+    max_concurrency: int = Field(
+        200, ge=8, description="Requests in flight at most (long polls and event streams aside); over it, 503 at once."
+    )
+    api_threads: int = Field(
+        4, ge=1, le=256, description="Threads for the public routes' database work; twice as many requests run at once."
+    )
+    pool_timeout_seconds: float = Field(
+        2.0, gt=0, description="How long a request waits for a database connection before a 503."
+    )
+    max_params: int = Field(2_000_000_000, ge=1, description="Largest network a job may ask for (parameters).")
+    max_dataset_bytes: int = Field(
+        64 * 1024**3, ge=1, description="Largest dataset a job may hold in memory (uint8 images), when the spec tells."
+    )
+    max_metric_points_per_job: int = Field(
+        10_000_000, ge=1, description="Most metric points a job may report (estimated from its spec at submit)."
+    )
     forwarded_allow_ips: str = Field(
         "127.0.0.1",
         description="Proxies whose X-Forwarded-For is trusted for the client's address (comma-separated, or *).",

@@ -23,6 +23,8 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
+from app.core.stored_json import load_stored_json
+
 MIN_SQLITE = (3, 35, 0)  # UPDATE ... RETURNING
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 QUICK_READ_BUSY_TIMEOUT_MS = 50
@@ -55,6 +57,7 @@ def create_db_engine(url: str, *, busy_timeout_ms: int = SQLITE_BUSY_TIMEOUT_MS,
     """An engine for ``url``, set up for concurrent use by the API, the reaper and tests."""
     url = normalize_url(url)
     parsed = make_url(url)
+    kwargs.setdefault("json_deserializer", load_stored_json)
     if parsed.get_backend_name() != "sqlite":
         kwargs.setdefault("pool_size", 20)
         kwargs.setdefault("max_overflow", 20)
@@ -139,6 +142,18 @@ class Database:
             write_sessions=sessionmaker(writer, expire_on_commit=False),
             quick_reads=quick,
             writer_turn=WriterTurn() if engine.dialect.name == "sqlite" else contextlib.nullcontext(),
+        )
+
+    def sibling(self, pool_size: int, pool_timeout: float) -> Database:
+        """Another pool on the same database (its own connections), sharing this process's writer turn."""
+        url = self.engine.url.render_as_string(hide_password=False)
+        engine = create_db_engine(url, pool_size=pool_size, max_overflow=0, pool_timeout=pool_timeout)
+        writer = engine.execution_options(sqlite_begin="IMMEDIATE")
+        return Database(
+            engine=engine,
+            read_sessions=sessionmaker(engine, expire_on_commit=False),
+            write_sessions=sessionmaker(writer, expire_on_commit=False),
+            writer_turn=self.writer_turn,
         )
 
     @property

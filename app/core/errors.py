@@ -10,6 +10,7 @@ for the person who sent the request and say what to change.
   - ``NotFound`` (404): something else is missing (a checkpoint).
   - ``TooLarge`` (413): a request body or upload over its limit.
   - ``LimitExceeded`` (429): a per-user limit, or too many failed logins (``retry_after`` seconds).
+  - ``InsufficientStorage`` (507): the service's disk is full; try again later (``retry_after``).
   - ``InvalidRequest`` (422): a request that validates field by field but not against the store.
   - ``Conflict`` (409): the job is in a state that does not allow this.
     - ``LeaseLost`` (409): a worker's lease token is no longer the job's.
@@ -41,14 +42,20 @@ class LimitExceeded(TrainjobsError):
         self.retry_after = retry_after
 
 
-class JobNotFound(TrainjobsError):
-    def __init__(self, job_id: int) -> None:
-        super().__init__(f"job {job_id} not found")
-        self.job_id = job_id
+class InsufficientStorage(TrainjobsError):
+    def __init__(self, message: str, retry_after: float | None = 30) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class NotFound(TrainjobsError):
     pass
+
+
+class JobNotFound(NotFound):
+    def __init__(self, job_id: int) -> None:
+        super().__init__(f"job {job_id} not found")
+        self.job_id = job_id
 
 
 class InvalidRequest(TrainjobsError):

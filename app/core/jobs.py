@@ -59,18 +59,25 @@ def check_dataset_path(spec: AnyJobSpec, data_dir: Path) -> None:
     """An imagefolder path must stay inside DATA_DIR, symlinks included."""
     if not isinstance(spec.dataset, ImageFolderDataset):
         return
-    root = data_dir.resolve()
-    target = (data_dir / spec.dataset.path).resolve()
-    if target != root and root not in target.parents:
+    loc = ("body", "dataset", "path")
+    try:
+        root = data_dir.resolve()
+        target = (data_dir / spec.dataset.path).resolve()
+    except (RuntimeError, OSError) as exc:  # a symlink loop, a name too long: fail closed
         raise InvalidRequest(
-            f"dataset.path '{spec.dataset.path}' leads outside DATA_DIR; give a folder inside it",
-            ("body", "dataset", "path"),
-        )
+            f"dataset.path '{spec.dataset.path}' cannot be resolved ({type(exc).__name__}: a symlink loop, "
+            "or a name too long); give a plain folder inside DATA_DIR",
+            loc,
+        ) from None
+    if target != root and root not in target.parents:
+        raise InvalidRequest(f"dataset.path '{spec.dataset.path}' leads outside DATA_DIR; give a folder inside it", loc)
 
 
 def _check_base_job(session: Session, scope: Scope, spec: AnyJobSpec, base_id: int) -> None:
     loc = ("body", "model", "init", "job_id")
-    base = session.scalars(visible_jobs(scope).where(Job.id == base_id)).first()
+    # FOR SHARE (PostgreSQL): a delete of the base waits until this submit commits, then sees it waiting
+    # and refuses; a submit that comes second finds the base gone. Never a finetune of a deleted job.
+    base = session.scalars(visible_jobs(scope).where(Job.id == base_id).with_for_update(read=True, of=Job)).first()
     if base is None:
         raise InvalidRequest(f"model.init.job_id: job {base_id} does not exist", loc)
     if base.kind != JobKind.PRETRAIN:

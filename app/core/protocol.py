@@ -9,12 +9,13 @@ message that says so, instead of a traceback.
 
 from __future__ import annotations
 
+import json
 import math
 from typing import TYPE_CHECKING, Annotated, Any, Literal, Self, TypedDict
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationError, field_validator
 
-from app.core.specs import AnyJobSpec, Text, parse_job_spec, storable_text
+from app.core.specs import AnyJobSpec, Text, escaped, parse_job_spec, storable_text
 from app.core.states import CheckpointFormat, CheckpointTag, JobKind, JobStatus
 
 if TYPE_CHECKING:  # the worker imports this module; it needs no ORM
@@ -26,9 +27,10 @@ class _Model(BaseModel):
 
 
 class Progress(_Model):
-    epoch: int = Field(0, ge=0, description="Epochs completed.")
-    epochs: int = Field(0, ge=0, description="Epochs asked for.")
-    step: int = Field(0, ge=0, description="Optimizer steps completed.")
+    model_config = ConfigDict(extra="forbid", strict=True)
+    epoch: int = Field(0, ge=0, le=2**31 - 1, description="Epochs completed.")
+    epochs: int = Field(0, ge=0, le=2**31 - 1, description="Epochs asked for.")
+    step: int = Field(0, ge=0, le=2**62, description="Optimizer steps completed.")
 
 
 ResultValue = Annotated[float, Field(allow_inf_nan=False)] | int | bool | Text | None
@@ -168,6 +170,7 @@ class MetricPoint(TypedDict):
 
 
 class MetricIn(_Model):
+    model_config = ConfigDict(extra="forbid", strict=True)  # a number sent as a string is a worker's bug
     name: str = Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.\-/]+$")
     step: int = Field(ge=0, le=2**62)
     epoch: int | None = Field(None, ge=0, le=2**31 - 1)
@@ -193,17 +196,31 @@ class FinishRequest(_Model):
     error: Text | None = Field(None, max_length=MAX_ERROR_CHARS)
     result: dict[str, JsonValue] | None = Field(None, description="Final metrics; finite numbers, NUL-free strings.")
 
-    @field_validator("result")
+    @field_validator("result", mode="before")
     @classmethod
-    def _storable(cls, value: dict[str, JsonValue] | None) -> dict[str, JsonValue] | None:
+    def _storable(cls, value: object) -> object:
+        # Before pydantic walks it (a 500-deep value would hit its recursion limit): depth first, then size.
         check_json_value(value)
+        if value is not None and len(json.dumps(value)) > MAX_RESULT_BYTES:
+            raise ValueError(f"result is longer than {MAX_RESULT_BYTES} bytes as JSON; report the final metrics only")
         return value
 
 
-def check_json_value(value: object, where: str = "result") -> None:
-    """Finite numbers and NUL-free strings only: PostgreSQL's JSON refuses the rest."""
+MAX_RESULT_DEPTH = 4
+"""A job's result nests at most this deep (today's are flat: metric name -> number)."""
+MAX_RESULT_BYTES = 64 * 1024
+"""A job's result is at most this long as JSON."""
+
+
+def check_json_value(value: object, where: str = "result", depth: int = 0) -> None:
+    """Finite numbers, Unicode text without NUL, a bounded depth: PostgreSQL's JSON refuses the rest,
+    and every reader of the job would pay for the rest."""
+    if depth > MAX_RESULT_DEPTH:
+        raise ValueError(f"{where} nests deeper than {MAX_RESULT_DEPTH} levels")
     if isinstance(value, float) and not math.isfinite(value):
         raise ValueError(f"{where} holds {value}; send finite numbers (or null)")
+    if isinstance(value, int) and not -(2**63) <= value < 2**63:
+        raise ValueError(f"{where} holds an integer beyond 64 bits; send a float (or a string)")
     if isinstance(value, str):
         try:
             storable_text(value)
@@ -211,11 +228,11 @@ def check_json_value(value: object, where: str = "result") -> None:
             raise ValueError(f"{where}: a string that {exc}") from None
     if isinstance(value, dict):
         for key, item in value.items():
-            check_json_value(key, where)
-            check_json_value(item, f"{where}.{key}")
+            check_json_value(key, f"{where}.{escaped(key)} (a key)", depth + 1)
+            check_json_value(item, f"{where}.{escaped(key)}", depth + 1)
     elif isinstance(value, list):
         for i, item in enumerate(value):
-            check_json_value(item, f"{where}[{i}]")
+            check_json_value(item, f"{where}[{i}]", depth + 1)
 
 
 class ReleaseRequest(_Model):

@@ -8,8 +8,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from fastapi.testclient import TestClient
-from httpx import Response
+from httpx import Client, Response
 
 from app.core.config import Settings
 from app.core.db import Database
@@ -24,14 +23,14 @@ def client_with(settings: Settings, db: Database, tokens: dict[str, str], **chan
         yield c
 
 
-def submit(client: TestClient, body: dict[str, Any]) -> dict[str, Any]:
+def submit(client: Client, body: dict[str, Any]) -> dict[str, Any]:
     r = client.post("/jobs", json=body)
     assert r.status_code == 201, r.text
     job: dict[str, Any] = r.json()
     return job
 
 
-def claim(client: TestClient, worker_id: str = "w1", wait_seconds: float = 0.0) -> dict[str, Any] | None:
+def claim(client: Client, worker_id: str = "w1", wait_seconds: float = 0.0) -> dict[str, Any] | None:
     """The claimed job, or None on 204."""
     r = client.post("/worker/claim", json={"worker_id": worker_id, "device": "cpu", "wait_seconds": wait_seconds})
     if r.status_code == 204:
@@ -41,7 +40,7 @@ def claim(client: TestClient, worker_id: str = "w1", wait_seconds: float = 0.0) 
     return claimed
 
 
-def claim_job(client: TestClient, job_id: int, worker_id: str = "w1") -> str:
+def claim_job(client: Client, job_id: int, worker_id: str = "w1") -> str:
     """Claim and check that the claim is ``job_id``; returns its lease token."""
     claimed = claim(client, worker_id)
     assert claimed is not None, f"expected to claim job {job_id}, got 204"
@@ -50,14 +49,14 @@ def claim_job(client: TestClient, job_id: int, worker_id: str = "w1") -> str:
     return token
 
 
-def start(client: TestClient, body: dict[str, Any]) -> tuple[int, str]:
+def start(client: Client, body: dict[str, Any]) -> tuple[int, str]:
     """Submit a job into an otherwise idle queue and claim it: (job id, lease token)."""
     job_id: int = submit(client, body)["id"]
     return job_id, claim_job(client, job_id)
 
 
 def finish(
-    client: TestClient,
+    client: Client,
     job_id: int,
     token: str,
     status: str = "succeeded",
@@ -70,7 +69,7 @@ def finish(
     return r
 
 
-def run_job(client: TestClient, body: dict[str, Any], status: str = "succeeded") -> int:
+def run_job(client: Client, body: dict[str, Any], status: str = "succeeded") -> int:
     """Submit, claim and finish a job in an otherwise idle queue; returns its id."""
     job_id, token = start(client, body)
     error = None if status == "succeeded" else f"ended {status} by the test"
@@ -79,12 +78,12 @@ def run_job(client: TestClient, body: dict[str, Any], status: str = "succeeded")
     return job_id
 
 
-def heartbeat(client: TestClient, job_id: int, token: str, progress: dict[str, int] | None = None) -> Response:
+def heartbeat(client: Client, job_id: int, token: str, progress: dict[str, int] | None = None) -> Response:
     r: Response = client.post(f"/worker/jobs/{job_id}/heartbeat", json={"lease_token": token, "progress": progress})
     return r
 
 
-def post_points(client: TestClient, job_id: int, token: str, points: list[dict[str, Any]]) -> Response:
+def post_points(client: Client, job_id: int, token: str, points: list[dict[str, Any]]) -> Response:
     r: Response = client.post(f"/worker/jobs/{job_id}/metrics", json={"lease_token": token, "points": points})
     return r
 
@@ -94,7 +93,7 @@ def sha256(data: bytes) -> str:
 
 
 def put_checkpoint(
-    client: TestClient,
+    client: Client,
     job_id: int,
     token: str,
     data: Any,

@@ -419,3 +419,15 @@ def test_a_deactivated_user_gets_no_new_token(client: AuthedClient, tokens: dict
         client.patch(f"/users/{bob['id']}", json={"is_active": False})
         r = client.post(f"/users/{bob['id']}/tokens", json={"name": "again"})
         assert r.status_code == 409 and "deactivated" in r.json()["detail"]
+
+
+def test_a_token_revoked_by_another_process_stops_working_within_a_second(
+    client: AuthedClient, db: Database, tokens: dict[str, str]
+) -> None:
+    """Good tokens are remembered for a second per process; a revoke elsewhere (another API process, the CLI) shows then."""
+    with client.as_user(tokens["bob"]):
+        assert client.get("/me").status_code == 200  # remembered now
+        with db.write() as session:  # what another process's revoke does
+            row = session.query(ApiToken).filter(ApiToken.name == "tests", ApiToken.user.has(username="bob")).one()
+            row.revoked_at = utcnow()
+        wait_until(lambda: client.get("/me").status_code == 401, timeout=5, what="the revoke to take effect")

@@ -725,7 +725,9 @@ def test_delete_the_finished_base_of_a_queued_finetune_is_409(client: TestClient
 
 
 def test_delete_the_base_of_a_finished_finetune(client: TestClient) -> None:
-    base = run_job(client, pretrain_body())
+    base, token = start(client, pretrain_body())
+    assert put_checkpoint(client, base, token, b"encoder", "best").status_code == 201
+    assert finish(client, base, token).status_code == 200
     tuned = run_job(client, finetune_body(base))
 
     assert client.delete(f"/jobs/{base}").status_code == 204

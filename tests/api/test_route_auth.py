@@ -13,7 +13,7 @@ from fastapi.dependencies.models import Dependant
 from fastapi.routing import APIRoute
 from starlette.routing import BaseRoute, Route
 
-from app.api.auth import admin_user, current_user, require_worker
+from app.api.auth import OPEN_PATHS, admin_user, current_user, require_worker
 from app.core.config import Settings
 from app.main import create_app
 
@@ -25,6 +25,7 @@ ALLOWLIST = {
     "/docs/oauth2-redirect": "Swagger UI's own page",
     "/redoc": "ReDoc over /openapi.json",
 }
+assert set(ALLOWLIST) == OPEN_PATHS, "the middleware's open paths and this list are one list"
 AUTH = {current_user, admin_user, require_worker}
 
 

@@ -151,6 +151,7 @@ def test_claim_long_poll_wakes_when_a_base_job_succeeds(client: TestClient) -> N
     poller = threading.Thread(target=wait_for_a_job)
     poller.start()
     time.sleep(0.3)
+    assert put_checkpoint(client, base_id, token, b"encoder", "best").status_code == 201
     assert finish(client, base_id, token).status_code == 200
     poller.join(timeout=10)
 

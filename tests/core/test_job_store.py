@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import tempfile
 import threading
 from collections import Counter
 from dataclasses import dataclass
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -35,10 +37,14 @@ def submit(db: Database, body: dict[str, Any], **kw: Any) -> int:
         return job.id
 
 
+ARTIFACTS = Path(tempfile.mkdtemp(prefix="store-artifacts-"))
+"""Checkpoint files of these tests: a claim hands out only checkpoints whose files exist."""
+
+
 def claim(db: Database, worker: str = "w", lease: float = 60, now: Any = None) -> Claimed | None:
     with db.write() as s:
         job = leases.claim_next_job(s, worker_id=worker, device="cpu", lease_seconds=lease, now=now)
-        return None if job is None else Claimed(job, *checkpoints.starting_points(s, job))
+        return None if job is None else Claimed(job, *checkpoints.starting_points(s, job, ARTIFACTS))
 
 
 def status(db: Database, job_id: int) -> str:
@@ -85,9 +91,11 @@ def test_finetune_waits_for_its_base_job(db: Database) -> None:
     assert claim(db) is None  # base running: finetune not claimable
     with db.write() as s:
         checkpoints.record_checkpoint(
-            s, header(base, c.job.lease_token or "", "best", metric=0.5), size=3, path="jobs/1/best.pt"
+            s, header(base, c.job.lease_token or "", "best", metric=0.5), size=3, path=f"jobs/{base}/best.pt"
         )
         leases.finish_job(s, base, c.job.lease_token or "", status="succeeded", result={"test_loss": 0.5})
+    (ARTIFACTS / "jobs" / str(base)).mkdir(parents=True, exist_ok=True)
+    (ARTIFACTS / "jobs" / str(base) / "best.pt").write_bytes(b"pt!")
     c2 = claim(db)
     assert c2 is not None and c2.job.id == ft
     assert c2.init is not None and c2.init.job_id == base and c2.init.tag == "best"
@@ -214,7 +222,7 @@ def test_stale_worker_cannot_write_after_its_job_moved_on(db: Database) -> None:
     with db.read() as s:
         job = jobs.get_job(s, EVERYONE, job_id)
         assert job.status == "running" and job.lease_owner == "new"
-        assert checkpoints.list_checkpoints(s, EVERYONE, job_id) == []
+        assert s.query(Checkpoint).filter_by(job_id=job_id).all() == []  # no row was written
     with db.write() as s:
         leases.finish_job(s, job_id, new.job.lease_token, status="succeeded", result={"ok": 1})
     assert status(db, job_id) == "succeeded"

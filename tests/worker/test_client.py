@@ -16,7 +16,8 @@ from devtools.servers import WORKER_TOKEN, ApiServer
 from tests.conftest import TINY_JOB
 from worker.client import ServiceUnavailable, WorkerClient
 from worker.messages import Metrics
-from worker.runner import JobRun, Shutdown
+from worker.process import Shutdown
+from worker.runner import JobRun
 from worker.settings import WorkerConfig, WorkerSettings
 
 

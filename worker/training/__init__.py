@@ -14,13 +14,15 @@ from app.core.specs import AnyJobSpec
 from . import finetune, pretrain
 from .context import StopRequested, TrainingContext
 from .data import load_dataset
-from .errors import DatasetError, TrainingError
+from .errors import DatasetError, DoesNotFit, TrainingError
 from .loop import fit
+from .memory import check_fits
 from .task import TASKS
 
 __all__ = [
     "TASKS",
     "DatasetError",
+    "DoesNotFit",
     "MetricPoint",
     "StopRequested",
     "TrainingContext",
@@ -32,7 +34,8 @@ __all__ = [
 
 
 def run_training(spec: AnyJobSpec, ctx: TrainingContext) -> Result:
-    """Run one job to the end; raises TrainingError (DatasetError) or StopRequested."""
+    """Run one job to the end; raises TrainingError (DatasetError, DoesNotFit) or StopRequested."""
     build = TASKS[spec.kind]
+    check_fits(spec, ctx.device)
     splits = load_dataset(spec.dataset, ctx.data_dir, spec.train.seed)
     return fit(spec, ctx, build(spec, ctx, splits), splits)

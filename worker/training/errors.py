@@ -20,3 +20,7 @@ class TrainingError(Exception):
 
 class DatasetError(TrainingError):
     """The dataset cannot be loaded; the message names the path and what belongs there."""
+
+
+class DoesNotFit(TrainingError):
+    """The job needs more memory than its device has free; found before training starts."""

@@ -9,9 +9,10 @@ import anyio
 from fastapi import APIRouter, Request, Response, status
 from fastapi import Path as PathParam
 from fastapi.concurrency import run_in_threadpool
+from pydantic import BeforeValidator
 
-from app.api.auth import AdminUser, CurrentUser
-from app.api.deps import DatabaseDep, SessionDep, SettingsDep
+from app.api.auth import AdminUser, CurrentUser, recent_tokens
+from app.api.deps import DatabaseDep, SettingsDep, plain_digits
 from app.core import accounts, throttle
 from app.core.errors import LimitExceeded, Unauthorized
 from app.core.states import TokenKind
@@ -30,7 +31,7 @@ from app.schemas import (
 )
 
 router = APIRouter(tags=["accounts"])
-Id = Annotated[int, PathParam(ge=1, le=2**31 - 1)]
+Id = Annotated[int, PathParam(ge=1, le=2**31 - 1), BeforeValidator(plain_digits)]
 _AUTH: dict[int | str, dict[str, str]] = {401: {"description": "No token, or not a valid one."}}
 _ADMIN: dict[int | str, dict[str, str]] = {**_AUTH, 403: {"description": "Admins only."}}
 
@@ -94,9 +95,10 @@ async def log_in(body: LoginRequest, request: Request, db: DatabaseDep, settings
 
 
 @router.get("/me", responses=_AUTH)
-def me(caller: CurrentUser, session: SessionDep) -> UserPublic:
+def me(caller: CurrentUser, db: DatabaseDep) -> UserPublic:
     """The user the token acts for."""
-    return UserPublic.of(accounts.get_user(session, caller.user_id))
+    with db.read() as session:
+        return UserPublic.of(accounts.get_user(session, caller.user_id))
 
 
 @router.post("/tokens", status_code=status.HTTP_201_CREATED, responses=_AUTH)
@@ -110,9 +112,10 @@ def create_token(body: TokenCreate, caller: CurrentUser, db: DatabaseDep) -> Tok
 
 
 @router.get("/tokens", responses=_AUTH)
-def list_tokens(caller: CurrentUser, session: SessionDep) -> TokensPublic:
+def list_tokens(caller: CurrentUser, db: DatabaseDep) -> TokensPublic:
     """Your tokens: names, prefixes, last use; never their secrets."""
-    return TokensPublic(data=[TokenPublic.of(t) for t in accounts.list_tokens(session, caller.user_id)])
+    with db.read() as session:
+        return TokensPublic(data=[TokenPublic.of(t) for t in accounts.list_tokens(session, caller.user_id)])
 
 
 @router.delete(
@@ -120,10 +123,11 @@ def list_tokens(caller: CurrentUser, session: SessionDep) -> TokensPublic:
     status_code=status.HTTP_204_NO_CONTENT,
     responses={**_AUTH, 404: {"description": "No such token of yours."}},
 )
-def revoke_token(token_id: Id, caller: CurrentUser, db: DatabaseDep) -> Response:
-    """Revoke a token: it stops working at once."""
+def revoke_token(token_id: Id, caller: CurrentUser, db: DatabaseDep, request: Request) -> Response:
+    """Revoke a token: it stops working at once (within a second on the service's other API processes)."""
     with db.write() as session:
         accounts.revoke_token(session, caller, token_id)
+    recent_tokens(request).forget_all()
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
@@ -137,19 +141,22 @@ def create_user(body: UserCreate, _admin: AdminUser, db: DatabaseDep) -> UserPub
 
 
 @router.get("/users", responses=_ADMIN)
-def list_users(_admin: AdminUser, session: SessionDep) -> UsersPublic:
+def list_users(_admin: AdminUser, db: DatabaseDep) -> UsersPublic:
     """Every user (admins only)."""
-    return UsersPublic(data=[UserPublic.of(u) for u in accounts.list_users(session)])
+    with db.read() as session:
+        return UsersPublic(data=[UserPublic.of(u) for u in accounts.list_users(session)])
 
 
 @router.patch("/users/{user_id}", responses={**_ADMIN, 404: {"description": "No such user."}})
-def update_user(user_id: Id, body: UserUpdate, _admin: AdminUser, db: DatabaseDep) -> UserPublic:
+def update_user(user_id: Id, body: UserUpdate, _admin: AdminUser, db: DatabaseDep, request: Request) -> UserPublic:
     """Deactivate (their tokens stop at once; their jobs stay), reactivate, make admin, set a password."""
     with db.write() as session:
         user = accounts.update_user(
             session, user_id, is_active=body.is_active, is_admin=body.is_admin, password=body.password
         )
-        return UserPublic.of(user)
+        answer = UserPublic.of(user)
+    recent_tokens(request).forget_all()
+    return answer
 
 
 @router.post("/users/{user_id}/tokens", status_code=status.HTTP_201_CREATED, responses=_ADMIN)

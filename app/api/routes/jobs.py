@@ -9,22 +9,24 @@ from typing import Annotated
 from fastapi import APIRouter, Body, Header, Query, Request, Response, status
 from fastapi import Path as PathParam
 from fastapi.responses import FileResponse
+from pydantic import BeforeValidator
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from app.api.auth import CurrentUser, ScopeDep
-from app.api.deps import DatabaseDep, SessionDep, SettingsDep, WakeupDep, quick_read
+from app.api.deps import DatabaseDep, SettingsDep, WakeupDep, plain_digits, quick_read
 from app.api.downloads import serve_checkpoint
-from app.core import accounts, checkpoints, jobs, metrics
+from app.core import accounts, checkpoints, estimates, jobs, metrics
 from app.core.accounts import Caller
 from app.core.errors import Forbidden, InvalidRequest, NotFound
+from app.core.models import Checkpoint
 from app.core.specs import JobSpec
 from app.core.states import CheckpointFormat, CheckpointTag, JobKind, JobStatus
 from app.schemas import CheckpointPublic, CheckpointsPublic, JobPublic, JobsPublic, MetricsPublic
 
 router = APIRouter(prefix="/jobs", tags=["jobs"], responses={401: {"description": "No token, or not a valid one."}})
 
-JobId = Annotated[int, PathParam(ge=1, le=2**31 - 1, description="Job id.")]
+JobId = Annotated[int, PathParam(ge=1, le=2**31 - 1, description="Job id."), BeforeValidator(plain_digits)]
 
 _ERRORS: dict[int | str, dict[str, str]] = {
     404: {"description": "No such job (or checkpoint), or not one of yours."},
@@ -54,6 +56,12 @@ def submit_job(
     ] = None,
 ) -> JobPublic:
     """Submit a job; 201 means it is stored on disk."""
+    estimates.check_limits(
+        spec,
+        max_params=settings.max_params,
+        max_dataset_bytes=settings.max_dataset_bytes,
+        max_metric_points=settings.max_metric_points_per_job,
+    )
     jobs.check_dataset_path(spec, settings.data_dir)
     ttl = timedelta(hours=settings.idempotency_hours)
     for attempt in range(3):
@@ -84,7 +92,7 @@ def submit_job(
 
 @router.get("", responses={403: {"description": "?owner= names another user, and you are not an admin."}})
 def list_jobs(
-    session: SessionDep,
+    db: DatabaseDep,
     caller: CurrentUser,
     status: Annotated[JobStatus | None, Query()] = None,
     kind: Annotated[JobKind | None, Query()] = None,
@@ -95,16 +103,17 @@ def list_jobs(
     cursor: Annotated[str | None, Query(max_length=20, description="next_cursor of the previous page.")] = None,
 ) -> JobsPublic:
     """List your jobs (an admin: anyone's), newest first, a page at a time."""
-    owner_id = owner_filter(session, caller, owner)
     before_id = None
     if cursor is not None:
         if not (cursor.isascii() and cursor.isdigit()) or not 0 < int(cursor) < 2**31:
             raise InvalidRequest("cursor is not one this API gave out; pass next_cursor unchanged", ("query", "cursor"))
         before_id = int(cursor)
-    page, next_id = jobs.list_jobs(
-        session, caller.scope, status=status, kind=kind, owner_id=owner_id, limit=limit, before_id=before_id
-    )
-    return JobsPublic(data=[JobPublic.of(j) for j in page], next_cursor=str(next_id) if next_id else None)
+    with db.read() as session:
+        owner_id = owner_filter(session, caller, owner)
+        page, next_id = jobs.list_jobs(
+            session, caller.scope, status=status, kind=kind, owner_id=owner_id, limit=limit, before_id=before_id
+        )
+        return JobsPublic(data=[JobPublic.of(j) for j in page], next_cursor=str(next_id) if next_id else None)
 
 
 def owner_filter(session: Session, caller: Caller, owner: str | None) -> int | None:
@@ -148,7 +157,7 @@ def delete_job(job_id: JobId, db: DatabaseDep, scope: ScopeDep, settings: Settin
 @router.get("/{job_id}/metrics", response_model=MetricsPublic, responses=_ERRORS)
 def get_metrics(
     job_id: JobId,
-    session: SessionDep,
+    db: DatabaseDep,
     scope: ScopeDep,
     name: Annotated[str | None, Query(max_length=100, description="Only this series.")] = None,
     since_step: Annotated[int | None, Query(ge=0, le=2**62, description="Only points after this step.")] = None,
@@ -157,17 +166,18 @@ def get_metrics(
     ] = None,
 ) -> Response:
     """Metric series of a job, with last and best of each."""
-    body = metrics.read_metrics(session, scope, job_id, name=name, since_step=since_step, max_points=max_points)
+    with db.read() as session:
+        body = metrics.read_metrics(session, scope, job_id, name=name, since_step=since_step, max_points=max_points)
     # Serialised directly: re-validating 100,000 points through the response model would cost more than the query.
     return Response(json.dumps(body, separators=(",", ":")), media_type="application/json")
 
 
 @router.get("/{job_id}/checkpoints", responses=_ERRORS)
-def list_checkpoints(job_id: JobId, session: SessionDep, scope: ScopeDep) -> CheckpointsPublic:
+def list_checkpoints(job_id: JobId, db: DatabaseDep, scope: ScopeDep, settings: SettingsDep) -> CheckpointsPublic:
     """The job's checkpoints (last, best; .pt and .safetensors)."""
-    return CheckpointsPublic(
-        data=[CheckpointPublic.of(c) for c in checkpoints.list_checkpoints(session, scope, job_id)]
-    )
+    with db.read() as session:
+        found = checkpoints.list_checkpoints(session, scope, job_id, settings.artifacts_dir)
+        return CheckpointsPublic(data=[CheckpointPublic.of(c) for c in found])
 
 
 @router.get(
@@ -182,7 +192,7 @@ def list_checkpoints(job_id: JobId, session: SessionDep, scope: ScopeDep) -> Che
 )
 def download_checkpoint(
     job_id: JobId,
-    session: SessionDep,
+    db: DatabaseDep,
     scope: ScopeDep,
     settings: SettingsDep,
     request: Request,
@@ -192,5 +202,9 @@ def download_checkpoint(
     ] = CheckpointFormat.PT,
 ) -> Response:
     """Download a checkpoint (supports Range and If-None-Match)."""
-    ckpt = checkpoints.find_checkpoint(session, scope, job_id, tag, format)
-    return serve_checkpoint(ckpt, settings.artifacts_dir, request)
+
+    def find() -> Checkpoint:
+        with db.read() as session:
+            return checkpoints.find_checkpoint(session, scope, job_id, tag, format)
+
+    return serve_checkpoint(find, settings.artifacts_dir, request)

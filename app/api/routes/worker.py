@@ -15,10 +15,10 @@ from typing import Annotated
 import anyio
 from fastapi import APIRouter, Depends, Header, Query, Request, Response, status
 from fastapi import Path as PathParam
-from fastapi.concurrency import run_in_threadpool
+from pydantic import BaseModel
 
 from app.api.auth import require_worker
-from app.api.deps import DatabaseDep, SessionDep, SettingsDep, WakeupDep
+from app.api.deps import SettingsDep, WakeupDep, WorkerLane, WorkerLaneDep
 from app.api.downloads import serve_checkpoint
 from app.api.json_body import json_body, openapi_body
 from app.api.routes.jobs import JobId
@@ -27,6 +27,7 @@ from app.core.checkpoints import CheckpointStore, PendingUpload, UploadHeader
 from app.core.config import Settings
 from app.core.db import Database
 from app.core.errors import InvalidRequest, TooLarge
+from app.core.models import Checkpoint
 from app.core.protocol import (
     ClaimedJob,
     ClaimRequest,
@@ -37,7 +38,7 @@ from app.core.protocol import (
     MetricsBatch,
     ReleaseRequest,
 )
-from app.core.states import CheckpointFormat, CheckpointTag
+from app.core.states import CheckpointFormat, CheckpointTag, JobStatus
 from app.schemas import CheckpointPublic, JobPublic
 
 router = APIRouter(prefix="/worker", tags=["worker"], dependencies=[Depends(require_worker)])
@@ -49,19 +50,36 @@ _FENCED: dict[int | str, dict[str, str]] = {
 }
 
 
-def _claim_once(db: Database, settings: Settings, body: ClaimRequest, reap: bool) -> ClaimedJob | None:
+def _claim_once(db: Database, settings: Settings, body: ClaimRequest, reap: bool) -> Response | None:
     with db.write() as session:
-        job = leases.claim_next_job(
-            session, worker_id=body.worker_id, device=body.device, lease_seconds=settings.lease_seconds, reap=reap
-        )
-        if job is None:
-            return None
-        return ClaimedJob.of(
-            job,
-            checkpoints.starting_points(session, job),
-            lease_seconds=settings.lease_seconds,
-            heartbeat_seconds=settings.heartbeat_seconds,
-        )
+        for _ in range(CLAIMS_PER_CALL):
+            job = leases.claim_next_job(
+                session, worker_id=body.worker_id, device=body.device, lease_seconds=settings.lease_seconds, reap=reap
+            )
+            if job is None:
+                return None
+            assert job.lease_token is not None
+            try:
+                starts = checkpoints.starting_points(session, job, settings.artifacts_dir)
+            except checkpoints.NoStartingPoint as exc:  # it can never run: end it, try the next
+                leases.finish_job(session, job.id, job.lease_token, status=JobStatus.FAILED, error=str(exc))
+                reap = False
+                continue
+            claimed = ClaimedJob.of(
+                job, starts, lease_seconds=settings.lease_seconds, heartbeat_seconds=settings.heartbeat_seconds
+            )
+            return json_answer(claimed)
+    return None
+
+
+CLAIMS_PER_CALL = 10
+"""Jobs one claim may look at (each that cannot run is failed with its reason) before it answers 204."""
+
+
+def json_answer(model: BaseModel, status_code: int = status.HTTP_200_OK) -> Response:
+    """The answer's bytes, made while the transaction is open: a write is never committed and then
+    followed by an answer that fails to encode."""
+    return Response(model.model_dump_json(), status_code=status_code, media_type="application/json")
 
 
 @router.post(
@@ -70,14 +88,14 @@ def _claim_once(db: Database, settings: Settings, body: ClaimRequest, reap: bool
     responses={200: {"model": ClaimedJob}, 204: {"description": "No job to run (after waiting wait_seconds)."}},
 )
 async def claim_job(
-    body: ClaimRequest, request: Request, db: DatabaseDep, settings: SettingsDep, wakeup: WakeupDep
-) -> Response | ClaimedJob:
+    body: ClaimRequest, request: Request, lane: WorkerLaneDep, settings: SettingsDep, wakeup: WakeupDep
+) -> Response:
     """Lease the next job; with wait_seconds, wait for one to be submitted (long poll)."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + min(body.wait_seconds, settings.claim_max_wait_seconds)
     while True:
         event = wakeup.current()  # taken before looking, so a submission while we look is not missed
-        claimed = await run_in_threadpool(_claim_once, db, settings, body, request.app.state.reap_gate.is_open())
+        claimed = await lane.run(_claim_once, lane.db, settings, body, request.app.state.reap_gate.is_open())
         if claimed is not None:
             return claimed
         remaining = deadline - loop.time()
@@ -87,14 +105,19 @@ async def claim_job(
 
 
 @router.post("/jobs/{job_id}/heartbeat", responses=_FENCED)
-def heartbeat(job_id: JobId, body: HeartbeatRequest, db: DatabaseDep, settings: SettingsDep) -> HeartbeatResponse:
+async def heartbeat(
+    job_id: JobId, body: HeartbeatRequest, lane: WorkerLaneDep, settings: SettingsDep
+) -> HeartbeatResponse:
     """Renew the lease and report progress; the answer says whether a cancel was requested."""
     progress = body.progress.model_dump() if body.progress else None
-    with db.write() as session:
-        cancel = leases.heartbeat(
-            session, job_id, body.lease_token, lease_seconds=settings.lease_seconds, progress=progress
-        )
-    return HeartbeatResponse(cancel_requested=cancel)
+
+    def beat() -> bool:
+        with lane.db.write() as session:
+            return leases.heartbeat(
+                session, job_id, body.lease_token, lease_seconds=settings.lease_seconds, progress=progress
+            )
+
+    return HeartbeatResponse(cancel_requested=await lane.run(beat))
 
 
 @router.post(
@@ -102,13 +125,16 @@ def heartbeat(job_id: JobId, body: HeartbeatRequest, db: DatabaseDep, settings: 
     responses={**_FENCED, 422: {"description": "Invalid batch: the detail names the point and field."}},
     openapi_extra=openapi_body(MetricsBatch),
 )
-def report_metrics(
-    job_id: JobId, body: Annotated[MetricsBatch, Depends(json_body(MetricsBatch))], db: DatabaseDep
+async def report_metrics(
+    job_id: JobId, body: Annotated[MetricsBatch, Depends(json_body(MetricsBatch))], lane: WorkerLaneDep
 ) -> MetricsAccepted:
     """Store up to 1,000 metric points in one transaction; a step reported again replaces the value."""
-    with db.write() as session:
-        accepted = metrics.record_metrics(session, job_id, body.lease_token, body.points)
-    return MetricsAccepted(accepted=accepted)
+
+    def record() -> int:
+        with lane.db.write() as session:
+            return metrics.record_metrics(session, job_id, body.lease_token, body.points)
+
+    return MetricsAccepted(accepted=await lane.run(record))
 
 
 @router.put(
@@ -126,7 +152,7 @@ async def upload_checkpoint(
     job_id: JobId,
     tag: Annotated[CheckpointTag, PathParam()],
     request: Request,
-    db: DatabaseDep,
+    lane: WorkerLaneDep,
     settings: SettingsDep,
     x_lease_token: Annotated[str, Header(min_length=1, max_length=64)],
     x_checkpoint_sha256: Annotated[str, Header(pattern=r"^[0-9a-fA-F]{64}$")],
@@ -159,13 +185,13 @@ async def upload_checkpoint(
         metric=x_checkpoint_metric,
         same_as=x_checkpoint_same_as,
     )
-    store = CheckpointStore(db, settings.artifacts_dir, settings.max_upload_bytes)
+    store = CheckpointStore(lane.db, settings.artifacts_dir, settings.max_upload_bytes)
     has_body = declared not in (None, "0") or "chunked" in request.headers.get("transfer-encoding", "")
-    upload = await run_in_threadpool(functools.partial(store.open_upload, header, has_body=has_body))  # fenced
+    upload = await lane.run(functools.partial(store.open_upload, header, has_body=has_body))  # fenced
     try:
         if not upload.linked:
-            await receive_into(request, upload)
-        ckpt = await run_in_threadpool(store.commit_upload, header, upload)
+            await receive_into(request, upload, lane)
+        ckpt = await lane.run(store.commit_upload, header, upload)
     except BaseException:
         upload.discard()
         raise
@@ -175,7 +201,7 @@ async def upload_checkpoint(
 UPLOAD_BUFFER = 8 * 1024 * 1024
 
 
-async def receive_into(request: Request, upload: PendingUpload) -> None:
+async def receive_into(request: Request, upload: PendingUpload, lane: WorkerLane) -> None:
     """Stream the body into ``upload``: 8 MiB at a time, hashed and written in a thread while the next arrives."""
     chunks: list[bytes] = []
     buffered = 0
@@ -191,12 +217,12 @@ async def receive_into(request: Request, upload: PendingUpload) -> None:
             if buffered >= UPLOAD_BUFFER:
                 if writing is not None:
                     await writing
-                writing = asyncio.ensure_future(run_in_threadpool(upload.write_all, chunks))
+                writing = asyncio.ensure_future(lane.run(upload.write_all, chunks))
                 chunks, buffered = [], 0
         if writing is not None:
             await writing
         if chunks:
-            await run_in_threadpool(upload.write_all, chunks)
+            await lane.run(upload.write_all, chunks)
     except BaseException:
         if writing is not None:  # the thread may still be writing: let it end before the file is discarded
             with anyio.CancelScope(shield=True):
@@ -210,10 +236,10 @@ async def receive_into(request: Request, upload: PendingUpload) -> None:
     "/jobs/{job_id}/checkpoints/{tag}",
     responses={200: {"content": {"application/octet-stream": {}}}, **_FENCED},
 )
-def download_checkpoint(
+async def download_checkpoint(
     job_id: JobId,
     tag: Annotated[CheckpointTag, PathParam()],
-    session: SessionDep,
+    lane: WorkerLaneDep,
     settings: SettingsDep,
     request: Request,
     x_lease_token: Annotated[
@@ -222,26 +248,38 @@ def download_checkpoint(
     format: Annotated[CheckpointFormat, Query()] = CheckpointFormat.PT,
 ) -> Response:
     """Serve a checkpoint to the worker whose job starts from it: to resume, or a finetune from its base job."""
-    ckpt = checkpoints.find_for_worker(session, job_id, tag, format, lease_token=x_lease_token)
-    return serve_checkpoint(ckpt, settings.artifacts_dir, request)
+
+    def find() -> Checkpoint:
+        with lane.db.read() as session:
+            return checkpoints.find_for_worker(session, job_id, tag, format, lease_token=x_lease_token)
+
+    return await lane.run(serve_checkpoint, find, settings.artifacts_dir, request)
 
 
-@router.post("/jobs/{job_id}/finish", responses=_FENCED)
-def finish_job(job_id: JobId, body: FinishRequest, db: DatabaseDep, wakeup: WakeupDep) -> JobPublic:
+@router.post("/jobs/{job_id}/finish", response_model=JobPublic, responses=_FENCED)
+async def finish_job(job_id: JobId, body: FinishRequest, lane: WorkerLaneDep, wakeup: WakeupDep) -> Response:
     """End the job: succeeded (with result), failed (with error; not retried) or cancelled."""
-    with db.write() as session:
-        job = leases.finish_job(
-            session, job_id, body.lease_token, status=body.status, error=body.error, result=body.result
-        )
-        public = JobPublic.of(job)
+
+    def finish() -> Response:
+        with lane.db.write() as session:
+            job = leases.finish_job(
+                session, job_id, body.lease_token, status=body.status, error=body.error, result=body.result
+            )
+            return json_answer(JobPublic.of(job))
+
+    answer = await lane.run(finish)
     wakeup.notify()  # jobs waiting for this one may be claimable now
-    return public
+    return answer
 
 
-@router.post("/jobs/{job_id}/release", responses=_FENCED)
-def release_job(job_id: JobId, body: ReleaseRequest, db: DatabaseDep, wakeup: WakeupDep) -> JobPublic:
+@router.post("/jobs/{job_id}/release", response_model=JobPublic, responses=_FENCED)
+async def release_job(job_id: JobId, body: ReleaseRequest, lane: WorkerLaneDep, wakeup: WakeupDep) -> Response:
     """Give the job back to the queue without spending an attempt (worker shutting down)."""
-    with db.write() as session:
-        public = JobPublic.of(leases.release_job(session, job_id, body.lease_token))
+
+    def release() -> Response:
+        with lane.db.write() as session:
+            return json_answer(JobPublic.of(leases.release_job(session, job_id, body.lease_token)))
+
+    answer = await lane.run(release)
     wakeup.notify()
-    return public
+    return answer

@@ -5,7 +5,7 @@
 - ``jobs``: ``TrainSpec``, ``PretrainSpec``, ``FinetuneSpec``, presets, ``parse_job_spec``.
 """
 
-from app.core.specs.base import Shape, Text, literal_names, storable_text
+from app.core.specs.base import Shape, Text, escaped, literal_names, storable_text
 from app.core.specs.datasets import (
     DATASET_NAMES,
     AnyDataset,
@@ -77,6 +77,7 @@ __all__ = [
     "TorchvisionDataset",
     "TrainSpec",
     "apply_preset",
+    "escaped",
     "job_spec_adapter",
     "literal_names",
     "parse_job_spec",

@@ -29,6 +29,11 @@ def storable_text(value: str) -> str:
 Text = Annotated[str, AfterValidator(storable_text)]
 
 
+def escaped(value: str) -> str:
+    """``value`` made encodable for a message: a lone surrogate becomes its escape, ``\\ud800``."""
+    return value.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def literal_names(union: Any, field: str) -> list[str]:
     """The values the ``Literal`` field ``field`` takes across the members of a (discriminated) union."""
     members = typing.get_args(union)

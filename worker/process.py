@@ -1,0 +1,86 @@
+"""The job's process as the worker sees it: started (maybe ahead of its job), handed its job, ended.
+
+Also ``Shutdown``, which signals set, and ``describe_exit``, the one line for a process that died
+without reporting.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+from worker.child import run_child
+from worker.messages import JobPayload
+
+
+class Child:
+    """A job's training process, started for its job or ahead of it; its job's payload goes in ``inbox``."""
+
+    def __init__(self, context: Any) -> None:
+        inbox_end, self.inbox = context.Pipe(duplex=False)
+        self.messages, messages_end = context.Pipe(duplex=False)
+        self.stop = context.Event()
+        self.process = context.Process(
+            target=run_child, args=(inbox_end, messages_end, self.stop), name="trainjobs-job"
+        )
+        try:
+            self.process.start()
+        except BaseException:
+            for end in (self.inbox, self.messages):
+                end.close()
+            raise
+        finally:
+            inbox_end.close()  # our copies of the child's ends: its exit then reads as EOF
+            messages_end.close()
+
+    @property
+    def pid(self) -> int:
+        return int(self.process.pid)
+
+    def hand(self, payload: JobPayload) -> bool:
+        """Give it its job; False if it is gone (it died while waiting)."""
+        try:
+            if not self.process.is_alive():
+                return False
+            self.inbox.send(payload)
+            return True
+        except OSError:
+            return False
+        finally:
+            self.inbox.close()
+
+    def discard(self) -> None:
+        """End a child that has no job, or whose job is over for this worker: it has nothing to save."""
+        self.inbox.close()
+        if self.process.is_alive():
+            self.process.kill()
+        self.process.join()
+        self.messages.close()
+
+
+@dataclass
+class Shutdown:
+    """Set by signal handlers: the first asks for a graceful stop, the second for an immediate one."""
+
+    requested: threading.Event = field(default_factory=threading.Event)
+    immediate: threading.Event = field(default_factory=threading.Event)
+
+    def signal(self) -> None:
+        if self.requested.is_set():
+            self.immediate.set()
+        self.requested.set()
+
+
+def describe_exit(exitcode: int | None) -> str:
+    if exitcode is None:
+        return "training process did not exit"
+    if exitcode < 0:
+        try:
+            name = signal.Signals(-exitcode).name
+        except ValueError:
+            name = f"signal {-exitcode}"
+        hint = " (out of memory? the kernel's OOM killer sends SIGKILL)" if -exitcode == signal.SIGKILL else ""
+        return f"training process killed by {name}{hint}"
+    return f"training process exited with code {exitcode} without reporting a result"
