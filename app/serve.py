@@ -4,8 +4,9 @@ A client that opens a connection and sends half a request (or nothing) holds a f
 enough of them and the process can accept nothing, ``/healthz`` included. So each connection
 must finish its request's headers within ``header_timeout_seconds`` (else it is closed), and
 when ``max_connections`` are open a new one makes room by closing the oldest connection still
-waiting for its headers (only if there is none is the new one refused). The process also raises
-its own open-files limit to the hard limit at start.
+waiting for its headers (only if there is none is the new one refused). A request answered
+before its body was read (a 401, a 413) has its connection closed, so the rest of that body
+cannot hold it open. The process also raises its own open-files limit to the hard limit at start.
 """
 
 from __future__ import annotations
@@ -64,7 +65,9 @@ class GuardedProtocol(HttpToolsProtocol):
         self._wait_for_headers()
         if len(self.connections) > self.max_connections:
             oldest = next((c for c in self.waiting if c is not self), None)
-            (oldest or self).transport.close()  # room for one that will send its request now
+            evicted = oldest or self
+            evicted._stop_waiting()  # out of the queue now: the next arrival in this burst evicts another
+            evicted.transport.close()  # room for one that will send its request now
 
     def _wait_for_headers(self) -> None:
         self._stop_waiting()
@@ -89,6 +92,13 @@ class GuardedProtocol(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         self._stop_waiting()
         super().on_headers_complete()
+
+    def on_response_complete(self) -> None:
+        # Answered before its body was all read (a 401, a 413): the rest of the body could trickle in
+        # for ever, each byte putting off the keep-alive deadline. Close instead of reading it.
+        if self.cycle is not None and self.cycle.more_body and not self.transport.is_closing():
+            self.transport.close()
+        super().on_response_complete()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._stop_waiting()

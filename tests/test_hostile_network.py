@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
 import time
@@ -148,3 +149,39 @@ def test_a_client_that_sends_its_body_slowly_holds_no_turn_to_run(tmp_path: Path
         finally:
             for s in held:
                 s.close()
+
+
+def test_a_request_answered_before_its_body_is_read_has_its_connection_closed(tmp_path: Path) -> None:
+    """A 401 to a 1 GB body: the rest of the body, trickling in, must not hold the connection open."""
+    with ApiServer(tmp_path) as api:
+        s = send_head(api.port, "POST", "/jobs", {"Content-Length": "1000000000", "Content-Type": "application/json"})
+        assert status_of(s) == 401
+        started = time.monotonic()
+        s.settimeout(0.25)
+        with contextlib.suppress(OSError):  # reset or closed: either way, gone
+            while time.monotonic() - started < 6:  # past the 5 s keep-alive deadline that each byte puts off
+                s.sendall(b"x")
+                try:
+                    if s.recv(65536) == b"":
+                        break
+                except TimeoutError:
+                    continue
+        assert time.monotonic() - started < 3
+        s.close()
+
+
+def test_a_public_body_that_trickles_in_is_a_408_once_the_body_timeout_is_up(tmp_path: Path) -> None:
+    """A byte every 0.2 s never stalls for the timeout; the whole body must still arrive within it."""
+    with ApiServer(tmp_path, body_timeout_seconds="1") as api:
+        s = stalled_submit(api)
+        started = time.monotonic()
+        s.settimeout(0.2)
+        code = None
+        with contextlib.suppress(OSError):
+            while code is None and time.monotonic() - started < 5:
+                s.sendall(b" ")
+                with contextlib.suppress(TimeoutError):
+                    code = status_of(s)
+        assert code == 408
+        assert time.monotonic() - started < 3
+        s.close()

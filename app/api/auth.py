@@ -23,12 +23,13 @@ from typing import Annotated
 from fastapi import Depends, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 from starlette.types import ASGIApp, Receive, Send
 from starlette.types import Scope as ASGIScope
 
 from app.api.deps import DatabaseDep, SettingsDep, WorkerLane, WorkerLaneDep, quick_read
-from app.api.errors import domain_error
+from app.api.errors import database_error, domain_error
 from app.core import accounts
 from app.core.accounts import Caller
 from app.core.config import Settings
@@ -90,6 +91,8 @@ class RecentTokens:
     def __init__(self, ttl: float = 1.0, size: int = 10_000) -> None:
         self.ttl, self.size = ttl, size
         self._seen: dict[bytes, tuple[float, Presented]] = {}
+        self.generation = 0
+        """Counts ``forget_all``: a look-up that began before one must not put back what it forgot."""
 
     @staticmethod
     def key(token: str) -> bytes:
@@ -101,12 +104,16 @@ class RecentTokens:
             return None
         return found[1]
 
-    def put(self, token: str, seen: Presented) -> None:
+    def put(self, token: str, seen: Presented, generation: int) -> None:
+        """Keep ``seen``, unless the cache was cleared since its look-up began (``generation``)."""
+        if generation != self.generation:
+            return
         if len(self._seen) >= self.size:
             self._seen.clear()
         self._seen[self.key(token)] = (time.monotonic() + self.ttl, seen)
 
     def forget_all(self) -> None:
+        self.generation += 1
         self._seen.clear()
 
 
@@ -128,10 +135,11 @@ async def presented(request: Request, db: Database, token: str, lane: WorkerLane
             stale = row.last_used_at is None or row.last_used_at < utcnow() - accounts.LAST_USED_EVERY
             return Presented(row.kind, accounts.caller_of(row), stale)
 
+        generation = recent.generation
         seen = await quick_read(db, look_up, lane)
         if seen is None:
             return None
-        recent.put(token, replace(seen, stale_use=False))  # its use is noted once, below
+        recent.put(token, replace(seen, stale_use=False), generation)  # its use is noted once, below
     if seen.stale_use and seen.caller.token_id is not None:
         note_use(db, seen.caller.token_id)
     return seen
@@ -241,5 +249,8 @@ class Authenticate:
                 request.state.caller = await authenticate_user(request, state.db)
         except TrainjobsError as exc:
             await (await domain_error(request, exc))(scope, receive, send)
+            return
+        except SQLAlchemyError as exc:  # outside FastAPI's handlers here: a 503, not a 500
+            await (await database_error(request, exc))(scope, receive, send)
             return
         await self.app(scope, receive, send)

@@ -9,15 +9,16 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 
 from fastapi import FastAPI, Request, status
 from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from sqlalchemy.exc import DataError, IntegrityError, OperationalError
+from sqlalchemy.exc import DataError, IntegrityError, OperationalError, SQLAlchemyError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from app.core.errors import (
     Conflict,
@@ -143,11 +144,36 @@ async def database_down(_request: Request, exc: Exception) -> JSONResponse:
     return unavailable("the database is unavailable; try again shortly")
 
 
+async def database_failed(_request: Request, exc: Exception) -> JSONResponse:
+    log.error("database error: %s", type(exc).__name__)
+    return unavailable("the database is unavailable; try again shortly")
+
+
+Handler = Callable[[Request, Exception], Awaitable[Response]]
+DATABASE_ERRORS: list[tuple[type[Exception], Handler]] = [
+    (DataError, unstorable),
+    (PoolTimeout, no_connection),
+    (IntegrityError, conflicting_change),
+    (OperationalError, database_down),
+    (SQLAlchemyError, database_failed),
+]
+"""Most specific first; ``database_error`` answers for middleware, outside FastAPI's handlers."""
+
+
+async def database_error(request: Request, exc: SQLAlchemyError) -> Response:
+    return await next(handler for kind, handler in DATABASE_ERRORS if isinstance(exc, kind))(request, exc)
+
+
+async def client_gone(_request: Request, _exc: Exception) -> Response:
+    # It hung up mid-body (a worker killed mid-upload): nothing was stored, and nobody reads the answer.
+    log.info("a client disconnected before its request body ended")
+    return JSONResponse({"detail": "the request body ended early: the client disconnected"}, 400)
+
+
 def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(ClientDisconnect, client_gone)
     app.add_exception_handler(TrainjobsError, domain_error)
     app.add_exception_handler(RequestValidationError, validation_error)
     app.add_exception_handler(StarletteHTTPException, http_error)
-    app.add_exception_handler(DataError, unstorable)
-    app.add_exception_handler(PoolTimeout, no_connection)
-    app.add_exception_handler(IntegrityError, conflicting_change)
-    app.add_exception_handler(OperationalError, database_down)
+    for kind, handler in DATABASE_ERRORS:
+        app.add_exception_handler(kind, handler)

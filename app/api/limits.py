@@ -5,7 +5,7 @@ Public routes take at most ``MAX_BODY_BYTES`` (1 MiB), the worker protocol's JSO
 answered before the route reads a byte when the client declared the length. A body that stalls
 for ``body_timeout`` seconds between two chunks is a 408. A public route's body (small) is read
 whole here, before the route gets its turn to run (app/api/shedding.py), so a client that sends
-its body slowly holds no turn.
+its body slowly holds no turn, and must send all of it within ``body_timeout``.
 """
 
 from __future__ import annotations
@@ -56,9 +56,14 @@ class BodyLimit:
             await self.app(scope, guarded.receive, send)
             return
         try:
-            whole = await guarded.read_whole()
+            async with asyncio.timeout(self.body_timeout):  # the whole (small) body, not only each chunk
+                whole = await guarded.read_whole()
         except HTTPException as exc:
             await answer(scope, receive, send, exc.status_code, str(exc.detail))
+            return
+        except TimeoutError:
+            detail = f"the request body took longer than {self.body_timeout:g} s to arrive"
+            await answer(scope, receive, send, status.HTTP_408_REQUEST_TIMEOUT, detail)
             return
         await self.app(scope, guarded.replaying(whole), send)
 

@@ -1,6 +1,7 @@
 """Load the service cannot serve is shed at once, and the public routes take turns, so heartbeats never wait.
 
-``LoadShedding`` admits at most ``max_concurrency`` public requests (queued or running); the next
+``LoadShedding`` admits at most ``max_concurrency`` public requests (queued or running, until their
+answer starts); the next
 is a 503 with Retry-After: 1, answered at once, except to a connection that was sent one less
 than a second ago and asked again regardless: its next 503 waits out that second. (A client that
 ignores Retry-After would otherwise get thousands of 503s a second, and answering them would
@@ -14,7 +15,8 @@ milliseconds (docs/benchmarks.md). A turn ends when the answer starts, so a down
 its file holds none.
 
 Neither counts the worker protocol (it has its own threads and connections, app/api/deps.py's
-worker lane) nor requests that wait by design (event streams).
+worker lane), requests that wait by design (event streams), or ``/healthz`` (a health check
+that is shed would call a busy service dead).
 """
 
 from __future__ import annotations
@@ -29,7 +31,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 
 def never_shed(path: str) -> bool:
-    return path.startswith("/worker/") or path.endswith("/events")
+    """The worker protocol, event streams (they wait by design) and the health check."""
+    return path.startswith("/worker/") or path.endswith("/events") or path == "/healthz"
 
 
 class LoadShedding:
@@ -51,10 +54,23 @@ class LoadShedding:
             await self.shed(scope, receive, send)
             return
         self.in_flight += 1
+        counted = True
+
+        def done() -> None:
+            nonlocal counted
+            if counted:
+                counted = False
+                self.in_flight -= 1
+
+        async def answering(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                done()  # a download streaming its file is served, not waiting: it no longer counts
+            await send(message)
+
         try:
-            await self.app(scope, receive, send)
+            await self.app(scope, receive, answering)
         finally:
-            self.in_flight -= 1
+            done()
 
     async def shed(self, scope: Scope, receive: Receive, send: Send) -> None:
         now = time.monotonic()

@@ -165,13 +165,23 @@ def record_checkpoint(
 # --- files ---------------------------------------------------------------------------
 
 HOST = socket.gethostname()
-TEMPORARY = re.compile(r"^\.(?:upload|download)-(?P<host>.+)-(?P<pid>\d+)-")
+TEMPORARY = re.compile(r"^\.(?:upload|download)-(?P<host>.+)-(?P<pid>\d+)(?:\.(?P<started>\d+))?-")
 STALE_AFTER = timedelta(hours=24)
 
 
 def temporary_prefix(what: str) -> str:
-    """``.upload-<host>-<pid>-``: whose temporary file it is, so a later start knows it is left over."""
-    return f".{what}-{HOST}-{os.getpid()}-"
+    """``.upload-<host>-<pid>.<started>-``: whose temporary file it is, so a later start knows it is left
+    over. The process's start time tells a restarted container's API (PID 1 again) from its predecessor."""
+    return f".{what}-{HOST}-{os.getpid()}.{process_started(os.getpid()) or 0}-"
+
+
+def process_started(pid: int) -> str | None:
+    """When process ``pid`` started (clock ticks since boot, Linux), or None: gone, or not known here."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rpartition(")")[2].split()[19]
+    except (OSError, IndexError):
+        return None
 
 
 @contextmanager
@@ -184,6 +194,13 @@ def disk_full_is_507(what: str) -> Iterator[None]:
         raise InsufficientStorage(
             f"the service's disk is full: {what} could not be stored; it is kept nowhere, send it again later"
         ) from None
+
+
+def _still_running(pid: int, started: str | None) -> bool:
+    """Whether the process that named a temporary file is still the one running as ``pid``."""
+    if started is not None and started != "0":
+        return process_started(pid) == started
+    return _pid_alive(pid)
 
 
 def _pid_alive(pid: int) -> bool:
@@ -208,11 +225,11 @@ def sweep_temporaries(artifacts_dir: Path, *, now: datetime | None = None) -> in
         found = TEMPORARY.match(path.name)
         if found is None:
             continue
-        try:
-            age = now - datetime.fromtimestamp(path.stat().st_mtime, UTC)
+        try:  # ctime: a download's link is as old as the link, not as the checkpoint it names
+            age = now - datetime.fromtimestamp(path.stat().st_ctime, UTC)
         except FileNotFoundError:
             continue
-        mine_and_dead = found["host"] == HOST and not _pid_alive(int(found["pid"]))
+        mine_and_dead = found["host"] == HOST and not _still_running(int(found["pid"]), found["started"])
         if mine_and_dead or age > STALE_AFTER:
             path.unlink(missing_ok=True)
             removed += 1
@@ -251,7 +268,12 @@ class PendingUpload:
         upload = cls(folder, max_bytes=0)
         upload.file.close()
         upload.path.unlink()
-        link_or_copy(source, upload.path)
+        try:
+            with disk_full_is_507("a checkpoint upload"):  # a copy, where links fail, needs room
+                link_or_copy(source, upload.path)
+        except BaseException:
+            upload.path.unlink(missing_ok=True)
+            raise
         upload.size, upload.linked = upload.path.stat().st_size, True
         return upload
 

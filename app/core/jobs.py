@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 
+from pydantic import ValidationError
 from sqlalchemy import ColumnElement, Select, delete, func, select, true, update
 from sqlalchemy.orm import Session
 
@@ -84,7 +85,11 @@ def _check_base_job(session: Session, scope: Scope, spec: AnyJobSpec, base_id: i
         raise InvalidRequest(f"model.init.job_id: job {base_id} is a {base.kind} job; give a pretrain job", loc)
     if base.status in (JobStatus.FAILED, JobStatus.CANCELLED):
         raise InvalidRequest(f"model.init.job_id: job {base_id} {base.status}; it has no encoder to start from", loc)
-    want, have = spec.encoder(), load_spec(base).encoder()
+    try:
+        have = load_spec(base).encoder()
+    except ValidationError:  # a stored row no submit made (a hand-edit)
+        raise InvalidRequest(f"model.init.job_id: job {base_id}'s stored spec cannot be read", loc) from None
+    want = spec.encoder()
     if want != have:
         raise InvalidRequest(
             f"model.init.job_id: job {base_id}'s encoder is {have.describe()}, "

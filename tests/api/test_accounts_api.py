@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from app.core import accounts
 from app.core.config import Settings
@@ -431,3 +433,37 @@ def test_a_token_revoked_by_another_process_stops_working_within_a_second(
             row = session.query(ApiToken).filter(ApiToken.name == "tests", ApiToken.user.has(username="bob")).one()
             row.revoked_at = utcnow()
         wait_until(lambda: client.get("/me").status_code == 401, timeout=5, what="the revoke to take effect")
+
+
+@pytest.mark.parametrize(
+    "failure",
+    [
+        OperationalError("SELECT", {}, Exception("server closed the connection unexpectedly")),
+        PoolTimeout("QueuePool limit reached"),
+    ],
+    ids=["database down", "no connection free"],
+)
+def test_a_token_that_cannot_be_checked_for_a_database_fault_is_a_503_not_a_500(
+    client: AuthedClient, monkeypatch: pytest.MonkeyPatch, failure: Exception
+) -> None:
+    def fails(*_args: object) -> None:
+        raise failure
+
+    monkeypatch.setattr(accounts, "find_token", fails)
+    for method, path in (("GET", "/jobs"), ("POST", "/worker/claim")):
+        r = client.request(method, path, headers={"Authorization": "Bearer tj_notcached_x"})
+        assert r.status_code == 503, (path, r.text)
+        assert r.headers["Retry-After"] == "1" and "try again" in r.json()["detail"]
+
+
+def test_a_token_look_up_that_began_before_a_revoke_does_not_put_the_token_back() -> None:
+    from app.api.auth import Presented, RecentTokens
+
+    recent = RecentTokens()
+    seen = Presented(TokenKind.USER, accounts.Caller(user_id=1, username="a", is_admin=False), stale_use=False)
+    began = recent.generation
+    recent.forget_all()  # a revoke commits while the look-up is in flight
+    recent.put("tj_x_y", seen, began)
+    assert recent.get("tj_x_y") is None
+    recent.put("tj_x_y", seen, recent.generation)
+    assert recent.get("tj_x_y") == seen

@@ -6,8 +6,8 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 
-from tests.api.helpers import finish, heartbeat, post_points, run_job, start
-from tests.conftest import TINY_JOB
+from tests.api.helpers import claim_job, finish, heartbeat, post_points, run_job, start, submit
+from tests.conftest import TINY_JOB, finetune_body, pretrain_body
 from tests.hostile.conftest import Live
 
 pytestmark = pytest.mark.slow
@@ -134,3 +134,33 @@ def test_finish_with_a_hostile_lease_or_status_is_a_client_error(live: Live) -> 
         assert r.status_code in (400, 422), (body[:60], r.status_code, r.text[:300])
     r = finish(live.http, job_id, lease, "succeeded", result={"test_accuracy": 0.5})
     assert r.status_code == 200 and r.json()["result"] == {"test_accuracy": 0.5}
+
+
+@pytest.mark.parametrize("spec", ["[]", "null", "42"])
+def test_a_queued_job_whose_stored_spec_is_unreadable_is_failed_by_the_claim_and_the_queue_goes_on(
+    live: Live, spec: str
+) -> None:
+    broken = submit(live.http, {**TINY_JOB, "priority": 100})["id"]
+    behind = submit(live.http, {**TINY_JOB, "priority": 99})["id"]
+    engine = live.engine()
+    try:
+        with engine.begin() as conn:
+            conn.execute(text("UPDATE jobs SET spec = :v WHERE id = :id"), {"v": spec, "id": broken})
+    finally:
+        engine.dispose()
+    assert claim_job(live.http, behind)  # not a 500 on the broken one, again and again
+    job = live.http.get(f"/jobs/{broken}").json()
+    assert job["status"] == "failed" and "stored spec cannot be read" in job["error"], job
+
+
+def test_a_finetune_from_a_job_whose_stored_spec_is_unreadable_is_a_422(live: Live) -> None:
+    base = run_job(live.http, pretrain_body())
+    engine = live.engine()
+    try:
+        with engine.begin() as conn:
+            conn.execute(text("UPDATE jobs SET spec = '[]' WHERE id = :id"), {"id": base})
+    finally:
+        engine.dispose()
+    r = live.http.post("/jobs", json=finetune_body(base))
+    assert r.status_code == 422, r.text
+    assert "stored spec cannot be read" in r.text

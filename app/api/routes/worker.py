@@ -15,7 +15,7 @@ from typing import Annotated
 import anyio
 from fastapi import APIRouter, Depends, Header, Query, Request, Response, status
 from fastapi import Path as PathParam
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
 from app.api.auth import require_worker
 from app.api.deps import SettingsDep, WakeupDep, WorkerLane, WorkerLaneDep
@@ -65,9 +65,15 @@ def _claim_once(db: Database, settings: Settings, body: ClaimRequest, reap: bool
                 leases.finish_job(session, job.id, job.lease_token, status=JobStatus.FAILED, error=str(exc))
                 reap = False
                 continue
-            claimed = ClaimedJob.of(
-                job, starts, lease_seconds=settings.lease_seconds, heartbeat_seconds=settings.heartbeat_seconds
-            )
+            try:
+                claimed = ClaimedJob.of(
+                    job, starts, lease_seconds=settings.lease_seconds, heartbeat_seconds=settings.heartbeat_seconds
+                )
+            except ValidationError:  # a stored row no submit made (a hand-edit): it would block the queue
+                error = "the job's stored spec cannot be read (it was changed outside the service); submit it again"
+                leases.finish_job(session, job.id, job.lease_token, status=JobStatus.FAILED, error=error)
+                reap = False
+                continue
             return json_answer(claimed)
     return None
 
