@@ -21,6 +21,7 @@ from app.api.errors import install_error_handlers
 from app.api.limits import BodyLimit, body_limit
 from app.api.routes import accounts as accounts_routes
 from app.api.routes import health, jobs, worker
+from app.api.routes.docs import install_docs
 from app.api.shedding import LoadShedding, Turns
 from app.api.wakeup import Wakeup
 from app.core import accounts, checkpoints, leases
@@ -121,7 +122,14 @@ def create_app(settings: Settings | None = None, db: Database | None = None) -> 
             if db is None:
                 database.dispose()
 
-    app = FastAPI(title="trainjobs", version=__version__, description=DESCRIPTION, lifespan=lifespan)
+    app = FastAPI(
+        title="trainjobs",
+        version=__version__,
+        description=DESCRIPTION,
+        lifespan=lifespan,
+        docs_url=None,  # served from the package: app/api/routes/docs.py
+        redoc_url=None,
+    )
     app.state.settings = settings
     app.state.wakeup = Wakeup()
     app.state.recent_tokens = RecentTokens()
@@ -135,6 +143,7 @@ def create_app(settings: Settings | None = None, db: Database | None = None) -> 
     app.include_router(jobs.router)
     app.include_router(worker.router)
     app.include_router(health.router)
+    install_docs(app)
     install_error_handlers(app)
     return app
 

@@ -9,10 +9,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from app.api.errors import printable
 from app.core.accounts import NewToken
-from app.core.models import ApiToken, Checkpoint, Job, User
+from app.core.models import ApiToken, Checkpoint, Job, JobLog, User
 from app.core.protocol import Progress, StoredCheckpoint
 from app.core.specs import Text
-from app.core.states import JobKind, JobStatus, TokenKind
+from app.core.states import JobKind, JobStatus, LogStream, TokenKind
 from app.core.stored_json import UNREADABLE
 
 T = TypeVar("T")
@@ -107,6 +107,25 @@ class MetricsPublic(BaseModel):
     job_id: int
     series: dict[str, list[MetricPointPublic]]
     summary: dict[str, SeriesSummary]
+
+
+class LogLinePublic(BaseModel):
+    seq: int = Field(description="The line's place in the job's whole log (all attempts, in order): pass as ?after=.")
+    attempt: int
+    stream: LogStream = Field(description="stdout, stderr, or system (the worker's and service's notes on the job).")
+    time: datetime
+    text: str
+
+    @classmethod
+    def of(cls, line: JobLog) -> LogLinePublic:
+        return cls(
+            seq=line.id, attempt=line.attempt, stream=line.stream, time=line.time, text=str(printable(line.text))
+        )
+
+
+class LogsPublic(BaseModel):
+    lines: list[LogLinePublic]
+    next: int | None = Field(description="Pass as ?after= for the lines after these (the same value if none came).")
 
 
 class CheckpointPublic(StoredCheckpoint):

@@ -24,3 +24,10 @@ def test_core_imports_neither_fastapi_nor_torch() -> None:
         "app.core.protocol, app.core.migrate"
     )
     assert not {"fastapi", "starlette", "torch"} & modules
+
+
+def test_the_sdk_and_cli_import_neither_the_service_nor_torch() -> None:
+    """``import trainjobs`` on a laptop needs httpx and pydantic, not fastapi, sqlalchemy or torch."""
+    modules = imported_after("import trainjobs, trainjobs.cli, trainjobs.events")
+    assert "httpx" in modules and "pydantic" in modules
+    assert not {"fastapi", "starlette", "sqlalchemy", "torch", "app", "worker"} & modules

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import io
 import itertools
 import os
 import signal
@@ -75,8 +76,29 @@ def preload() -> None:
     import worker.training  # noqa: F401
 
 
-def run_child(inbox: Connection, out: Connection, stop: Event) -> None:
+def redirect_output(stdout: Connection, stderr: Connection) -> None:
+    """Send fd 1 and 2 (Python's prints and native libraries' writes alike) to the worker, a line at a time."""
+    for pipe, fd in ((stdout, 1), (stderr, 2)):
+        os.dup2(pipe.fileno(), fd)
+        pipe.close()
+    for stream in (sys.stdout, sys.stderr):
+        if isinstance(stream, io.TextIOWrapper):
+            stream.reconfigure(line_buffering=True)
+
+
+def epoch_line(points: list[MetricPoint], epochs: int) -> str | None:
+    """The loop's line for an epoch that just ended (its points include ``epoch_seconds``), else None."""
+    ended = {p["name"]: p for p in points if p.get("epoch") is not None}
+    if "epoch_seconds" not in ended:
+        return None
+    epoch = ended["epoch_seconds"]["epoch"]
+    values = " ".join(f"{name}={p['value']:.4g}" for name, p in ended.items() if p["epoch"] == epoch)
+    return f"epoch {epoch}/{epochs}: {values}"
+
+
+def run_child(inbox: Connection, out: Connection, stop: Event, stdout: Connection, stderr: Connection) -> None:
     """Entry point of the child process: preload, wait for the job's payload, train."""
+    redirect_output(stdout, stderr)
     die_with_parent()
     parent = os.getppid()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C in a terminal reaches the whole group: the parent decides
@@ -113,6 +135,9 @@ def _train(payload: JobPayload, out: Connection, stop: Event, parent: int) -> No
 
     def report_metrics(points: list[MetricPoint]) -> None:
         out.send(Metrics(list(points), time.time()))
+        line = epoch_line(points, payload.spec.train.epochs)
+        if line is not None:
+            print(line, flush=True)
 
     def on_checkpoint(tag: CheckpointTag, path: Path, epoch: int, step: int, metric: float | None) -> None:
         # The training loop overwrites last.pt at the next checkpoint; hand the parent a name of its own.

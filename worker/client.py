@@ -25,6 +25,8 @@ from app.core.protocol import (
     FinishStatus,
     HeartbeatRequest,
     HeartbeatResponse,
+    LogBatch,
+    LogLineIn,
     MetricIn,
     MetricsBatch,
     Progress,
@@ -112,6 +114,12 @@ class WorkerClient:
         body = MetricsBatch.model_construct(lease_token=lease_token, points=list(points))
         self._post(f"/worker/jobs/{job_id}/metrics", body)
 
+    def send_logs(self, job_id: int, lease_token: str, lines: Sequence[dict[str, Any]]) -> None:
+        body = LogBatch.model_construct(
+            lease_token=lease_token, lines=[LogLineIn.model_construct(**li) for li in lines]
+        )
+        self._post(f"/worker/jobs/{job_id}/logs", body)
+
     def upload_checkpoint(
         self,
         job_id: int,
@@ -195,10 +203,15 @@ class WorkerClient:
         *,
         error: str | None = None,
         result: Result | None = None,
+        progress: Progress | None = None,
     ) -> None:
         try:
             body = FinishRequest(
-                lease_token=lease_token, status=status, error=error, result=None if result is None else dict(result)
+                lease_token=lease_token,
+                status=status,
+                error=error,
+                result=None if result is None else dict(result),
+                progress=progress,
             )
         except ValidationError as exc:  # the service would refuse it: say so here, once
             raise UnstorableResult("; ".join(e["msg"] for e in exc.errors(include_url=False))) from None

@@ -6,34 +6,44 @@ without reporting.
 
 from __future__ import annotations
 
+import os
 import signal
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from worker.child import run_child
+from worker.logs import Captured
 from worker.messages import JobPayload
 
 
 class Child:
     """A job's training process, started for its job or ahead of it; its job's payload goes in ``inbox``."""
 
-    def __init__(self, context: Any) -> None:
+    def __init__(self, context: Any, target: Callable[..., None] = run_child) -> None:
         inbox_end, self.inbox = context.Pipe(duplex=False)
         self.messages, messages_end = context.Pipe(duplex=False)
+        stdout, stdout_end = context.Pipe(duplex=False)  # its fd 1 and 2, read raw (worker/logs.py)
+        stderr, stderr_end = context.Pipe(duplex=False)
         self.stop = context.Event()
+        self.output = Captured()
+        """The lines it writes to stdout and stderr, read as they come."""
         self.process = context.Process(
-            target=run_child, args=(inbox_end, messages_end, self.stop), name="trainjobs-job"
+            target=target, args=(inbox_end, messages_end, self.stop, stdout_end, stderr_end), name="trainjobs-job"
         )
         try:
             self.process.start()
         except BaseException:
-            for end in (self.inbox, self.messages):
+            for end in (self.inbox, self.messages, stdout, stderr):
                 end.close()
             raise
         finally:
-            inbox_end.close()  # our copies of the child's ends: its exit then reads as EOF
-            messages_end.close()
+            for end in (inbox_end, messages_end, stdout_end, stderr_end):
+                end.close()  # our copies of the child's ends: its exit then reads as EOF
+        for reader, stream in ((stdout, "stdout"), (stderr, "stderr")):
+            self.output.read(os.dup(reader.fileno()), stream)
+            reader.close()
 
     @property
     def pid(self) -> int:

@@ -33,6 +33,7 @@ from app.core.protocol import (
 from app.core.states import CheckpointFormat, CheckpointTag, JobStatus
 from worker import messages
 from worker.client import LeaseGone, ProtocolError, ServiceUnavailable, StorageFull, UnstorableResult, WorkerClient
+from worker.logs import Captured, JobLog
 from worker.messages import CheckpointReady, Done, Ending, Failed, JobPayload, Metrics, Stopped
 from worker.process import Child, Shutdown, describe_exit
 from worker.settings import WorkerConfig
@@ -75,6 +76,9 @@ class JobRun:
         self.ended = threading.Event()
         self.cancel_requested = threading.Event()
         self.progress: Progress | None = None
+        self.log = JobLog()
+        self.output: Captured | None = None
+        self.last_log_flush = time.monotonic()
         self.metrics: deque[MetricIn] = deque()
         self.dropped_metrics = 0
         self.last_flush = time.monotonic()
@@ -121,6 +125,8 @@ class JobRun:
             child.hand(payload)  # if it died already, its exit code is reported below
         assert child is not None
         self.stop = child.stop
+        self.output = child.output
+        self._note_start(child.pid)
         log.info(
             "job %s: attempt %s of %s started child pid %s%s on %s%s",
             self.id,
@@ -136,6 +142,7 @@ class JobRun:
             child.process.join()
         finally:  # the lease lost, or the service refusing an upload: the child must not outlive its job
             child.discard()
+            child.output.join()  # its last lines, up to the end of its pipes
         return self._report(final, killed, child.process.exitcode)
 
     # --- while the child runs -----------------------------------------------------
@@ -171,6 +178,7 @@ class JobRun:
             except (EOFError, OSError):
                 return final, killed
             self._flush_metrics(force=False)
+            self._flush_logs(force=False)
 
     def _handle(self, message: messages.ChildMessage) -> None:
         if isinstance(message, Metrics):
@@ -249,6 +257,34 @@ class JobRun:
             )
             self.dropped_metrics = 0
 
+    def _note_start(self, pid: int) -> None:
+        job, config = self.job, self.config
+        self.log.system(
+            f"attempt {job.attempt} of {job.max_attempts}: worker {config.worker_id} on {config.device}, process {pid}"
+        )
+        if job.resume_checkpoint is not None:
+            ref = job.resume_checkpoint
+            self.log.system(f"resuming from its '{ref.tag}' checkpoint: epoch {ref.epoch}, step {ref.step}")
+        if job.init_checkpoint is not None:
+            ref = job.init_checkpoint
+            self.log.system(f"starting from job {ref.job_id}'s '{ref.tag}' checkpoint (epoch {ref.epoch})")
+
+    def _flush_logs(self, *, force: bool) -> None:
+        if self.output is not None:
+            for stream, at, text in self.output.take():
+                self.log.add(stream, text, at)
+        due = force or len(self.log.pending) >= 1000 or time.monotonic() - self.last_log_flush >= 1.0
+        if not due:
+            return
+        while batch := self.log.batch():
+            try:
+                self.client.send_logs(self.id, self.token, batch)
+            except ServiceUnavailable as exc:
+                self._outage(exc)
+                return  # kept; the next flush sends them again (the service stores each seq once)
+            self.log.sent(len(batch))
+        self.last_log_flush = time.monotonic()
+
     def _retrying(self, what: str, call: Callable[[], object]) -> None:
         """Call until it succeeds; LeaseGone propagates; an immediate shutdown gives up.
 
@@ -308,9 +344,13 @@ class JobRun:
 
     def _end(self, status: FinishStatus, *, error: str | None = None, result: Result | None = None) -> Outcome:
         error = error[:MAX_ERROR_CHARS] if error is not None else None
+        self.log.system(f"{status}" + (f": {error.splitlines()[0]}" if error else ""))
+        self._retrying("log upload", self._flush_logs_or_raise)
+        progress = self.progress
         try:
             self._retrying(
-                "finish", lambda: self.client.finish(self.id, self.token, status, error=error, result=result)
+                "finish",
+                lambda: self.client.finish(self.id, self.token, status, error=error, result=result, progress=progress),
             )
         except UnstorableResult as exc:
             status, error, result = JobStatus.FAILED, f"the job's result cannot be stored: {exc}", None
@@ -332,6 +372,8 @@ class JobRun:
         if self.cancel_requested.is_set() and (stopped or killed == "grace"):
             return self._end(JobStatus.CANCELLED)
         if self.shutdown.requested.is_set() and (stopped or killed is not None):
+            self.log.system(f"released: worker {self.config.worker_id} is shutting down; another resumes the job")
+            self._retrying("log upload", self._flush_logs_or_raise)
             self._retrying("release", lambda: self.client.release(self.id, self.token))
             log.info("job %s: given back to the queue for another worker to resume", self.id)
             return "released"
@@ -341,3 +383,8 @@ class JobRun:
         self._flush_metrics(force=True)
         if self.metrics:
             raise ServiceUnavailable("metrics still buffered")
+
+    def _flush_logs_or_raise(self) -> None:
+        self._flush_logs(force=True)
+        if self.log.pending:
+            raise ServiceUnavailable("log lines still buffered")

@@ -220,12 +220,14 @@ async def require_worker(
         await authenticate_worker(request, db, lane, settings)
 
 
-OPEN_PATHS = frozenset({"/healthz", "/auth/login", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"})
+OPEN_PATHS = frozenset({"/healthz", "/auth/login", "/openapi.json", "/docs", "/docs/oauth2-redirect"})
 """Everything anyone reaches without a token (tests/api/test_route_auth.py holds every route to it)."""
+OPEN_PREFIXES = ("/docs/assets/",)
+"""Swagger UI's own files (app/api/routes/docs.py)."""
 
 
 def is_open(path: str) -> bool:
-    return path in OPEN_PATHS
+    return path in OPEN_PATHS or path.startswith(OPEN_PREFIXES)
 
 
 class Authenticate:

@@ -56,6 +56,11 @@ class Settings(BaseSettings):
     max_dataset_bytes: int = Field(
         64 * 1024**3, ge=1, description="Largest dataset a job may hold in memory (uint8 images), when the spec tells."
     )
+    max_log_bytes: int = Field(
+        64 * 1024 * 1024,
+        ge=1024,
+        description="Text of one job's log kept at most; later lines are dropped, and counted.",
+    )
     max_metric_points_per_job: int = Field(
         10_000_000, ge=1, description="Most metric points a job may report (estimated from its spec at submit)."
     )

@@ -19,8 +19,9 @@ from sqlalchemy.orm import Session
 
 from app.core.errors import Conflict, IdempotencyConflict, InvalidRequest, JobNotFound, LimitExceeded
 from app.core.leases import fail_dependents
-from app.core.models import Checkpoint, IdempotencyKey, Job, MetricPoint, User, utcnow
+from app.core.models import Checkpoint, IdempotencyKey, Job, JobLog, MetricPoint, User, utcnow
 from app.core.specs import AnyJobSpec, ImageFolderDataset, parse_job_spec, spec_to_json
+from app.core.specs.networks import Encoder, FinetuneModel
 from app.core.states import ACTIVE, TERMINAL, JobKind, JobStatus, guard
 
 
@@ -74,7 +75,8 @@ def check_dataset_path(spec: AnyJobSpec, data_dir: Path) -> None:
         raise InvalidRequest(f"dataset.path '{spec.dataset.path}' leads outside DATA_DIR; give a folder inside it", loc)
 
 
-def _check_base_job(session: Session, scope: Scope, spec: AnyJobSpec, base_id: int) -> None:
+def _check_base_job(session: Session, scope: Scope, spec: AnyJobSpec, base_id: int) -> AnyJobSpec:
+    """The spec, checked against its base job (and given the base's MLP widths where it left them out)."""
     loc = ("body", "model", "init", "job_id")
     # FOR SHARE (PostgreSQL): a delete of the base waits until this submit commits, then sees it waiting
     # and refuses; a submit that comes second finds the base gone. Never a finetune of a deleted job.
@@ -89,6 +91,7 @@ def _check_base_job(session: Session, scope: Scope, spec: AnyJobSpec, base_id: i
         have = load_spec(base).encoder()
     except ValidationError:  # a stored row no submit made (a hand-edit)
         raise InvalidRequest(f"model.init.job_id: job {base_id}'s stored spec cannot be read", loc) from None
+    spec = with_base_encoder(spec, have)
     want = spec.encoder()
     if want != have:
         raise InvalidRequest(
@@ -96,6 +99,22 @@ def _check_base_job(session: Session, scope: Scope, spec: AnyJobSpec, base_id: i
             f"but this finetune needs {want.describe()}; match model.arch, hidden/bottleneck and the image shape",
             loc,
         )
+    return spec
+
+
+def with_base_encoder(spec: AnyJobSpec, base: Encoder) -> AnyJobSpec:
+    """A finetune's MLP that leaves out its hidden widths or bottleneck takes them from the base's encoder."""
+    model = spec.model
+    if not isinstance(model, FinetuneModel) or model.arch != "mlp" or base.arch != "mlp":
+        return spec
+    filled: dict[str, object] = {}
+    if model.hidden is None:
+        filled["hidden"] = list(base.hidden)
+    if model.bottleneck is None:
+        filled["bottleneck"] = base.bottleneck
+    if not filled:
+        return spec
+    return spec.model_copy(update={"model": model.model_copy(update=filled)})
 
 
 def _seen_key(
@@ -155,7 +174,7 @@ def submit_job(
     check_active_limit(session, owner_id, max_active)
     base_id = spec.base_job_id
     if base_id is not None:
-        _check_base_job(session, scope, spec, base_id)
+        spec = _check_base_job(session, scope, spec, base_id)
     job = Job(
         owner_id=owner_id,
         kind=spec.kind,
@@ -277,6 +296,6 @@ def delete_job(session: Session, scope: Scope, job_id: int) -> None:
     if session.scalars(select(Job.id).where(Job.parent_id == job_id).limit(1)).first() is not None:
         raise Conflict(f"job {job_id} has jobs that are part of it; delete them first")
     session.execute(update(Job).where(Job.init_job_id == job_id).values(init_job_id=None))
-    for table in (MetricPoint, Checkpoint, IdempotencyKey):
+    for table in (MetricPoint, Checkpoint, IdempotencyKey, JobLog):
         session.execute(delete(table).where(table.job_id == job_id))
     session.execute(delete(Job).where(Job.id == job_id))

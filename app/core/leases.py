@@ -17,6 +17,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, case, exists, or_, select, update
 from sqlalchemy.orm import Session, aliased
 
+from app.core import logs
 from app.core.errors import InvalidRequest, JobNotFound, LeaseLost
 from app.core.models import Job, utcnow
 from app.core.states import JobKind, JobStatus, guard
@@ -98,6 +99,14 @@ def fenced(job_id: int, lease_token: str, *moving_to: JobStatus) -> tuple[Column
     return (Job.id == job_id, Job.lease_token == lease_token, guard(Job.status, RUNNING, *moving_to))
 
 
+def leased_job(session: Session, job_id: int, lease_token: str) -> Job:
+    """The job ``lease_token`` holds (its row locked until commit on PostgreSQL); LeaseLost otherwise."""
+    check_lease(session, job_id, lease_token)
+    job = session.get(Job, job_id, populate_existing=True)
+    assert job is not None  # the fenced UPDATE found it
+    return job
+
+
 def check_lease(session: Session, job_id: int, lease_token: str, *, now: datetime | None = None) -> None:
     """Raise LeaseLost unless the token holds the job's lease.
 
@@ -158,9 +167,11 @@ def finish_job(
     status: JobStatus,
     error: str | None = None,
     result: dict[str, Any] | None = None,
+    progress: dict[str, Any] | None = None,
     now: datetime | None = None,
 ) -> Job:
-    """End a running job as succeeded, failed or cancelled. Fenced; a failure is final (not retried)."""
+    """End a running job as succeeded, failed or cancelled, with where it got to (``progress``, if the
+    worker says). Fenced; a failure is final (not retried)."""
     now = now or utcnow()
     status = JobStatus(status)
     if not status.is_terminal:
@@ -175,6 +186,7 @@ def finish_job(
         result=result,
         finished_at=now,
         updated_at=now,
+        **({"progress": progress} if progress is not None else {}),
     )
     if status != JobStatus.SUCCEEDED:
         fail_dependents(session, job_id, status, now=now)
@@ -258,6 +270,7 @@ def reap_expired_leases(session: Session, *, now: datetime | None = None) -> lis
         ).first()
         if done is None:
             continue  # a heartbeat got there first
+        logs.note(session, job, error)
         changed.append((job.id, status))
         if status != JobStatus.QUEUED:
             fail_dependents(session, job.id, status, now=now)

@@ -29,7 +29,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
-from app.core.states import CheckpointFormat, CheckpointTag, JobKind, JobStatus, TokenKind, sql_in
+from app.core.states import CheckpointFormat, CheckpointTag, JobKind, JobStatus, LogStream, TokenKind, sql_in
 
 
 def utcnow() -> datetime:
@@ -150,6 +150,9 @@ class Job(Base):
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
     started_at: Mapped[datetime | None]
     finished_at: Mapped[datetime | None]
+    log_bytes: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0", doc="Text of its log stored.")
+    log_dropped_bytes: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    log_dropped_lines: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
 
     owner: Mapped[User] = relationship(lazy="joined", innerjoin=True)
 
@@ -191,6 +194,28 @@ class MetricPoint(Base):
     epoch: Mapped[int | None] = mapped_column(Integer)
     value: Mapped[float] = mapped_column(Float)
     time: Mapped[float] = mapped_column(Float, doc="Unix time in seconds when the worker measured it.")
+
+
+class JobLog(Base):
+    """One line of a job's log; ``id`` orders a job's whole log, ``seq`` numbers an attempt's lines
+    (from 0, by the worker; the service's own lines are negative), so a batch sent twice is stored once."""
+
+    __tablename__ = "job_logs"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
+    attempt: Mapped[int] = mapped_column(Integer)
+    seq: Mapped[int] = mapped_column(BigInteger)
+    stream: Mapped[LogStream] = mapped_column(StrEnumColumn(LogStream))
+    time: Mapped[datetime]
+    text: Mapped[str] = mapped_column(Text)
+
+    __table_args__ = (
+        UniqueConstraint("job_id", "attempt", "seq", name="uq_job_logs_job_attempt_seq"),
+        CheckConstraint(sql_in("stream", LogStream), name="stream_valid"),
+        Index("ix_job_logs_job_id_id", "job_id", "id"),
+        {"sqlite_autoincrement": True},
+    )
 
 
 class Checkpoint(Base):

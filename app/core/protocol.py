@@ -187,6 +187,27 @@ class MetricsAccepted(BaseModel):
     accepted: int
 
 
+MAX_LOG_LINE_CHARS = 8 * 1024
+"""A worker cuts longer lines at 8 KiB (worker/logs.py); a line of more characters is refused."""
+
+
+class LogLineIn(_Model):
+    model_config = ConfigDict(extra="forbid", strict=True)
+    seq: int = Field(ge=0, le=2**62, description="The line's number within this attempt, from 0.")
+    stream: Literal["stdout", "stderr", "system"]
+    time: float = Field(ge=0, le=1e11, allow_inf_nan=False, description="Unix time in seconds.")
+    text: Text = Field(max_length=MAX_LOG_LINE_CHARS)
+
+
+class LogBatch(_Model):
+    lease_token: Text = LeaseToken
+    lines: list[LogLineIn] = Field(max_length=1000)
+
+
+class LogsStored(BaseModel):
+    stored: int = Field(description="Lines new to the service (a line sent again is stored once).")
+
+
 FinishStatus = Literal[JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED]
 
 
@@ -195,6 +216,9 @@ class FinishRequest(_Model):
     status: FinishStatus
     error: Text | None = Field(None, max_length=MAX_ERROR_CHARS)
     result: dict[str, JsonValue] | None = Field(None, description="Final metrics; finite numbers, NUL-free strings.")
+    progress: Progress | None = Field(
+        None, description="Where the job got to, stored with the end (not a stale heartbeat's)."
+    )
 
     @field_validator("result", mode="before")
     @classmethod

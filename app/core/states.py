@@ -81,6 +81,15 @@ class TokenKind(StrEnum):
     """Speaks the worker protocol (``/worker/*``) and nothing else."""
 
 
+class LogStream(StrEnum):
+    """Where a line of a job's log came from."""
+
+    STDOUT = "stdout"
+    STDERR = "stderr"
+    SYSTEM = "system"
+    """Written by the worker or the service about the job: claimed, resumed, released, requeued."""
+
+
 class CheckpointTag(StrEnum):
     BEST = "best"
     """The epoch whose primary metric beat every earlier one."""

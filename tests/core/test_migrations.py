@@ -34,7 +34,7 @@ def tables(url: str) -> set[str]:
         engine.dispose()
 
 
-ALL_TABLES = {"jobs", "metric_points", "checkpoints", "idempotency_keys", "users", "api_tokens"}
+ALL_TABLES = {"jobs", "metric_points", "checkpoints", "idempotency_keys", "users", "api_tokens", "job_logs"}
 
 
 def test_upgrade_downgrade_upgrade(empty_url: str) -> None:

@@ -147,6 +147,17 @@ def test_sigkill_of_a_worker_mid_job_resumes_elsewhere_and_ends_identical(http: 
     assert a_weights.keys() == b_weights.keys()
     assert all(torch.equal(a_weights[k], b_weights[k]) for k in a_weights)
 
+    # Both attempts' logs, each line once: the first up to the kill, the expiry, the second from its resume.
+    lines = http.get(f"/jobs/{victim}/logs", params={"limit": 10_000}).json()["lines"]
+    story = [(line["attempt"], line["stream"], line["text"]) for line in lines]
+    assert len(story) == len(set(story)), "a line stored twice"
+    first, second = ([t for a_, s, t in story if a_ == n] for n in (1, 2))
+    assert first[0].startswith("attempt 1 of") and any(t.startswith("epoch 1/") for t in first), first
+    assert any("lease expired" in t and "requeued" in t for t in first), first
+    assert second[0].startswith("attempt 2 of") and "worker b" in second[0], second
+    assert second[1].startswith("resuming from its 'last' checkpoint"), second
+    assert second[-1] == "succeeded", second
+
 
 def test_sigterm_gives_the_job_back_without_spending_an_attempt(http: httpx.Client, workers: Any) -> None:
     victim = submit(http, training_job())

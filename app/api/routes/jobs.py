@@ -16,13 +16,21 @@ from sqlalchemy.orm import Session
 from app.api.auth import CurrentUser, ScopeDep
 from app.api.deps import DatabaseDep, SettingsDep, WakeupDep, plain_digits, quick_read
 from app.api.downloads import serve_checkpoint
-from app.core import accounts, checkpoints, estimates, jobs, metrics
+from app.core import accounts, checkpoints, estimates, jobs, logs, metrics
 from app.core.accounts import Caller
 from app.core.errors import Forbidden, InvalidRequest, NotFound
 from app.core.models import Checkpoint
 from app.core.specs import JobSpec
-from app.core.states import CheckpointFormat, CheckpointTag, JobKind, JobStatus
-from app.schemas import CheckpointPublic, CheckpointsPublic, JobPublic, JobsPublic, MetricsPublic
+from app.core.states import CheckpointFormat, CheckpointTag, JobKind, JobStatus, LogStream
+from app.schemas import (
+    CheckpointPublic,
+    CheckpointsPublic,
+    JobPublic,
+    JobsPublic,
+    LogLinePublic,
+    LogsPublic,
+    MetricsPublic,
+)
 
 router = APIRouter(prefix="/jobs", tags=["jobs"], responses={401: {"description": "No token, or not a valid one."}})
 
@@ -170,6 +178,27 @@ def get_metrics(
         body = metrics.read_metrics(session, scope, job_id, name=name, since_step=since_step, max_points=max_points)
     # Serialised directly: re-validating 100,000 points through the response model would cost more than the query.
     return Response(json.dumps(body, separators=(",", ":")), media_type="application/json")
+
+
+@router.get("/{job_id}/logs", responses=_ERRORS)
+def get_logs(
+    job_id: JobId,
+    db: DatabaseDep,
+    scope: ScopeDep,
+    after: Annotated[
+        int | None, Query(ge=0, le=2**62, description="Only lines after this seq (next of a page).")
+    ] = None,
+    limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
+    attempt: Annotated[int | None, Query(ge=0, le=2**31 - 1, description="Only this attempt's lines.")] = None,
+    stream: Annotated[LogStream | None, Query(description="Only stdout, stderr or system lines.")] = None,
+    tail: Annotated[int | None, Query(ge=1, le=10_000, description="Only the last N lines.")] = None,
+) -> LogsPublic:
+    """The job's log, oldest first: its processes' stdout and stderr, and the worker's and service's notes."""
+    with db.read() as session:
+        jobs.get_job(session, scope, job_id)
+        found = logs.read_lines(session, job_id, after=after, limit=limit, attempt=attempt, stream=stream, tail=tail)
+        lines = [LogLinePublic.of(line) for line in found]
+    return LogsPublic(lines=lines, next=lines[-1].seq if lines else after)
 
 
 @router.get("/{job_id}/checkpoints", responses=_ERRORS)

@@ -22,7 +22,7 @@ from app.api.deps import SettingsDep, WakeupDep, WorkerLane, WorkerLaneDep
 from app.api.downloads import serve_checkpoint
 from app.api.json_body import json_body, openapi_body
 from app.api.routes.jobs import JobId
-from app.core import checkpoints, leases, metrics
+from app.core import checkpoints, leases, logs, metrics
 from app.core.checkpoints import CheckpointStore, PendingUpload, UploadHeader
 from app.core.config import Settings
 from app.core.db import Database
@@ -34,6 +34,8 @@ from app.core.protocol import (
     FinishRequest,
     HeartbeatRequest,
     HeartbeatResponse,
+    LogBatch,
+    LogsStored,
     MetricsAccepted,
     MetricsBatch,
     ReleaseRequest,
@@ -141,6 +143,25 @@ async def report_metrics(
             return metrics.record_metrics(session, job_id, body.lease_token, body.points)
 
     return MetricsAccepted(accepted=await lane.run(record))
+
+
+@router.post(
+    "/jobs/{job_id}/logs",
+    responses={**_FENCED, 422: {"description": "Invalid batch: the detail names the line and field."}},
+)
+async def report_logs(job_id: JobId, body: LogBatch, lane: WorkerLaneDep, settings: SettingsDep) -> LogsStored:
+    """Store up to 1,000 lines of the job's log under its current attempt; a line sent again (same seq) is stored once.
+
+    Past ``TRAINJOBS_MAX_LOG_BYTES`` of a job's log, lines are dropped and one line says how much.
+    """
+
+    def record() -> int:
+        with lane.db.write() as session:
+            job = leases.leased_job(session, job_id, body.lease_token)
+            lines = [line.model_dump() for line in body.lines]
+            return logs.append_lines(session, job, lines, max_log_bytes=settings.max_log_bytes)
+
+    return LogsStored(stored=await lane.run(record))
 
 
 @router.put(
@@ -268,8 +289,15 @@ async def finish_job(job_id: JobId, body: FinishRequest, lane: WorkerLaneDep, wa
 
     def finish() -> Response:
         with lane.db.write() as session:
+            progress = body.progress.model_dump() if body.progress else None
             job = leases.finish_job(
-                session, job_id, body.lease_token, status=body.status, error=body.error, result=body.result
+                session,
+                job_id,
+                body.lease_token,
+                status=body.status,
+                error=body.error,
+                result=body.result,
+                progress=progress,
             )
             return json_answer(JobPublic.of(job))
 

@@ -1,0 +1,208 @@
+"""The ``trainjobs`` command and SDK against a real API process and a real worker running tiny jobs.
+
+Each command runs as a user would run it (``python -m trainjobs.cli``, not a terminal: plain output);
+``--json`` output is parsed, never the tables.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import stat
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import trainjobs
+from devtools.servers import REPO, ApiServer, WorkerProcess
+from tests.conftest import TINY_JOB
+
+pytestmark = pytest.mark.slow
+DIGITS_PRETRAIN = """\
+kind: pretrain
+name: digits-ae
+dataset: {name: digits}
+model: {arch: mlp_autoencoder, hidden: [32], bottleneck: 8}
+train: {epochs: 1, batch_size: 64}
+"""
+DIGITS_FINETUNE = {  # the encoder's widths left out: they come from the pretrain job
+    "kind": "finetune",
+    "name": "digits-clf",
+    "dataset": {"name": "digits", "labels_per_class": 10},
+    "model": {"arch": "mlp", "num_classes": 10},
+    "train": {"epochs": 1, "batch_size": 32},
+}
+
+
+@dataclass
+class Service:
+    api: ApiServer
+    env: dict[str, str]
+    root: Path
+
+    def run(
+        self, *args: str, stdin: str | None = None, env: dict[str, str] | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "trainjobs.cli", *args],
+            input=stdin,
+            capture_output=True,
+            text=True,
+            env={**self.env, **(env or {})},
+            cwd=self.root,
+            timeout=180,
+        )
+
+    def json(self, *args: str, stdin: str | None = None) -> Any:
+        done = self.run(*args, "--json", stdin=stdin)
+        assert done.returncode == 0, done.stderr
+        return json.loads(done.stdout)
+
+    def client(self) -> trainjobs.Client:
+        return trainjobs.Client(self.api.url, self.api.token)
+
+
+@pytest.fixture(scope="module")
+def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
+    root = tmp_path_factory.mktemp("cli")
+    with ApiServer(root / "api") as api, WorkerProcess(api.url, root / "worker", poll_seconds=0.2):
+        env = {
+            **os.environ,
+            "PYTHONPATH": str(REPO),
+            "TRAINJOBS_SERVER": api.url,
+            "TRAINJOBS_TOKEN": api.token,
+            "XDG_CONFIG_HOME": str(root / "config"),
+        }
+        yield Service(api, env, root)
+
+
+def test_login_saves_credentials_readable_by_the_user_alone_and_the_flag_beats_the_env_beats_the_file(
+    service: Service,
+) -> None:
+    no_env = {"TRAINJOBS_SERVER": "", "TRAINJOBS_TOKEN": ""}
+    done = service.run("login", "--server", service.api.url, "--token", service.api.token, env=no_env)
+    assert done.returncode == 0, done.stderr
+    saved = service.root / "config" / "trainjobs" / "credentials.json"
+    assert stat.S_IMODE(saved.stat().st_mode) == 0o600
+    assert json.loads(saved.read_text()) == {"server": service.api.url, "token": service.api.token}
+    me = json.loads(service.run("whoami", "--json", env=no_env).stdout)  # from the file
+    assert me["username"] == "admin"
+    wrong_env = service.run("whoami", env={"TRAINJOBS_TOKEN": "tj_wrong_token"})  # the env beats the file
+    assert wrong_env.returncode == 1 and "401" in wrong_env.stderr
+    done = service.run("logout")
+    assert done.returncode == 0 and not saved.exists()
+
+
+def test_submit_yaml_with_set_then_watch_show_list_logs_metrics_and_checkpoints(service: Service) -> None:
+    spec = service.root / "ae.yaml"
+    spec.write_text(DIGITS_PRETRAIN)
+    job = service.json("submit", str(spec), "--set", "train.epochs=2", "--set", "train.lr=0.002", "--name", "cli-ae")
+    assert job["spec"]["train"]["epochs"] == 2 and job["spec"]["train"]["lr"] == 0.002 and job["name"] == "cli-ae"
+    watched = service.run("watch", str(job["id"]))
+    assert watched.returncode == 0, watched.stderr
+    assert f"job {job['id']} succeeded" in watched.stdout
+
+    shown = service.json("show", str(job["id"]))
+    assert shown["status"] == "succeeded"
+    assert shown["progress"]["epoch"] == shown["progress"]["epochs"] == 2  # the final progress, not a stale one
+    assert job["id"] in [j["id"] for j in service.json("list", "--status", "succeeded")]
+
+    found = service.json("metrics", str(job["id"]), "--name", "train_loss")
+    assert set(found["series"]) == {"train_loss"} and found["series"]["train_loss"]
+    csv_out = service.run("metrics", str(job["id"]), "--csv").stdout.splitlines()
+    assert csv_out[0] == "name,step,epoch,value,time" and len(csv_out) > 3
+    png = service.root / "curves.png"
+    assert service.run("metrics", str(job["id"]), "--plot", str(png), "--log-y").returncode == 0
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    tags = {(c["tag"], c["format"]) for c in service.json("checkpoints", str(job["id"]))}
+    assert ("best", "pt") in tags and ("last", "safetensors") in tags
+
+    lines = [json.loads(line) for line in service.run("logs", str(job["id"]), "--json").stdout.splitlines()]
+    texts = [line["text"] for line in lines]
+    assert any(line["stream"] == "system" and "attempt 1 of" in line["text"] for line in lines), texts
+    assert any(t.startswith("epoch 2/2") and "train_loss" in t for t in texts), texts
+    assert [line["seq"] for line in lines] == sorted(line["seq"] for line in lines)
+    tail = [
+        json.loads(line) for line in service.run("logs", str(job["id"]), "--tail", "2", "--json").stdout.splitlines()
+    ]
+    assert tail == lines[-2:]
+
+
+def test_a_request_the_service_refuses_is_shown_as_its_fields_and_what_is_wrong(service: Service) -> None:
+    done = service.run("submit", "-", "--set", "train.lr=-1", "--set", "train.epochs=zero", stdin=json.dumps(TINY_JOB))
+    assert done.returncode == 1
+    assert "train.lr:" in done.stderr and "train.epochs:" in done.stderr, done.stderr
+
+
+def test_watch_exits_2_for_a_cancelled_job(service: Service) -> None:
+    long_job = {**TINY_JOB, "train": {"epochs": 10_000, "batch_size": 16}}
+    job = service.json("submit", "-", stdin=json.dumps(long_job))
+    assert service.json("cancel", str(job["id"]))["id"] == job["id"]
+    assert service.run("watch", str(job["id"])).returncode == 2
+
+
+def test_pipeline_follows_both_jobs_and_the_finetune_takes_the_encoder_widths_from_the_pretrain(
+    service: Service,
+) -> None:
+    pretrain, finetune = service.root / "p.yaml", service.root / "f.json"
+    pretrain.write_text(DIGITS_PRETRAIN)
+    finetune.write_text(json.dumps(DIGITS_FINETUNE))
+    done = service.run("pipeline", str(pretrain), str(finetune), "--follow")
+    assert done.returncode == 0, done.stderr
+    first, second = _ids(done.stdout)
+    with service.client() as tj:
+        clf = tj.get(second)
+        assert clf.status == "succeeded" and clf.depends_on == first
+        assert clf.spec["model"]["hidden"] == [32] and clf.spec["model"]["bottleneck"] == 8
+        assert "test_accuracy" in (clf.result or {})
+
+
+def _ids(text: str) -> tuple[int, int]:
+    numbers = [int(w) for w in text.replace("(", " ").replace(")", " ").split() if w.isdigit()]
+    return numbers[0], numbers[1]
+
+
+def test_download_resumes_a_truncated_file_and_refuses_a_corrupted_one(service: Service) -> None:
+    with service.client() as tj:
+        job = tj.submit(TINY_JOB)
+        tj.wait(job.id, timeout=120)
+    whole = service.root / "whole.pt"
+    got = service.json("download", str(job.id), "--tag", "last", "-o", str(whole))
+    data = whole.read_bytes()
+    assert got["size"] == len(data) > 0
+    expected = hashlib.sha256(data).hexdigest()
+
+    resumed = service.root / "resumed.pt"
+    (service.root / "resumed.pt.part").write_bytes(data[: len(data) // 2])
+    (service.root / "resumed.pt.part.etag").write_text(f'"{expected}"')
+    assert service.run("download", str(job.id), "--tag", "last", "-o", str(resumed)).returncode == 0
+    assert resumed.read_bytes() == data and not (service.root / "resumed.pt.part").exists()
+
+    corrupted = service.root / "corrupted.pt"
+    (service.root / "corrupted.pt.part").write_bytes(b"\0" * (len(data) // 2))
+    (service.root / "corrupted.pt.part.etag").write_text(f'"{expected}"')
+    done = service.run("download", str(job.id), "--tag", "last", "-o", str(corrupted))
+    assert done.returncode == 1 and "checksum" in done.stderr
+    assert not corrupted.exists() and not (service.root / "corrupted.pt.part").exists()
+
+
+def test_the_sdk_lists_every_page_and_raises_typed_errors(service: Service) -> None:
+    with service.client() as tj:
+        ids = [tj.submit(TINY_JOB, name=f"page-{i}").id for i in range(3)]
+        listed = [j.id for j in tj.list(page_size=1)]
+        assert set(ids) <= set(listed) and len(listed) == len(set(listed))
+        with pytest.raises(trainjobs.NotFound) as missing:
+            tj.get(10**9)
+        assert missing.value.status == 404
+        with pytest.raises(trainjobs.ValidationError) as invalid:
+            tj.submit({**TINY_JOB, "train": {"epochs": 0}})
+        assert any(e["loc"][-1] == "epochs" for e in invalid.value.errors)
+        for job_id in ids:
+            tj.wait(job_id, timeout=120)

@@ -1,0 +1,441 @@
+"""``Client`` and ``AsyncClient``: the service's public API from Python.
+
+Each call is built once (``Call``: method, path, parameters, body) and sent by either client; the
+answer is checked and typed the same way by both. A 4xx is raised at once as the exception of its
+status (trainjobs/errors.py); a transient failure (no connection, 502, 503, 504) is retried with
+capped backoff, honouring ``Retry-After``, for up to ``retry_seconds``. A submit carries an
+idempotency key (a new one unless given), so its retry can never make a second job.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import hashlib
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+from pydantic import BaseModel
+
+from trainjobs.credentials import resolve
+from trainjobs.errors import ServiceUnavailable, TrainjobsError, error_for
+from trainjobs.models import Checkpoint, Job, LogLine
+
+TRANSIENT_STATUSES = frozenset({502, 503, 504})
+TRANSIENT_ERRORS = (httpx.TransportError,)
+
+
+@dataclass(frozen=True)
+class Call:
+    method: str
+    path: str
+    params: dict[str, Any] = field(default_factory=dict)
+    json: Any = None
+    headers: dict[str, str] = field(default_factory=dict)
+
+    def request(self, http: httpx.Client | httpx.AsyncClient) -> httpx.Request:
+        params = {k: v for k, v in self.params.items() if v is not None}
+        return http.build_request(self.method, self.path, params=params, json=self.json, headers=self.headers)
+
+
+def spec_json(spec: BaseModel | dict[str, Any]) -> dict[str, Any]:
+    """A job spec as the service takes it: a dict as it is, a spec model as JSON without unset defaults."""
+    if isinstance(spec, BaseModel):
+        return spec.model_dump(mode="json", exclude_unset=True)
+    return dict(spec)
+
+
+def with_base(finetune: BaseModel | dict[str, Any], pretrain_id: int) -> dict[str, Any]:
+    """The finetune, starting from job ``pretrain_id``'s encoder (it waits for that job to succeed)."""
+    body = spec_json(finetune)
+    model = dict(body.get("model") or {})
+    model["init"] = {"from": "job", "job_id": pretrain_id}
+    return {**body, "model": model}
+
+
+def checked(response: httpx.Response) -> httpx.Response:
+    if response.status_code >= 400:
+        raise error_for(response)
+    return response
+
+
+def backoff(attempt: int, response: httpx.Response | None) -> float:
+    """Seconds before retry ``attempt`` (0, 1, ...): the server's Retry-After if it gave one, else 0.25 s doubling to 5 s."""
+    if response is not None:
+        retry_after = response.headers.get("retry-after", "")
+        if retry_after.isdigit():
+            return min(float(retry_after), 30.0)
+    return min(0.25 * 2.0**attempt, 5.0)
+
+
+def submit_call(
+    spec: BaseModel | dict[str, Any], idempotency_key: str | None, name: str | None, priority: int | None
+) -> Call:
+    body = spec_json(spec)
+    if name is not None:
+        body["name"] = name
+    if priority is not None:
+        body["priority"] = priority
+    return Call("POST", "/jobs", json=body, headers={"Idempotency-Key": idempotency_key or uuid.uuid4().hex})
+
+
+def list_call(status: str | None, kind: str | None, owner: str | None, page_size: int, cursor: str | None) -> Call:
+    params = {"status": status, "kind": kind, "owner": owner, "limit": page_size, "cursor": cursor}
+    return Call("GET", "/jobs", params=params)
+
+
+def logs_call(
+    job_id: int, after: int | None, attempt: int | None, stream: str | None, tail: int | None, limit: int = 1000
+) -> Call:
+    params = {"after": after, "attempt": attempt, "stream": stream, "tail": tail, "limit": limit}
+    return Call("GET", f"/jobs/{job_id}/logs", params=params)
+
+
+def metrics_call(job_id: int, name: str | None, max_points: int | None) -> Call:
+    return Call("GET", f"/jobs/{job_id}/metrics", params={"name": name, "max_points": max_points})
+
+
+def merged_metrics(answers: builtins.list[dict[str, Any]]) -> dict[str, Any]:
+    """One ``GET /jobs/{id}/metrics`` answer out of one per series."""
+    merged: dict[str, Any] = {"series": {}, "summary": {}}
+    for answer in answers:
+        merged["job_id"] = answer.get("job_id")
+        merged["series"].update(answer.get("series", {}))
+        merged["summary"].update(answer.get("summary", {}))
+    return merged
+
+
+class Client:
+    """The service, from Python. ``server`` and ``token`` default to ``TRAINJOBS_SERVER``/``TRAINJOBS_TOKEN``,
+    then to the file ``trainjobs login`` wrote."""
+
+    def __init__(
+        self, server: str | None = None, token: str | None = None, *, timeout: float = 30, retry_seconds: float = 60
+    ) -> None:
+        found = resolve(server, token)
+        self.server, self.token, self.retry_seconds = found.server, found.token, retry_seconds
+        headers = {"Authorization": f"Bearer {found.token}"} if found.token else {}
+        self.http = httpx.Client(base_url=found.server, headers=headers, timeout=timeout)
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.http.close()
+
+    def send(self, call: Call, *, stream: bool = False) -> httpx.Response:
+        """Send ``call``, retrying what is transient; raises the error of a 4xx (and of a 5xx once retries are spent)."""
+        deadline = time.monotonic() + self.retry_seconds
+        for attempt in range(1_000):
+            response = None
+            try:
+                response = self.http.send(call.request(self.http), stream=stream)
+                if response.status_code not in TRANSIENT_STATUSES:
+                    return checked(response)
+                response.close()
+            except TRANSIENT_ERRORS as exc:
+                if time.monotonic() >= deadline:
+                    raise ServiceUnavailable(f"cannot reach {self.server}: {exc}") from exc
+            pause = backoff(attempt, response)
+            if time.monotonic() + pause >= deadline:
+                if response is not None:
+                    raise error_for(response)
+                raise ServiceUnavailable(f"cannot reach {self.server}")
+            time.sleep(pause)
+        raise AssertionError("unreachable")
+
+    def json(self, call: Call) -> Any:
+        return self.send(call).json()
+
+    # --- who -----------------------------------------------------------------------
+
+    def me(self) -> dict[str, Any]:
+        answer: dict[str, Any] = self.json(Call("GET", "/me"))
+        return answer
+
+    def login(self, username: str, password: str, *, save: bool = False) -> str:
+        """A new user token for ``username``; with ``save``, written to the credentials file."""
+        answer = self.json(Call("POST", "/auth/login", json={"username": username, "password": password}))
+        token: str = answer["token"]
+        self.token = token
+        self.http.headers["Authorization"] = f"Bearer {token}"
+        if save:
+            from trainjobs.credentials import save as save_credentials
+
+            save_credentials(self.server, token)
+        return token
+
+    def create_token(self, name: str, expires_in_days: float | None = None) -> dict[str, Any]:
+        answer: dict[str, Any] = self.json(
+            Call("POST", "/tokens", json={"name": name, "expires_in_days": expires_in_days})
+        )
+        return answer
+
+    def tokens(self) -> builtins.list[dict[str, Any]]:
+        answer = self.json(Call("GET", "/tokens"))
+        return list(answer["data"] if isinstance(answer, dict) else answer)
+
+    def revoke_token(self, token_id: int) -> None:
+        self.send(Call("DELETE", f"/tokens/{token_id}"))
+
+    # --- jobs ----------------------------------------------------------------------
+
+    def submit(
+        self,
+        spec: BaseModel | dict[str, Any],
+        idempotency_key: str | None = None,
+        *,
+        name: str | None = None,
+        priority: int | None = None,
+    ) -> Job:
+        return Job.model_validate(self.json(submit_call(spec, idempotency_key, name, priority)))
+
+    def pipeline(self, pretrain: BaseModel | dict[str, Any], finetune: BaseModel | dict[str, Any]) -> tuple[Job, Job]:
+        """Submit both: the finetune starts from the pretrain's encoder once it has succeeded."""
+        first = self.submit(pretrain)
+        return first, self.submit(with_base(finetune, first.id))
+
+    def get(self, job_id: int) -> Job:
+        return Job.model_validate(self.json(Call("GET", f"/jobs/{job_id}")))
+
+    def list(
+        self,
+        *,
+        status: str | None = None,
+        kind: str | None = None,
+        owner: str | None = None,
+        limit: int | None = None,
+        page_size: int = 100,
+    ) -> Iterator[Job]:
+        """Your jobs (an admin's: ``owner=NAME`` or ``*``), newest first, over every page (or the first ``limit``)."""
+        cursor, seen = None, 0
+        while True:
+            page = self.json(list_call(status, kind, owner, page_size, cursor))
+            for item in page["data"]:
+                if limit is not None and seen >= limit:
+                    return
+                seen += 1
+                yield Job.model_validate(item)
+            cursor = page.get("next_cursor")
+            if not cursor:
+                return
+
+    def wait(self, job_id: int, timeout: float | None = None, poll: float = 1.0) -> Job:
+        """The job once it has finished; ``TimeoutError`` if it has not within ``timeout`` seconds."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            job = self.get(job_id)
+            if job.finished:
+                return job
+            if deadline is not None and time.monotonic() >= deadline:
+                raise TimeoutError(f"job {job_id} is still {job.status} after {timeout:g} s")
+            time.sleep(poll if deadline is None else max(0.0, min(poll, deadline - time.monotonic())))
+
+    def cancel(self, job_id: int) -> Job:
+        return Job.model_validate(self.json(Call("POST", f"/jobs/{job_id}/cancel")))
+
+    def delete(self, job_id: int) -> None:
+        self.send(Call("DELETE", f"/jobs/{job_id}"))
+
+    # --- what a job made -----------------------------------------------------------------
+
+    def metrics(
+        self, job_id: int, names: builtins.list[str] | None = None, max_points: int | None = None
+    ) -> dict[str, Any]:
+        """``{"series": {name: [{step, epoch, value, time}]}, "summary": {name: {last, best, best_step}}}``."""
+        if not names:
+            answer: dict[str, Any] = self.json(metrics_call(job_id, None, max_points))
+            return answer
+        return merged_metrics([self.json(metrics_call(job_id, n, max_points)) for n in names])
+
+    def checkpoints(self, job_id: int) -> builtins.list[Checkpoint]:
+        return [Checkpoint.model_validate(c) for c in self.json(Call("GET", f"/jobs/{job_id}/checkpoints"))["data"]]
+
+    def logs(
+        self,
+        job_id: int,
+        *,
+        follow: bool = False,
+        after: int | None = None,
+        attempt: int | None = None,
+        stream: str | None = None,
+        tail: int | None = None,
+        poll: float = 1.0,
+    ) -> Iterator[LogLine]:
+        """The job's log lines in order; with ``follow``, new ones as they come until the job has finished."""
+        while True:
+            page = self.json(logs_call(job_id, after, attempt, stream, tail))
+            tail = None  # only the first page is the tail; then everything after it
+            for line in page["lines"]:
+                yield LogLine.model_validate(line)
+            after = page.get("next", after)
+            if page["lines"] and len(page["lines"]) >= 1000:
+                continue
+            if not follow or (self.get(job_id).finished and not page["lines"]):
+                return
+            time.sleep(poll)
+
+    def download_checkpoint(self, job_id: int, path: str | Path, tag: str | None = "best", format: str = "pt") -> Path:
+        """Download to ``path``: resumes a partial download (``path``.part) with Range, checks the sha256,
+        then renames into place; a file that does not match is removed and ``TrainjobsError`` raised."""
+        dest = Path(path)
+        partial, etag_file = dest.with_name(dest.name + ".part"), dest.with_name(dest.name + ".part.etag")
+        headers: dict[str, str] = {}
+        if partial.exists() and etag_file.exists():
+            headers = {"Range": f"bytes={partial.stat().st_size}-", "If-Range": etag_file.read_text().strip()}
+        call = Call("GET", f"/jobs/{job_id}/checkpoint", params={"tag": tag, "format": format}, headers=headers)
+        response = self.send(call, stream=True)
+        try:
+            etag = response.headers.get("etag", "")
+            etag_file.write_text(etag)
+            resumed = response.status_code == 206
+            with partial.open("ab" if resumed else "wb") as out:
+                for chunk in response.iter_bytes(4 * 1024 * 1024):
+                    out.write(chunk)
+        finally:
+            response.close()
+        return finish_download(partial, etag_file, dest, etag)
+
+    # --- events ----------------------------------------------------------------------
+
+    def events(self, job_id: int | None = None) -> Iterator[dict[str, Any]]:
+        """The job's events (``status``, ``metrics``, ``log``, ``end``) as they happen, reconnecting where a
+        stream broke off; without ``job_id``, status events of all your jobs."""
+        from trainjobs.events import follow_events
+
+        yield from follow_events(self, job_id)
+
+
+def finish_download(partial: Path, etag_file: Path, dest: Path, etag: str) -> Path:
+    expected = etag.strip('"').removeprefix("W/").strip('"')
+    digest = hashlib.sha256()
+    with partial.open("rb") as f:
+        while chunk := f.read(4 * 1024 * 1024):
+            digest.update(chunk)
+    if expected and digest.hexdigest() != expected:
+        partial.unlink(missing_ok=True)
+        etag_file.unlink(missing_ok=True)
+        raise TrainjobsError(
+            f"the download does not match its checksum (sha256 {digest.hexdigest()[:16]}..., expected "
+            f"{expected[:16]}...); it was removed: download it again"
+        )
+    partial.replace(dest)
+    etag_file.unlink(missing_ok=True)
+    return dest
+
+
+class AsyncClient:
+    """``Client``'s calls for asyncio (the same calls, checks and retries)."""
+
+    def __init__(
+        self, server: str | None = None, token: str | None = None, *, timeout: float = 30, retry_seconds: float = 60
+    ) -> None:
+        found = resolve(server, token)
+        self.server, self.token, self.retry_seconds = found.server, found.token, retry_seconds
+        headers = {"Authorization": f"Bearer {found.token}"} if found.token else {}
+        self.http = httpx.AsyncClient(base_url=found.server, headers=headers, timeout=timeout)
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        await self.http.aclose()
+
+    async def send(self, call: Call) -> httpx.Response:
+        deadline = time.monotonic() + self.retry_seconds
+        for attempt in range(1_000):
+            response = None
+            try:
+                response = await self.http.send(call.request(self.http))
+                if response.status_code not in TRANSIENT_STATUSES:
+                    return checked(response)
+            except TRANSIENT_ERRORS as exc:
+                if time.monotonic() >= deadline:
+                    raise ServiceUnavailable(f"cannot reach {self.server}: {exc}") from exc
+            pause = backoff(attempt, response)
+            if time.monotonic() + pause >= deadline:
+                if response is not None:
+                    raise error_for(response)
+                raise ServiceUnavailable(f"cannot reach {self.server}")
+            await asyncio.sleep(pause)
+        raise AssertionError("unreachable")
+
+    async def json(self, call: Call) -> Any:
+        return (await self.send(call)).json()
+
+    async def submit(
+        self,
+        spec: BaseModel | dict[str, Any],
+        idempotency_key: str | None = None,
+        *,
+        name: str | None = None,
+        priority: int | None = None,
+    ) -> Job:
+        return Job.model_validate(await self.json(submit_call(spec, idempotency_key, name, priority)))
+
+    async def pipeline(
+        self, pretrain: BaseModel | dict[str, Any], finetune: BaseModel | dict[str, Any]
+    ) -> tuple[Job, Job]:
+        first = await self.submit(pretrain)
+        return first, await self.submit(with_base(finetune, first.id))
+
+    async def get(self, job_id: int) -> Job:
+        return Job.model_validate(await self.json(Call("GET", f"/jobs/{job_id}")))
+
+    async def list(
+        self,
+        *,
+        status: str | None = None,
+        kind: str | None = None,
+        owner: str | None = None,
+        limit: int | None = None,
+        page_size: int = 100,
+    ) -> AsyncIterator[Job]:
+        cursor, seen = None, 0
+        while True:
+            page = await self.json(list_call(status, kind, owner, page_size, cursor))
+            for item in page["data"]:
+                if limit is not None and seen >= limit:
+                    return
+                seen += 1
+                yield Job.model_validate(item)
+            cursor = page.get("next_cursor")
+            if not cursor:
+                return
+
+    async def wait(self, job_id: int, timeout: float | None = None, poll: float = 1.0) -> Job:
+        async def until_finished() -> Job:
+            while not (job := await self.get(job_id)).finished:
+                await asyncio.sleep(poll)
+            return job
+
+        try:
+            return await asyncio.wait_for(until_finished(), timeout)
+        except TimeoutError:
+            raise TimeoutError(f"job {job_id} has not finished after {timeout:g} s") from None
+
+    async def cancel(self, job_id: int) -> Job:
+        return Job.model_validate(await self.json(Call("POST", f"/jobs/{job_id}/cancel")))
+
+    async def delete(self, job_id: int) -> None:
+        await self.send(Call("DELETE", f"/jobs/{job_id}"))
+
+    async def metrics(
+        self, job_id: int, names: builtins.list[str] | None = None, max_points: int | None = None
+    ) -> dict[str, Any]:
+        if not names:
+            answer: dict[str, Any] = await self.json(metrics_call(job_id, None, max_points))
+            return answer
+        return merged_metrics([await self.json(metrics_call(job_id, n, max_points)) for n in names])
+
+    async def logs(self, job_id: int, *, after: int | None = None, tail: int | None = None) -> builtins.list[LogLine]:
+        page = await self.json(logs_call(job_id, after, None, None, tail))
+        return [LogLine.model_validate(line) for line in page["lines"]]
