@@ -20,6 +20,7 @@ from app.api.deps import WORKER_THREADS, WorkerLane
 from app.api.errors import install_error_handlers
 from app.api.limits import BodyLimit, body_limit
 from app.api.routes import accounts as accounts_routes
+from app.api.routes import events as events_routes
 from app.api.routes import health, jobs, worker
 from app.api.routes.docs import install_docs
 from app.api.shedding import LoadShedding, Turns
@@ -107,6 +108,7 @@ def create_app(settings: Settings | None = None, db: Database | None = None) -> 
         worker_db = database.sibling(WORKER_THREADS + 2, settings.pool_timeout_seconds)
         app.state.worker_lane = WorkerLane(worker_db, anyio.CapacityLimiter(WORKER_THREADS))
         app.state.wakeup.bind(asyncio.get_running_loop())
+        app.state.changes.bind(asyncio.get_running_loop())
         # Few threads for the public routes: each more makes every hand-over of the GIL slower, and the
         # event loop (with every worker's heartbeat on it) waits its turn behind them all (docs/benchmarks.md).
         anyio.to_thread.current_default_thread_limiter().total_tokens = settings.api_threads
@@ -132,6 +134,7 @@ def create_app(settings: Settings | None = None, db: Database | None = None) -> 
     )
     app.state.settings = settings
     app.state.wakeup = Wakeup()
+    app.state.changes = Wakeup()  # a job changed: event streams read (app/api/routes/events.py)
     app.state.recent_tokens = RecentTokens()
     # Outermost last: shed load, check the token, bound (and, public, read) the body; then take a turn to run.
     limit_for = body_limit(settings.max_body_bytes, settings.max_upload_bytes)
@@ -142,6 +145,7 @@ def create_app(settings: Settings | None = None, db: Database | None = None) -> 
     app.include_router(accounts_routes.router)
     app.include_router(jobs.router)
     app.include_router(worker.router)
+    app.include_router(events_routes.router)
     app.include_router(health.router)
     install_docs(app)
     install_error_handlers(app)

@@ -8,7 +8,6 @@ import csv
 import getpass
 import json
 import sys
-import time
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -260,29 +259,33 @@ def show(job_id: int, server: ServerOpt = None, as_json: JsonOpt = False) -> Non
             out.print(f"  {label}: {value}", markup=False)
 
 
-def watch_job(tj: Client, job_id: int, *, quiet: bool = False, poll: float = 1.0) -> int:
-    """Follow the job until it ends, a line per change (a live bar on a terminal); its exit code."""
+def watch_job(tj: Client, job_id: int, *, quiet: bool = False) -> int:
+    """Follow the job's event stream until it ends: a live bar with the latest metrics on a terminal, a
+    line per status change otherwise; its exit code."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
     bar = Progress(
         TextColumn("job {task.fields[job]}"), BarColumn(), TextColumn("{task.fields[state]}"), TimeRemainingColumn(),
-        console=err, disable=quiet or not err.is_terminal, transient=True,
+        TextColumn("{task.fields[latest]}"), console=err, disable=quiet or not err.is_terminal, transient=True,
     )  # fmt: skip
+    latest: dict[str, float] = {}
     last = ""
     with bar:
-        task = bar.add_task("", total=None, job=job_id, state="")
-        while True:
-            job = tj.get(job_id)
-            state = f"{job.status} {progress_text(job)}".strip()
-            if job.progress is not None:
-                bar.update(task, total=job.progress.epochs, completed=job.progress.epoch - 1, state=state)
-            bar.update(task, state=state)
-            if state != last and not quiet and not err.is_terminal:
-                err.print(f"job {job_id}: {state}", markup=False)
-            last = state
-            if job.finished:
-                break
-            time.sleep(poll)
+        task = bar.add_task("", total=None, job=job_id, state="", latest="")
+        for event in tj.events(job_id):
+            data = event["data"]
+            if event["event"] == "status":
+                progress = data.get("progress") or {}
+                state = f"{data['status']} epoch {progress.get('epoch', 0)}/{progress.get('epochs', '?')}"
+                bar.update(task, total=progress.get("epochs") or None, completed=progress.get("epoch", 0), state=state)
+                if state != last and not quiet and not err.is_terminal:
+                    err.print(f"job {job_id}: {state}", markup=False)
+                last = state
+            elif event["event"] == "metrics":
+                latest.update({p["name"]: p["value"] for p in data["points"]})
+                shown = [f"{k} {v:.4g}" for k, v in latest.items() if k.endswith(("loss", "accuracy"))]
+                bar.update(task, latest="  ".join(shown[:4]))
+    job = tj.get(job_id)
     if not quiet:
         summary = best_metric(job) or (job.error or "").split("\n")[0]
         out.print(f"job {job_id} {job.status}{': ' + summary if summary else ''}", markup=False)

@@ -115,12 +115,18 @@ class Client:
     then to the file ``trainjobs login`` wrote."""
 
     def __init__(
-        self, server: str | None = None, token: str | None = None, *, timeout: float = 30, retry_seconds: float = 60
+        self,
+        server: str | None = None,
+        token: str | None = None,
+        *,
+        timeout: float = 30,
+        retry_seconds: float = 60,
+        **http_options: Any,
     ) -> None:
         found = resolve(server, token)
         self.server, self.token, self.retry_seconds = found.server, found.token, retry_seconds
         headers = {"Authorization": f"Bearer {found.token}"} if found.token else {}
-        self.http = httpx.Client(base_url=found.server, headers=headers, timeout=timeout)
+        self.http = httpx.Client(base_url=found.server, headers=headers, timeout=timeout, **http_options)
 
     def __enter__(self) -> Client:
         return self

@@ -107,6 +107,19 @@ def leased_job(session: Session, job_id: int, lease_token: str) -> Job:
     return job
 
 
+def next_metric_batch(session: Session, job_id: int, lease_token: str, *, now: datetime) -> int:
+    """Fence a metric write (as ``check_lease`` does) and number its batch: event streams read points by it."""
+    batch = session.execute(
+        update(Job)
+        .where(*fenced(job_id, lease_token))
+        .values(updated_at=now, metric_batches=Job.metric_batches + 1)
+        .returning(Job.metric_batches)
+    ).scalar()
+    if batch is None:
+        raise _lease_lost(session, job_id)
+    return int(batch)
+
+
 def check_lease(session: Session, job_id: int, lease_token: str, *, now: datetime | None = None) -> None:
     """Raise LeaseLost unless the token holds the job's lease.
 

@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session
 from sqlalchemy.sql.dml import Insert
 
 from app.core.jobs import Scope, get_job
-from app.core.leases import check_lease
+from app.core.leases import check_lease, next_metric_batch
 from app.core.models import MetricPoint, utcnow
 from app.core.protocol import MetricIn
 
@@ -35,9 +35,10 @@ def record_metrics(
 ) -> int:
     """Upsert metric points: a (job, name, step) reported again replaces the value. Fenced."""
     now = now or utcnow()
-    check_lease(session, job_id, lease_token, now=now)
     if not points:
+        check_lease(session, job_id, lease_token, now=now)
         return 0
+    batch = next_metric_batch(session, job_id, lease_token, now=now)
     received = now.timestamp()
     rows = [
         {
@@ -47,6 +48,7 @@ def record_metrics(
             "epoch": p.epoch,
             "value": p.value,
             "time": received if p.time is None else p.time,
+            "batch": batch,
         }
         for p in points
     ]
@@ -63,7 +65,12 @@ def _upsert_metrics(dialect: str) -> Insert:
     stmt = insert(table)
     return stmt.on_conflict_do_update(
         index_elements=["job_id", "name", "step"],
-        set_={"epoch": stmt.excluded.epoch, "value": stmt.excluded.value, "time": stmt.excluded.time},
+        set_={
+            "epoch": stmt.excluded.epoch,
+            "value": stmt.excluded.value,
+            "time": stmt.excluded.time,
+            "batch": stmt.excluded.batch,
+        },
     )
 
 

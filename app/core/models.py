@@ -153,6 +153,9 @@ class Job(Base):
     log_bytes: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0", doc="Text of its log stored.")
     log_dropped_bytes: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
     log_dropped_lines: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    metric_batches: Mapped[int] = mapped_column(
+        BigInteger, default=0, server_default="0", doc="Batches of metric points stored: the last one's number."
+    )
 
     owner: Mapped[User] = relationship(lazy="joined", innerjoin=True)
 
@@ -194,6 +197,9 @@ class MetricPoint(Base):
     epoch: Mapped[int | None] = mapped_column(Integer)
     value: Mapped[float] = mapped_column(Float)
     time: Mapped[float] = mapped_column(Float, doc="Unix time in seconds when the worker measured it.")
+    batch: Mapped[int] = mapped_column(
+        BigInteger, default=0, server_default="0", doc="The job's metric batch that stored it (events' cursor)."
+    )
 
 
 class JobLog(Base):

@@ -1,4 +1,5 @@
-"""job logs: each job's stdout, stderr and system lines, per attempt; how much of it is stored
+"""job logs: each job's stdout, stderr and system lines, per attempt; how much of it is stored; metric
+batches numbered (the event stream's cursor)
 
 Revision ID: 0004
 Revises: 0003
@@ -16,6 +17,9 @@ revision: str = "0004"
 down_revision: str | None = "0003"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
+
+
+COUNTERS = ("log_bytes", "log_dropped_bytes", "log_dropped_lines", "metric_batches")
 
 
 def upgrade() -> None:
@@ -36,13 +40,16 @@ def upgrade() -> None:
     )
     op.create_index("ix_job_logs_job_id_id", "job_logs", ["job_id", "id"], unique=False)
     with rebuild_table("jobs") as batch:
-        for column in ("log_bytes", "log_dropped_bytes", "log_dropped_lines"):
+        for column in COUNTERS:
             batch.add_column(sa.Column(column, sa.BigInteger(), nullable=False, server_default="0"))
+    op.add_column("metric_points", sa.Column("batch", sa.BigInteger(), nullable=False, server_default="0"))
 
 
 def downgrade() -> None:
+    with op.batch_alter_table("metric_points") as points:
+        points.drop_column("batch")
     with rebuild_table("jobs") as batch:
-        for column in ("log_bytes", "log_dropped_bytes", "log_dropped_lines"):
+        for column in COUNTERS:
             batch.drop_column(column)
     op.drop_index("ix_job_logs_job_id_id", table_name="job_logs")
     op.drop_table("job_logs")

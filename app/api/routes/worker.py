@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import math
+from collections.abc import AsyncIterator
 from typing import Annotated
 
 import anyio
@@ -43,7 +44,15 @@ from app.core.protocol import (
 from app.core.states import CheckpointFormat, CheckpointTag, JobStatus
 from app.schemas import CheckpointPublic, JobPublic
 
-router = APIRouter(prefix="/worker", tags=["worker"], dependencies=[Depends(require_worker)])
+
+async def notify_streams(request: Request) -> AsyncIterator[None]:
+    """After a worker's write (a claim, a heartbeat, metrics, lines, an end), event streams here read at once."""
+    yield
+    if request.method != "GET":
+        request.app.state.changes.notify()
+
+
+router = APIRouter(prefix="/worker", tags=["worker"], dependencies=[Depends(require_worker), Depends(notify_streams)])
 
 _FENCED: dict[int | str, dict[str, str]] = {
     401: {"description": "Worker token missing or wrong."},

@@ -1,0 +1,116 @@
+"""Server-Sent Events (sse-starlette): ``GET /jobs/{id}/events`` (status, metrics, log, end) and
+``GET /events`` (status of all your jobs).
+
+Each stream reads from the database whenever this process sees a change to some job (a worker's
+report here: ``app.state.changes``) and at least every half second (a change reported to another
+API process), so an event reaches its client within a second of the worker's report. A comment
+line every 15 s keeps proxies from closing an idle stream. Neither is shed or made to take a turn
+(app/api/shedding.py): they wait by design.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Header, Request
+from fastapi.concurrency import run_in_threadpool
+from sse_starlette import EventSourceResponse, ServerSentEvent
+
+from app.api.auth import ScopeDep
+from app.api.deps import DatabaseDep
+from app.api.routes.jobs import JobId
+from app.api.wakeup import Wakeup
+from app.core import events
+from app.core.db import Database
+from app.core.jobs import Scope, get_job
+from app.core.models import Job, utcnow
+
+router = APIRouter(tags=["events"])
+POLL_SECONDS = 0.5
+PING_SECONDS = 15
+LastEventId = Annotated[str | None, Header(alias="Last-Event-ID", max_length=100)]
+STREAM: dict[int | str, dict[str, Any]] = {
+    200: {"content": {"text/event-stream": {}}, "description": "The event stream."}
+}
+
+
+def changes(request: Request) -> Wakeup:
+    wakeup: Wakeup = request.app.state.changes
+    return wakeup
+
+
+def sse(event: str, data: object, event_id: str) -> ServerSentEvent:
+    return ServerSentEvent(data=json.dumps(data, separators=(",", ":"), default=str), event=event, id=event_id)
+
+
+@router.get("/jobs/{job_id}/events", responses={**STREAM, 404: {"description": "No such job of yours."}})
+async def job_events(
+    job_id: JobId, request: Request, db: DatabaseDep, scope: ScopeDep, last_event_id: LastEventId = None
+) -> EventSourceResponse:
+    """A job's events: ``status`` (when its status, progress, attempt or error change), ``metrics`` (new
+    points), ``log`` (new lines), ``end`` (it has finished; the stream closes). Each has an ``id``:
+    reconnect with ``Last-Event-ID`` to resume where it broke off, nothing lost or repeated."""
+    await run_in_threadpool(read_job, db, scope, job_id)  # a 404 now, not a stream that ends at once
+    cursor = events.Cursor.parse(last_event_id)
+    wakeup = changes(request)
+
+    async def stream() -> AsyncIterator[ServerSentEvent]:
+        nonlocal cursor
+        while True:
+            changed = wakeup.current()
+            found, finished = await run_in_threadpool(read_events, db, scope, job_id, cursor)
+            for event in found:
+                cursor = event.cursor
+                yield sse(event.name, event.data, str(cursor))
+            if finished:
+                yield sse("end", {"id": job_id}, str(cursor))
+                return
+            await Wakeup.wait(changed, POLL_SECONDS)
+
+    return EventSourceResponse(stream(), ping=PING_SECONDS)
+
+
+@router.get("/events", responses=STREAM)
+async def all_events(
+    request: Request, db: DatabaseDep, scope: ScopeDep, last_event_id: LastEventId = None
+) -> EventSourceResponse:
+    """``status`` events of all your jobs as they change (for list views); resumes after ``Last-Event-ID``."""
+    since = parse_time(last_event_id) or utcnow()
+    wakeup = changes(request)
+
+    async def stream() -> AsyncIterator[ServerSentEvent]:
+        nonlocal since
+        while True:
+            changed = wakeup.current()
+            for job in await run_in_threadpool(read_changed, db, scope, since):
+                since = job.updated_at
+                yield sse("status", events.status_of(job), since.isoformat())
+            await Wakeup.wait(changed, POLL_SECONDS)
+
+    return EventSourceResponse(stream(), ping=PING_SECONDS)
+
+
+def parse_time(text: str | None) -> datetime | None:
+    try:
+        found = datetime.fromisoformat(text or "")
+    except ValueError:
+        return None
+    return found if found.tzinfo else found.replace(tzinfo=UTC)
+
+
+def read_job(db: Database, scope: Scope, job_id: int) -> None:
+    with db.read() as session:
+        get_job(session, scope, job_id)
+
+
+def read_events(db: Database, scope: Scope, job_id: int, cursor: events.Cursor) -> tuple[list[events.Event], bool]:
+    with db.read() as session:
+        return events.next_events(session, scope, job_id, cursor)
+
+
+def read_changed(db: Database, scope: Scope, since: datetime) -> list[Job]:
+    with db.read() as session:
+        return events.changed_jobs(session, scope, since)

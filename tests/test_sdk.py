@@ -1,0 +1,86 @@
+"""The SDK's own rules, against a stand-in server (httpx.MockTransport): what is retried, what is raised."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import httpx
+import pytest
+
+import trainjobs
+from trainjobs.cli import set_path
+from trainjobs.credentials import resolve, save
+
+JOB = {"id": 7, "kind": "pretrain", "status": "queued", "spec": {}}
+
+
+def client_of(answers: list[httpx.Response | Exception], calls: list[httpx.Request]) -> trainjobs.Client:
+    def handle(request: httpx.Request) -> httpx.Response:
+        calls.append(request)
+        answer = answers.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    return trainjobs.Client("http://tj", "tj_x_y", retry_seconds=5, transport=httpx.MockTransport(handle))
+
+
+def test_busy_and_unreachable_are_retried_until_an_answer_and_a_submit_keeps_its_idempotency_key() -> None:
+    calls: list[httpx.Request] = []
+    answers: list[httpx.Response | Exception] = [
+        httpx.Response(503, headers={"Retry-After": "0"}, json={"detail": "busy"}),
+        httpx.ConnectError("refused"),
+        httpx.Response(201, json=JOB),
+    ]
+    with client_of(answers, calls) as tj:
+        assert tj.submit({"kind": "pretrain"}).id == 7
+    assert len(calls) == 3
+    keys = {c.headers["Idempotency-Key"] for c in calls}
+    assert len(keys) == 1  # the same key each time: a retry cannot make a second job
+
+
+@pytest.mark.parametrize(
+    ("status", "error"),
+    [
+        (401, trainjobs.Unauthorized),
+        (404, trainjobs.NotFound),
+        (409, trainjobs.Conflict),
+        (422, trainjobs.ValidationError),
+    ],
+)
+def test_a_client_error_is_raised_at_once_with_its_status_and_detail(status: int, error: type[Exception]) -> None:
+    calls: list[httpx.Request] = []
+    detail = [{"loc": ["body", "train", "lr"], "msg": "must be > 0"}] if status == 422 else "no"
+    with client_of([httpx.Response(status, json={"detail": detail})], calls) as tj, pytest.raises(error) as raised:
+        tj.get(7)
+    assert len(calls) == 1
+    assert raised.value.status == status and raised.value.detail == detail  # type: ignore[attr-defined]
+    if status == 422:
+        assert "train.lr: must be > 0" in str(raised.value)
+
+
+def test_set_edits_any_field_by_its_dotted_path_reading_values_as_json_where_they_are() -> None:
+    body: dict[str, object] = {"train": {"lr": 0.1}}
+    for assignment in ["train.lr=0.01", "train.optimizer=sgd", "model.hidden=[64, 32]", "dataset.download=true"]:
+        set_path(body, assignment)
+    assert body == {
+        "train": {"lr": 0.01, "optimizer": "sgd"},
+        "model": {"hidden": [64, 32]},
+        "dataset": {"download": True},
+    }
+
+
+def test_the_argument_beats_the_environment_which_beats_the_credentials_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path))
+    monkeypatch.delenv("TRAINJOBS_SERVER", raising=False)
+    monkeypatch.delenv("TRAINJOBS_TOKEN", raising=False)
+    path = save("http://file:8000", "tj_file_token")
+    assert (path.stat().st_mode & 0o777) == 0o600 and json.loads(path.read_text())["token"] == "tj_file_token"
+    assert resolve() == resolve(None, None)
+    assert (resolve().server, resolve().token) == ("http://file:8000", "tj_file_token")
+    monkeypatch.setenv("TRAINJOBS_TOKEN", "tj_env_token")
+    assert resolve().token == "tj_env_token"
+    assert resolve(token="tj_flag_token").token == "tj_flag_token"
