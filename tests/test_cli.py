@@ -206,3 +206,28 @@ def test_the_sdk_lists_every_page_and_raises_typed_errors(service: Service) -> N
         assert any(e["loc"][-1] == "epochs" for e in invalid.value.errors)
         for job_id in ids:
             tj.wait(job_id, timeout=120)
+
+
+def test_watch_exits_1_for_a_failed_job_and_shows_its_reason(service: Service) -> None:
+    exploding = {**TINY_JOB, "train": {"epochs": 3, "batch_size": 16, "optimizer": "sgd", "lr": 1e30}}
+    job = service.json("submit", "-", stdin=json.dumps(exploding))
+    watched = service.run("watch", str(job["id"]))
+    assert watched.returncode == 1, watched.stdout + watched.stderr
+    assert f"job {job['id']} failed" in watched.stdout and "NaN" in watched.stdout
+
+
+def test_tokens_are_made_listed_and_revoked_and_a_finished_job_deleted(service: Service) -> None:
+    made = service.json("tokens", "create", "ci-laptop", "--expires-in-days", "1")
+    assert made["token"].startswith("tj_") and made["name"] == "ci-laptop"
+    assert service.run("whoami", env={"TRAINJOBS_TOKEN": made["token"]}).returncode == 0
+    assert made["id"] in [t["id"] for t in service.json("tokens", "list")]
+    assert service.run("tokens", "revoke", str(made["id"])).returncode == 0
+    refused = service.run("whoami", env={"TRAINJOBS_TOKEN": made["token"]})
+    assert refused.returncode == 1 and "401" in refused.stderr
+
+    with service.client() as tj:
+        job = tj.submit(TINY_JOB)
+        tj.wait(job.id, timeout=120)
+    assert service.run("delete", str(job.id)).returncode == 0
+    missing = service.run("show", str(job.id))
+    assert missing.returncode == 1 and "404" in missing.stderr

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -84,3 +85,27 @@ def test_the_argument_beats_the_environment_which_beats_the_credentials_file(
     monkeypatch.setenv("TRAINJOBS_TOKEN", "tj_env_token")
     assert resolve().token == "tj_env_token"
     assert resolve(token="tj_flag_token").token == "tj_flag_token"
+
+
+def test_a_cancel_is_sent_again_only_when_the_first_never_arrived_or_was_shed() -> None:
+    calls: list[httpx.Request] = []
+    answers: list[httpx.Response | Exception] = [
+        httpx.ConnectError("refused"),  # never arrived
+        httpx.Response(503, headers={"Retry-After": "0"}, json={"detail": "busy"}),  # shed before anything
+        httpx.ReadTimeout("no answer"),  # it may have been done: not sent again
+    ]
+    with client_of(answers, calls) as tj, pytest.raises(trainjobs.ServiceUnavailable):
+        tj.cancel(7)
+    assert len(calls) == 3
+
+
+def test_a_download_whose_partial_file_is_already_whole_is_checked_and_finished(tmp_path: Path) -> None:
+    data = b"weights" * 1000
+    digest = hashlib.sha256(data).hexdigest()
+    (tmp_path / "c.pt.part").write_bytes(data)
+    (tmp_path / "c.pt.part.etag").write_text(f'"{digest}"')
+    calls: list[httpx.Request] = []
+    with client_of([httpx.Response(416, json={"detail": "range"})], calls) as tj:
+        path = tj.download_checkpoint(7, tmp_path / "c.pt")
+    assert path.read_bytes() == data and calls[0].headers["Range"] == f"bytes={len(data)}-"
+    assert not (tmp_path / "c.pt.part").exists()

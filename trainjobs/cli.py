@@ -337,7 +337,7 @@ def metrics(
         from trainjobs.plot import plot_series
 
         plot_series(series, plot, title=f"job {job_id}", log_y=log_y)
-        out.print(f"wrote {plot}")
+        err.print(f"wrote {plot}", markup=False)  # stdout stays the data (--json, --csv)
     if as_json:
         print_json(found)
     elif as_csv:

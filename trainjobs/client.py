@@ -28,6 +28,8 @@ from trainjobs.models import Checkpoint, Job, LogLine
 
 TRANSIENT_STATUSES = frozenset({502, 503, 504})
 TRANSIENT_ERRORS = (httpx.TransportError,)
+UNSENT_ERRORS = (httpx.ConnectError, httpx.ConnectTimeout)
+"""Failures before the request reached the service: safe to retry whatever it was."""
 
 
 @dataclass(frozen=True)
@@ -37,6 +39,14 @@ class Call:
     params: dict[str, Any] = field(default_factory=dict)
     json: Any = None
     headers: dict[str, str] = field(default_factory=dict)
+    idempotent: bool | None = None
+    """May it be sent twice? GETs and keyed submits may; a cancel, delete or new token only when
+    the first never arrived (no connection) or was shed (503) before anything was done."""
+
+    def may_retry(self, response: httpx.Response | None, error: Exception | None) -> bool:
+        if self.idempotent if self.idempotent is not None else self.method == "GET":
+            return True
+        return isinstance(error, UNSENT_ERRORS) or (response is not None and response.status_code == 503)
 
     def request(self, http: httpx.Client | httpx.AsyncClient) -> httpx.Request:
         params = {k: v for k, v in self.params.items() if v is not None}
@@ -73,6 +83,23 @@ def backoff(attempt: int, response: httpx.Response | None) -> float:
     return min(0.25 * 2.0**attempt, 5.0)
 
 
+class Retrying:
+    """One call's retries: how long to wait before the next try, or the error to raise instead."""
+
+    def __init__(self, call: Call, server: str, seconds: float) -> None:
+        self.call, self.server = call, server
+        self.deadline, self.attempt = time.monotonic() + seconds, 0
+
+    def pause(self, response: httpx.Response | None, error: Exception | None) -> float:
+        wait = backoff(self.attempt, response)
+        self.attempt += 1
+        if self.call.may_retry(response, error) and time.monotonic() + wait < self.deadline:
+            return wait
+        if response is not None:
+            raise error_for(response)
+        raise ServiceUnavailable(f"cannot reach {self.server}: {error}") from error
+
+
 def submit_call(
     spec: BaseModel | dict[str, Any], idempotency_key: str | None, name: str | None, priority: int | None
 ) -> Call:
@@ -81,7 +108,8 @@ def submit_call(
         body["name"] = name
     if priority is not None:
         body["priority"] = priority
-    return Call("POST", "/jobs", json=body, headers={"Idempotency-Key": idempotency_key or uuid.uuid4().hex})
+    key = idempotency_key or uuid.uuid4().hex
+    return Call("POST", "/jobs", json=body, headers={"Idempotency-Key": key}, idempotent=True)
 
 
 def list_call(status: str | None, kind: str | None, owner: str | None, page_size: int, cursor: str | None) -> Call:
@@ -139,24 +167,19 @@ class Client:
 
     def send(self, call: Call, *, stream: bool = False) -> httpx.Response:
         """Send ``call``, retrying what is transient; raises the error of a 4xx (and of a 5xx once retries are spent)."""
-        deadline = time.monotonic() + self.retry_seconds
-        for attempt in range(1_000):
-            response = None
+        retry = Retrying(call, self.server, self.retry_seconds)
+        while True:
+            response, error = None, None
             try:
                 response = self.http.send(call.request(self.http), stream=stream)
                 if response.status_code not in TRANSIENT_STATUSES:
+                    if response.status_code >= 400:
+                        response.read()  # a streamed answer's detail
                     return checked(response)
-                response.close()
+                response.read()
             except TRANSIENT_ERRORS as exc:
-                if time.monotonic() >= deadline:
-                    raise ServiceUnavailable(f"cannot reach {self.server}: {exc}") from exc
-            pause = backoff(attempt, response)
-            if time.monotonic() + pause >= deadline:
-                if response is not None:
-                    raise error_for(response)
-                raise ServiceUnavailable(f"cannot reach {self.server}")
-            time.sleep(pause)
-        raise AssertionError("unreachable")
+                error = exc
+            time.sleep(retry.pause(response, error))
 
     def json(self, call: Call) -> Any:
         return self.send(call).json()
@@ -278,14 +301,15 @@ class Client:
     ) -> Iterator[LogLine]:
         """The job's log lines in order; with ``follow``, new ones as they come until the job has finished."""
         while True:
+            finished = not follow or self.get(job_id).finished  # before the page: its last lines are in it
             page = self.json(logs_call(job_id, after, attempt, stream, tail))
             tail = None  # only the first page is the tail; then everything after it
             for line in page["lines"]:
                 yield LogLine.model_validate(line)
             after = page.get("next", after)
-            if page["lines"] and len(page["lines"]) >= 1000:
+            if len(page["lines"]) >= 1000:
                 continue
-            if not follow or (self.get(job_id).finished and not page["lines"]):
+            if finished:
                 return
             time.sleep(poll)
 
@@ -298,7 +322,12 @@ class Client:
         if partial.exists() and etag_file.exists():
             headers = {"Range": f"bytes={partial.stat().st_size}-", "If-Range": etag_file.read_text().strip()}
         call = Call("GET", f"/jobs/{job_id}/checkpoint", params={"tag": tag, "format": format}, headers=headers)
-        response = self.send(call, stream=True)
+        try:
+            response = self.send(call, stream=True)
+        except TrainjobsError as exc:
+            if exc.status != 416:
+                raise
+            return finish_download(partial, etag_file, dest, etag_file.read_text())  # it was all here already
         try:
             etag = response.headers.get("etag", "")
             etag_file.write_text(etag)
@@ -356,23 +385,16 @@ class AsyncClient:
         await self.http.aclose()
 
     async def send(self, call: Call) -> httpx.Response:
-        deadline = time.monotonic() + self.retry_seconds
-        for attempt in range(1_000):
-            response = None
+        retry = Retrying(call, self.server, self.retry_seconds)
+        while True:
+            response, error = None, None
             try:
                 response = await self.http.send(call.request(self.http))
                 if response.status_code not in TRANSIENT_STATUSES:
                     return checked(response)
             except TRANSIENT_ERRORS as exc:
-                if time.monotonic() >= deadline:
-                    raise ServiceUnavailable(f"cannot reach {self.server}: {exc}") from exc
-            pause = backoff(attempt, response)
-            if time.monotonic() + pause >= deadline:
-                if response is not None:
-                    raise error_for(response)
-                raise ServiceUnavailable(f"cannot reach {self.server}")
-            await asyncio.sleep(pause)
-        raise AssertionError("unreachable")
+                error = exc
+            await asyncio.sleep(retry.pause(response, error))
 
     async def json(self, call: Call) -> Any:
         return (await self.send(call)).json()

@@ -34,9 +34,11 @@ def load_file() -> dict[str, str]:
 def resolve(server: str | None = None, token: str | None = None) -> Credentials:
     """The flag beats the environment, which beats the file."""
     saved = load_file()
-    server = server or os.environ.get("TRAINJOBS_SERVER") or saved.get("server") or DEFAULT_SERVER
-    token = token or os.environ.get("TRAINJOBS_TOKEN") or saved.get("token")
-    return Credentials(server.rstrip("/"), token)
+    server = (server or os.environ.get("TRAINJOBS_SERVER") or saved.get("server") or DEFAULT_SERVER).rstrip("/")
+    # The saved token is for the saved server only: never sent to another one.
+    same_server = saved.get("server", "").rstrip("/") == server
+    token = token or os.environ.get("TRAINJOBS_TOKEN") or (saved.get("token") if same_server else None)
+    return Credentials(server, token)
 
 
 def save(server: str, token: str) -> Path:

@@ -26,6 +26,8 @@ def follow_events(client: Client, job_id: int | None, *, retry_seconds: float = 
         headers = {"Last-Event-ID": last_id} if last_id else {}
         try:
             with connect_sse(client.http, "GET", path, headers=headers, timeout=httpx.Timeout(30, read=60)) as source:
+                if source.response.status_code in (502, 503, 504):
+                    raise httpx.TransportError(f"the service answered {source.response.status_code}")
                 if source.response.status_code >= 400:
                     source.response.read()
                     raise error_for(source.response)

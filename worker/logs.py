@@ -6,6 +6,8 @@ batches (1,000 lines or 1 s), fenced by the lease; a batch sent again stores not
 
 from __future__ import annotations
 
+import itertools
+import json
 import os
 import re
 import threading
@@ -60,6 +62,16 @@ class LineSplitter:
         return rest
 
 
+BATCH_BYTES = 2 * 1024 * 1024
+"""A batch's size as JSON, at most (the service takes 4 MiB a request from workers)."""
+
+
+def storable(text: str) -> str:
+    """Text the service stores: valid UTF-8 (no lone surrogates), no NUL, at most ``MAX_LINE_BYTES``."""
+    data = text.encode("utf-8", "replace").replace(b"\x00", b"?")
+    return decode(data[:MAX_LINE_BYTES]) if len(data) > MAX_LINE_BYTES else data.decode("utf-8")
+
+
 def decode(line: bytes) -> str:
     return line.decode("utf-8", "replace").replace("\x00", "\ufffd")
 
@@ -110,6 +122,7 @@ class JobLog:
         self.lock = threading.Lock()
 
     def add(self, stream: str, text: str, at: float | None = None) -> None:
+        text = storable(text)
         with self.lock:
             self.pending.append({"seq": self.next_seq, "stream": stream, "time": at or time.time(), "text": text})
             self.next_seq += 1
@@ -120,9 +133,17 @@ class JobLog:
     def system(self, text: str) -> None:
         self.add("system", text)
 
-    def batch(self, size: int = 1000) -> list[dict[str, Any]]:
+    def batch(self, size: int = 1000, max_bytes: int = BATCH_BYTES) -> list[dict[str, Any]]:
+        """The next lines to send: at most ``size``, and about ``max_bytes`` as JSON (escapes included)."""
+        taken: list[dict[str, Any]] = []
+        total = 0
         with self.lock:
-            return [self.pending[i] for i in range(min(size, len(self.pending)))]
+            for line in itertools.islice(self.pending, size):
+                total += len(json.dumps(line["text"])) + 80
+                if taken and total > max_bytes:
+                    break
+                taken.append(line)
+        return taken
 
     def sent(self, count: int) -> None:
         with self.lock:

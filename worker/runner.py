@@ -282,7 +282,12 @@ class JobRun:
             except ServiceUnavailable as exc:
                 self._outage(exc)
                 return  # kept; the next flush sends them again (the service stores each seq once)
+            except ProtocolError as exc:  # refused as it is: the job goes on without these lines
+                log.warning("job %s: the service refused %s log line(s): %s", self.id, len(batch), exc)
             self.log.sent(len(batch))
+        if self.log.dropped:
+            dropped, self.log.dropped = self.log.dropped, 0
+            self.log.system(f"{dropped} line(s) of output were dropped while the service was away")
         self.last_log_flush = time.monotonic()
 
     def _retrying(self, what: str, call: Callable[[], object]) -> None:

@@ -24,22 +24,30 @@ from app.core.logs import read_lines
 from app.core.models import Job, MetricPoint
 
 LOG_LINES_PER_EVENT = 1000
+LOG_EVENTS_PER_READ = 10
+METRIC_BATCHES_PER_EVENT = 50
+"""At most 50 batches (50,000 points) an event: a stream catches up a page at a time."""
+MAX_CURSOR = 2**62
 
 
 @dataclass(frozen=True)
 class Cursor:
     log: int = 0
-    metrics: int = 0
+    metrics: int = -1
+    """The last metric batch sent (-1: none; points stored before batches were numbered are batch 0)."""
     status: str = ""
 
     @classmethod
     def parse(cls, text: str | None) -> Cursor:
-        """From a ``Last-Event-ID``; anything unreadable starts from the beginning."""
+        """From a ``Last-Event-ID``; anything unreadable or out of range starts from the beginning."""
         try:
             log, metrics, status = (text or "").split(".", 2)
-            return cls(int(log), int(metrics), status[:16])
+            cursor = cls(int(log), int(metrics), status[:16])
         except ValueError:
             return cls()
+        if not (0 <= cursor.log <= MAX_CURSOR and -1 <= cursor.metrics <= MAX_CURSOR):
+            return cls()
+        return cursor
 
     def __str__(self) -> str:
         return f"{self.log}.{self.metrics}.{self.status}"
@@ -69,32 +77,41 @@ def digest(status: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(status, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def next_events(session: Session, scope: Scope, job_id: int, cursor: Cursor) -> tuple[list[Event], bool]:
-    """The events since ``cursor``, in order (status, metric points, log lines), and whether the job has
-    finished (then everything it will ever have is in them: the stream ends)."""
+@dataclass(frozen=True)
+class Read:
+    events: list[Event]
+    more: bool
+    """There is more to send already: read again at once."""
+    finished: bool
+    """The job has finished and everything it will ever have was sent: the stream ends."""
+
+
+def next_events(session: Session, scope: Scope, job_id: int, cursor: Cursor) -> Read:
+    """The events since ``cursor``, in order (status, metric points, log lines), a page at a time."""
     job = get_job(session, scope, job_id)
     events: list[Event] = []
     status = status_of(job)
     if digest(status) != cursor.status:
         cursor = replace(cursor, status=digest(status))
         events.append(Event("status", status, cursor))
-    points = session.execute(
-        select(
-            MetricPoint.name,
-            MetricPoint.step,
-            MetricPoint.epoch,
-            MetricPoint.value,
-            MetricPoint.time,
-            MetricPoint.batch,
-        )
-        .where(MetricPoint.job_id == job_id, MetricPoint.batch > cursor.metrics)
-        .order_by(MetricPoint.batch, MetricPoint.step, MetricPoint.name)
-    ).all()
-    if points:
-        cursor = replace(cursor, metrics=max(p.batch for p in points))
-        data = [{"name": p.name, "step": p.step, "epoch": p.epoch, "value": p.value, "time": p.time} for p in points]
-        events.append(Event("metrics", {"points": data}, cursor))
-    while lines := read_lines(session, job_id, after=cursor.log, limit=LOG_LINES_PER_EVENT):
+    more = False
+    if job.metric_batches > cursor.metrics:
+        last = min(job.metric_batches, cursor.metrics + METRIC_BATCHES_PER_EVENT)
+        points = session.execute(
+            select(MetricPoint.name, MetricPoint.step, MetricPoint.epoch, MetricPoint.value, MetricPoint.time)
+            .where(MetricPoint.job_id == job_id, MetricPoint.batch > cursor.metrics, MetricPoint.batch <= last)
+            .order_by(MetricPoint.batch, MetricPoint.step, MetricPoint.name)
+        ).all()
+        cursor, more = replace(cursor, metrics=last), last < job.metric_batches
+        if points:
+            data = [
+                {"name": p.name, "step": p.step, "epoch": p.epoch, "value": p.value, "time": p.time} for p in points
+            ]
+            events.append(Event("metrics", {"points": data}, cursor))
+    for _ in range(LOG_EVENTS_PER_READ):
+        lines = read_lines(session, job_id, after=cursor.log, limit=LOG_LINES_PER_EVENT)
+        if not lines:
+            break
         cursor = replace(cursor, log=lines[-1].id)
         data = [
             {
@@ -107,9 +124,8 @@ def next_events(session: Session, scope: Scope, job_id: int, cursor: Cursor) -> 
             for li in lines
         ]
         events.append(Event("log", {"lines": data}, cursor))
-        if len(lines) < LOG_LINES_PER_EVENT:
-            break
-    return events, job.status.is_terminal
+        more = more or len(lines) == LOG_LINES_PER_EVENT
+    return Read(events, more, job.status.is_terminal and not more)
 
 
 def changed_jobs(session: Session, scope: Scope, since: datetime, limit: int = 500) -> list[Job]:

@@ -12,7 +12,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
 from app.core.models import Job, JobLog, utcnow
@@ -42,7 +42,7 @@ def append_lines(session: Session, job: Job, lines: list[dict[str, Any]], *, max
             continue
         stored.add(line["seq"])
         size = len(line["text"].encode("utf-8", "surrogatepass"))
-        if size > room:
+        if size > room or job.log_dropped_lines or dropped_lines:  # once full, full: no sample of what follows
             dropped_bytes, dropped_lines = dropped_bytes + size, dropped_lines + 1
             continue
         room -= size
@@ -71,15 +71,13 @@ def _count_dropped(session: Session, job: Job, size: int, lines: int, max_log_by
         f"the log reached its limit of {max_log_bytes} bytes (TRAINJOBS_MAX_LOG_BYTES): "
         f"{job.log_dropped_lines} later line(s), {job.log_dropped_bytes} bytes, were dropped"
     )
-    marker = session.scalars(select(JobLog).where(JobLog.job_id == job.id, JobLog.seq == DROPPED_SEQ)).first()
-    if marker is None:
-        session.add(
-            JobLog(
-                job_id=job.id, attempt=job.attempt, seq=DROPPED_SEQ, stream=LogStream.SYSTEM, time=utcnow(), text=text
-            )
-        )
-    else:
-        marker.text, marker.time = text, utcnow()
+    # Written anew each time (a new id): a reader paging by id sees the count as it grows.
+    session.execute(delete(JobLog).where(JobLog.job_id == job.id, JobLog.seq == DROPPED_SEQ))
+    session.flush()
+    marker = JobLog(
+        job_id=job.id, attempt=job.attempt, seq=DROPPED_SEQ, stream=LogStream.SYSTEM, time=utcnow(), text=text
+    )
+    session.add(marker)
 
 
 def note(session: Session, job: Job, text: str) -> None:
@@ -113,5 +111,20 @@ def read_lines(
         query = query.where(JobLog.stream == stream)
     if tail is not None:
         newest = list(session.scalars(query.order_by(JobLog.id.desc()).limit(min(tail, limit))))
-        return newest[::-1]
-    return list(session.scalars(query.order_by(JobLog.id).limit(limit)))
+        return within_bytes(newest[::-1], from_end=True)
+    return within_bytes(list(session.scalars(query.order_by(JobLog.id).limit(limit))))
+
+
+MAX_PAGE_BYTES = 4 * 1024 * 1024
+"""A page of lines holds at most this much text (the rest comes with the next page)."""
+
+
+def within_bytes(lines: list[JobLog], *, from_end: bool = False) -> list[JobLog]:
+    """The lines, cut where their text passes ``MAX_PAGE_BYTES`` (at least one line)."""
+    total, kept = 0, list[JobLog]()
+    for line in reversed(lines) if from_end else lines:
+        total += len(line.text) * 4  # at most 4 bytes a character: no encoding needed to bound it
+        if kept and total > MAX_PAGE_BYTES:
+            break
+        kept.append(line)
+    return kept[::-1] if from_end else kept

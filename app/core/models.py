@@ -201,6 +201,8 @@ class MetricPoint(Base):
         BigInteger, default=0, server_default="0", doc="The job's metric batch that stored it (events' cursor)."
     )
 
+    __table_args__ = (Index("ix_metric_points_job_id_batch", "job_id", "batch"),)
+
 
 class JobLog(Base):
     """One line of a job's log; ``id`` orders a job's whole log, ``seq`` numbers an attempt's lines

@@ -43,9 +43,11 @@ def upgrade() -> None:
         for column in COUNTERS:
             batch.add_column(sa.Column(column, sa.BigInteger(), nullable=False, server_default="0"))
     op.add_column("metric_points", sa.Column("batch", sa.BigInteger(), nullable=False, server_default="0"))
+    op.create_index("ix_metric_points_job_id_batch", "metric_points", ["job_id", "batch"], unique=False)
 
 
 def downgrade() -> None:
+    op.drop_index("ix_metric_points_job_id_batch", table_name="metric_points")
     with op.batch_alter_table("metric_points") as points:
         points.drop_column("batch")
     with rebuild_table("jobs") as batch:

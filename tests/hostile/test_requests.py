@@ -107,7 +107,14 @@ def test_every_method_on_every_path_with_odd_bodies_never_answers_500(live: Live
         for path in paths:
             for method in METHODS:
                 for body in BODIES:
-                    r = http.request(method, path, content=body, headers={"Content-Type": "application/json"})
+                    request = http.build_request(
+                        method, path, content=body, headers={"Content-Type": "application/json"}
+                    )
+                    r = http.send(request, stream=True)  # an event stream's answer never ends: its status is the test
+                    if r.headers.get("content-type", "").startswith("text/event-stream"):
+                        r.close()
+                    else:
+                        r.read()
                     assert r.status_code < 500, (who, method, path, body and body[:20], r.status_code, r.text[:200])
                     codes.add(r.status_code)
     callers["nobody"].close()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 from worker.logs import MAX_LINE_BYTES, LineSplitter
 
 
@@ -36,3 +38,17 @@ def test_a_line_over_8_kib_is_cut_there_and_the_next_line_is_whole() -> None:
 
 def test_bytes_that_are_not_utf8_and_nul_bytes_are_replaced_not_fatal() -> None:
     assert split(b"caf\xc3\xa9 \xff\x00!\n") == ["café \ufffd\ufffd!"]
+
+
+def test_text_the_service_could_not_store_is_made_storable_and_batches_stay_under_the_body_limit() -> None:
+    from worker.logs import JobLog, storable
+
+    assert storable("bad \ud800 surrogate and \x00 nul") == "bad ? surrogate and ? nul"
+    long = storable("é" * 10_000)  # 20,000 bytes of UTF-8
+    assert len(long.encode()) <= MAX_LINE_BYTES and set(long) == {"é"}
+    log = JobLog()
+    for _ in range(1000):
+        log.add("stdout", "\x1b" * MAX_LINE_BYTES)  # escapes grow sixfold as JSON
+    batch = log.batch()
+    assert 0 < len(batch) < 1000
+    assert sum(len(json.dumps(line["text"])) for line in batch) <= 2 * 1024 * 1024

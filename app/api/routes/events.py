@@ -11,12 +11,14 @@ line every 15 s keeps proxies from closing an idle stream. Neither is shed or ma
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Request
 from fastapi.concurrency import run_in_threadpool
+from sqlalchemy.exc import SQLAlchemyError
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
 from app.api.auth import ScopeDep
@@ -25,9 +27,11 @@ from app.api.routes.jobs import JobId
 from app.api.wakeup import Wakeup
 from app.core import events
 from app.core.db import Database
+from app.core.errors import JobNotFound
 from app.core.jobs import Scope, get_job
 from app.core.models import Job, utcnow
 
+log = logging.getLogger("trainjobs.api")
 router = APIRouter(tags=["events"])
 POLL_SECONDS = 0.5
 PING_SECONDS = 15
@@ -61,14 +65,22 @@ async def job_events(
         nonlocal cursor
         while True:
             changed = wakeup.current()
-            found, finished = await run_in_threadpool(read_events, db, scope, job_id, cursor)
-            for event in found:
+            try:
+                read = await run_in_threadpool(read_events, db, scope, job_id, cursor)
+            except JobNotFound:  # deleted since: nothing more will come
+                yield sse("end", {"id": job_id, "deleted": True}, str(cursor))
+                return
+            except SQLAlchemyError:  # the database is away: the client reconnects with its last id
+                log.warning("an event stream of job %s ended: the database did not answer", job_id)
+                return
+            for event in read.events:
                 cursor = event.cursor
                 yield sse(event.name, event.data, str(cursor))
-            if finished:
+            if read.finished:
                 yield sse("end", {"id": job_id}, str(cursor))
                 return
-            await Wakeup.wait(changed, POLL_SECONDS)
+            if not read.more:
+                await Wakeup.wait(changed, POLL_SECONDS)
 
     return EventSourceResponse(stream(), ping=PING_SECONDS)
 
@@ -85,7 +97,12 @@ async def all_events(
         nonlocal since
         while True:
             changed = wakeup.current()
-            for job in await run_in_threadpool(read_changed, db, scope, since):
+            try:
+                jobs = await run_in_threadpool(read_changed, db, scope, since)
+            except SQLAlchemyError:
+                log.warning("an event stream of all jobs ended: the database did not answer")
+                return
+            for job in jobs:
                 since = job.updated_at
                 yield sse("status", events.status_of(job), since.isoformat())
             await Wakeup.wait(changed, POLL_SECONDS)
@@ -94,11 +111,13 @@ async def all_events(
 
 
 def parse_time(text: str | None) -> datetime | None:
+    """A ``Last-Event-ID`` of ``GET /events``, or None (from now on) for one that is not a time we wrote."""
     try:
         found = datetime.fromisoformat(text or "")
-    except ValueError:
+        found = (found if found.tzinfo else found.replace(tzinfo=UTC)).astimezone(UTC)
+    except (ValueError, OverflowError):
         return None
-    return found if found.tzinfo else found.replace(tzinfo=UTC)
+    return found if datetime(2000, 1, 1, tzinfo=UTC) < found < datetime(9000, 1, 1, tzinfo=UTC) else None
 
 
 def read_job(db: Database, scope: Scope, job_id: int) -> None:
@@ -106,7 +125,7 @@ def read_job(db: Database, scope: Scope, job_id: int) -> None:
         get_job(session, scope, job_id)
 
 
-def read_events(db: Database, scope: Scope, job_id: int, cursor: events.Cursor) -> tuple[list[events.Event], bool]:
+def read_events(db: Database, scope: Scope, job_id: int, cursor: events.Cursor) -> events.Read:
     with db.read() as session:
         return events.next_events(session, scope, job_id, cursor)
 
