@@ -30,6 +30,7 @@ from app.core.config import Settings, get_settings
 from app.core.db import Database
 from app.core.migrate import check_schema_current
 from app.core.states import JobStatus
+from app.serve import CloseUnreadBodies
 
 log = logging.getLogger("trainjobs.api")
 
@@ -142,6 +143,7 @@ def create_app(settings: Settings | None = None, db: Database | None = None) -> 
     app.add_middleware(BodyLimit, limit_for=limit_for, body_timeout=settings.body_timeout_seconds)
     app.add_middleware(Authenticate)
     app.add_middleware(LoadShedding, limit=settings.max_concurrency)
+    app.add_middleware(CloseUnreadBodies)
     app.include_router(accounts_routes.router)
     app.include_router(jobs.router)
     app.include_router(worker.router)

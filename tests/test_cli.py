@@ -209,7 +209,11 @@ def test_the_sdk_lists_every_page_and_raises_typed_errors(service: Service) -> N
 
 
 def test_watch_exits_1_for_a_failed_job_and_shows_its_reason(service: Service) -> None:
-    exploding = {**TINY_JOB, "train": {"epochs": 3, "batch_size": 16, "optimizer": "sgd", "lr": 1e30}}
+    # Weight decay 1 at lr 10 multiplies every weight by -9 each step: inf, then NaN, within 400 steps.
+    exploding = {
+        **TINY_JOB,
+        "train": {"epochs": 200, "batch_size": 16, "optimizer": "sgd", "lr": 10, "weight_decay": 1.0},
+    }
     job = service.json("submit", "-", stdin=json.dumps(exploding))
     watched = service.run("watch", str(job["id"]))
     assert watched.returncode == 1, watched.stdout + watched.stderr

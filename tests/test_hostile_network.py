@@ -185,3 +185,14 @@ def test_a_public_body_that_trickles_in_is_a_408_once_the_body_timeout_is_up(tmp
         assert code == 408
         assert time.monotonic() - started < 3
         s.close()
+
+
+def test_an_answer_before_the_body_is_read_tells_the_client_to_open_a_new_connection(tmp_path: Path) -> None:
+    """Else a client reuses the connection the service is about to close, and its next request fails."""
+    with ApiServer(tmp_path) as api, httpx.Client(base_url=api.url) as http:
+        refused = http.post("/jobs", content=b"{" * 100_000, headers={"Content-Type": "application/json"})
+        assert refused.status_code == 401 and refused.headers["connection"] == "close"
+        for _ in range(3):  # the next requests on this client: new connections, all answered
+            assert http.get("/healthz").status_code == 200
+        kept = http.get("/healthz")
+        assert kept.headers.get("connection") != "close"  # a request with no body keeps its connection

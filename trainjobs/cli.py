@@ -380,8 +380,21 @@ def download(
 ) -> None:
     """Download a checkpoint: resumes a partial download, checks the sha256."""
     dest = output or Path(f"job-{job_id}-{tag or 'best'}.{'safetensors' if format == 'safetensors' else 'pt'}")
-    with client(server) as tj:
-        path = tj.download_checkpoint(job_id, dest, tag=tag, format=format)
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
+
+    bar = Progress(
+        TextColumn(str(dest)), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+        console=err, disable=as_json or not err.is_terminal, transient=True,
+    )  # fmt: skip
+    with client(server) as tj, bar:
+        task = bar.add_task("download", total=None)
+        path = tj.download_checkpoint(
+            job_id,
+            dest,
+            tag=tag,
+            format=format,
+            on_progress=lambda done, total: bar.update(task, completed=done, total=total),
+        )
     size = path.stat().st_size
     print_json({"path": str(path), "size": size}) if as_json else out.print(f"wrote {path} ({size / 1e6:.1f} MB)")
 

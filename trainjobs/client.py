@@ -14,7 +14,7 @@ import builtins
 import hashlib
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -112,9 +112,27 @@ def submit_call(
     return Call("POST", "/jobs", json=body, headers={"Idempotency-Key": key}, idempotent=True)
 
 
-def list_call(status: str | None, kind: str | None, owner: str | None, page_size: int, cursor: str | None) -> Call:
-    params = {"status": status, "kind": kind, "owner": owner, "limit": page_size, "cursor": cursor}
-    return Call("GET", "/jobs", params=params)
+class Pages:
+    """``GET /jobs`` a page at a time (both clients): the next call, and the jobs a page holds."""
+
+    def __init__(
+        self, status: str | None, kind: str | None, owner: str | None, limit: int | None, page_size: int
+    ) -> None:
+        self.params: dict[str, Any] = {"status": status, "kind": kind, "owner": owner, "limit": page_size}
+        self.limit, self.seen, self.done = limit, 0, False
+        self.cursor: str | None = None
+
+    def next_call(self) -> Call | None:
+        if self.done or (self.limit is not None and self.seen >= self.limit):
+            return None
+        return Call("GET", "/jobs", params={**self.params, "cursor": self.cursor})
+
+    def take(self, page: dict[str, Any]) -> builtins.list[Job]:
+        items = page["data"][: None if self.limit is None else self.limit - self.seen]
+        self.seen += len(items)
+        self.cursor = page.get("next_cursor")
+        self.done = not self.cursor
+        return [Job.model_validate(item) for item in items]
 
 
 def logs_call(
@@ -245,17 +263,9 @@ class Client:
         page_size: int = 100,
     ) -> Iterator[Job]:
         """Your jobs (an admin's: ``owner=NAME`` or ``*``), newest first, over every page (or the first ``limit``)."""
-        cursor, seen = None, 0
-        while True:
-            page = self.json(list_call(status, kind, owner, page_size, cursor))
-            for item in page["data"]:
-                if limit is not None and seen >= limit:
-                    return
-                seen += 1
-                yield Job.model_validate(item)
-            cursor = page.get("next_cursor")
-            if not cursor:
-                return
+        pages = Pages(status, kind, owner, limit, page_size)
+        while (call := pages.next_call()) is not None:
+            yield from pages.take(self.json(call))
 
     def wait(self, job_id: int, timeout: float | None = None, poll: float = 1.0) -> Job:
         """The job once it has finished; ``TimeoutError`` if it has not within ``timeout`` seconds."""
@@ -313,7 +323,14 @@ class Client:
                 return
             time.sleep(poll)
 
-    def download_checkpoint(self, job_id: int, path: str | Path, tag: str | None = "best", format: str = "pt") -> Path:
+    def download_checkpoint(
+        self,
+        job_id: int,
+        path: str | Path,
+        tag: str | None = "best",
+        format: str = "pt",
+        on_progress: Callable[[int, int | None], None] | None = None,
+    ) -> Path:
         """Download to ``path``: resumes a partial download (``path``.part) with Range, checks the sha256,
         then renames into place; a file that does not match is removed and ``TrainjobsError`` raised."""
         dest = Path(path)
@@ -332,9 +349,15 @@ class Client:
             etag = response.headers.get("etag", "")
             etag_file.write_text(etag)
             resumed = response.status_code == 206
+            done = partial.stat().st_size if resumed else 0
+            length = response.headers.get("content-length", "")
+            total = done + int(length) if length.isdigit() else None
             with partial.open("ab" if resumed else "wb") as out:
                 for chunk in response.iter_bytes(4 * 1024 * 1024):
                     out.write(chunk)
+                    done += len(chunk)
+                    if on_progress is not None:
+                        on_progress(done, total)
         finally:
             response.close()
         return finish_download(partial, etag_file, dest, etag)
@@ -427,17 +450,10 @@ class AsyncClient:
         limit: int | None = None,
         page_size: int = 100,
     ) -> AsyncIterator[Job]:
-        cursor, seen = None, 0
-        while True:
-            page = await self.json(list_call(status, kind, owner, page_size, cursor))
-            for item in page["data"]:
-                if limit is not None and seen >= limit:
-                    return
-                seen += 1
-                yield Job.model_validate(item)
-            cursor = page.get("next_cursor")
-            if not cursor:
-                return
+        pages = Pages(status, kind, owner, limit, page_size)
+        while (call := pages.next_call()) is not None:
+            for job in pages.take(await self.json(call)):
+                yield job
 
     async def wait(self, job_id: int, timeout: float | None = None, poll: float = 1.0) -> Job:
         async def until_finished() -> Job:

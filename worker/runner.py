@@ -201,6 +201,7 @@ class JobRun:
 
     def _upload(self, ready: CheckpointReady) -> None:
         self._flush_metrics(force=True)
+        self._flush_logs(force=True)  # what led up to this checkpoint is stored before it
         metric = ready.metric if ready.metric is not None and math.isfinite(ready.metric) else None
         stored = self.stored.setdefault(ready.format, {})
 

@@ -10,6 +10,7 @@ line every 15 s keeps proxies from closing an idle stream. Neither is shed or ma
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 from collections.abc import AsyncIterator
@@ -18,11 +19,13 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Request
 from fastapi.concurrency import run_in_threadpool
+from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
 from app.api.auth import ScopeDep
-from app.api.deps import DatabaseDep
+from app.api.deps import DatabaseDep, quick_read
 from app.api.routes.jobs import JobId
 from app.api.wakeup import Wakeup
 from app.core import events
@@ -63,10 +66,18 @@ async def job_events(
 
     async def stream() -> AsyncIterator[ServerSentEvent]:
         nonlocal cursor
+        seen: object = None
         while True:
             changed = wakeup.current()
             try:
+                # Every write to a job moves its updated_at: one read by primary key (on the event loop on
+                # SQLite) tells whether there is anything to read at all; an idle stream costs only that.
+                version = await quick_read(db, functools.partial(updated_at, job_id=job_id))
+                if version is not None and version == seen:
+                    await Wakeup.wait(changed, POLL_SECONDS)
+                    continue
                 read = await run_in_threadpool(read_events, db, scope, job_id, cursor)
+                seen = None if read.more else version
             except JobNotFound:  # deleted since: nothing more will come
                 yield sse("end", {"id": job_id, "deleted": True}, str(cursor))
                 return
@@ -118,6 +129,10 @@ def parse_time(text: str | None) -> datetime | None:
     except (ValueError, OverflowError):
         return None
     return found if datetime(2000, 1, 1, tzinfo=UTC) < found < datetime(9000, 1, 1, tzinfo=UTC) else None
+
+
+def updated_at(session: Session, job_id: int) -> datetime | None:
+    return session.scalar(select(Job.updated_at).where(Job.id == job_id))
 
 
 def read_job(db: Database, scope: Scope, job_id: int) -> None:
