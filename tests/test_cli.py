@@ -235,3 +235,20 @@ def test_tokens_are_made_listed_and_revoked_and_a_finished_job_deleted(service: 
     assert service.run("delete", str(job.id)).returncode == 0
     missing = service.run("show", str(job.id))
     assert missing.returncode == 1 and "404" in missing.stderr
+
+
+def test_the_async_client_submits_follows_events_and_downloads(service: Service) -> None:
+    import asyncio
+
+    async def run() -> tuple[list[str], int]:
+        async with trainjobs.AsyncClient(service.api.url, service.api.token) as tj:
+            job = await tj.submit(TINY_JOB)
+            names = [event["event"] async for event in tj.events(job.id)]
+            done = await tj.wait(job.id, timeout=60)
+            assert done.status == "succeeded" and [c.tag for c in await tj.checkpoints(job.id)]
+            path = await tj.download_checkpoint(job.id, service.root / "async.pt", tag="last")
+            return names, path.stat().st_size
+
+    names, size = asyncio.run(run())
+    assert names[0] == "status" and names[-1] == "end" and "log" in names and "metrics" in names
+    assert size > 0

@@ -277,14 +277,18 @@ def watch_job(tj: Client, job_id: int, *, quiet: bool = False) -> int:
             if event["event"] == "status":
                 progress = data.get("progress") or {}
                 state = f"{data['status']} epoch {progress.get('epoch', 0)}/{progress.get('epochs', '?')}"
+                if progress.get("step"):
+                    state += f" step {progress['step']}"
                 bar.update(task, total=progress.get("epochs") or None, completed=progress.get("epoch", 0), state=state)
                 if state != last and not quiet and not err.is_terminal:
                     err.print(f"job {job_id}: {state}", markup=False)
                 last = state
             elif event["event"] == "metrics":
                 latest.update({p["name"]: p["value"] for p in data["points"]})
-                shown = [f"{k} {v:.4g}" for k, v in latest.items() if k.endswith(("loss", "accuracy"))]
-                bar.update(task, latest="  ".join(shown[:4]))
+                shown = [f"{k} {v:.4g}" for k, v in latest.items() if k.endswith(("loss", "accuracy"))][:4]
+                if "samples_per_second" in latest:
+                    shown.append(f"{latest['samples_per_second']:.0f} samples/s")
+                bar.update(task, latest="  ".join(shown))
     job = tj.get(job_id)
     if not quiet:
         summary = best_metric(job) or (job.error or "").split("\n")[0]

@@ -483,3 +483,21 @@ class AsyncClient:
     async def logs(self, job_id: int, *, after: int | None = None, tail: int | None = None) -> builtins.list[LogLine]:
         page = await self.json(logs_call(job_id, after, None, None, tail))
         return [LogLine.model_validate(line) for line in page["lines"]]
+
+    async def checkpoints(self, job_id: int) -> builtins.list[Checkpoint]:
+        found = await self.json(Call("GET", f"/jobs/{job_id}/checkpoints"))
+        return [Checkpoint.model_validate(c) for c in found["data"]]
+
+    async def events(self, job_id: int | None = None) -> AsyncIterator[dict[str, Any]]:
+        """As ``Client.events``: the job's events as they happen, reconnecting where a stream broke off."""
+        from trainjobs.events import afollow_events
+
+        async for event in afollow_events(self, job_id):
+            yield event
+
+    async def download_checkpoint(
+        self, job_id: int, path: str | Path, tag: str | None = "best", format: str = "pt"
+    ) -> Path:
+        """As ``Client.download_checkpoint``, the file written from a worker thread."""
+        with Client(self.server, self.token, retry_seconds=self.retry_seconds) as sync:
+            return await asyncio.to_thread(sync.download_checkpoint, job_id, path, tag, format)
