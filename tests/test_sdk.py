@@ -80,7 +80,6 @@ def test_the_argument_beats_the_environment_which_beats_the_credentials_file(
     monkeypatch.delenv("TRAINJOBS_TOKEN", raising=False)
     path = save("http://file:8000", "tj_file_token")
     assert (path.stat().st_mode & 0o777) == 0o600 and json.loads(path.read_text())["token"] == "tj_file_token"
-    assert resolve() == resolve(None, None)
     assert (resolve().server, resolve().token) == ("http://file:8000", "tj_file_token")
     monkeypatch.setenv("TRAINJOBS_TOKEN", "tj_env_token")
     assert resolve().token == "tj_env_token"

@@ -18,7 +18,6 @@ from sqlalchemy.orm import Session
 from app.core.models import Job, JobLog, utcnow
 from app.core.states import LogStream
 
-MAX_LINE_CHARS = 8 * 1024
 DROPPED_SEQ = -1
 """The seq of the one line that says how much of a job's log was dropped (the service writes it)."""
 SERVICE_SEQ_BASE = -1_000_000
