@@ -4,7 +4,7 @@ PYTHON ?= python3
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint migrate api worker bench bench-quick clean
+.PHONY: run test lint migrate api worker bench bench-quick screenshots clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -32,6 +32,9 @@ lint: $(STAMP)
 
 test: lint ## lint, types, then every test on SQLite and PostgreSQL
 	$(BIN)/pytest -q
+
+screenshots: $(STAMP) ## the dashboard's browser tests, writing the README's pictures to docs/images/
+	TRAINJOBS_SCREENSHOTS=docs/images TRAINJOBS_TEST_BACKENDS=sqlite $(BIN)/pytest -q tests/ui/test_dashboard_browser.py
 
 bench: $(STAMP) ## every benchmark, full size (about 25 min on 2 cores): table to stdout, bench/results/<date>-<host>.json
 	$(BIN)/python -m bench

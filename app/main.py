@@ -31,6 +31,7 @@ from app.core.db import Database
 from app.core.migrate import check_schema_current
 from app.core.states import JobStatus
 from app.serve import CloseUnreadBodies
+from app.ui import install_dashboard
 
 log = logging.getLogger("trainjobs.api")
 
@@ -150,6 +151,7 @@ def create_app(settings: Settings | None = None, db: Database | None = None) -> 
     app.include_router(events_routes.router)
     app.include_router(health.router)
     install_docs(app)
+    install_dashboard(app)
     install_error_handlers(app)
     return app
 

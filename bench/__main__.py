@@ -16,11 +16,11 @@ import traceback
 from collections.abc import Callable
 from pathlib import Path
 
-from . import api, checkpoints, dispatch, load, metrics, service, training
+from . import api, checkpoints, dashboard, dispatch, load, metrics, service, training
 from .report import describe_machine, markdown_table, results_path, started_at, write_results
 from .stats import Result
 
-NAMES = ["training", "service", "dispatch", "api", "load", "metrics", "checkpoints"]
+NAMES = ["training", "service", "dispatch", "api", "load", "metrics", "checkpoints", "dashboard"]
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -56,6 +56,7 @@ def main(argv: list[str] | None = None) -> int:
         "load": lambda: load.run(quick=args.quick, loadgen_tool=args.loadgen),
         "metrics": lambda: metrics.run(quick=args.quick),
         "checkpoints": lambda: checkpoints.run(quick=args.quick),
+        "dashboard": lambda: dashboard.run(quick=args.quick),
     }
     selected = [name for name in NAMES if not args.only or name in args.only]
     results: list[Result] = []

@@ -38,21 +38,22 @@ def post_lines(http: httpx.Client, job_id: int, lease: str, first: int, count: i
 class Listener:
     """Reads a job's event stream in a thread until it ends or ``stop`` is set (the connection dropped)."""
 
-    def __init__(self, api: ApiServer, job_id: int, last_event_id: str | None = None) -> None:
+    def __init__(self, api: ApiServer, job_id: int, last_event_id: str | None = None, start: str | None = None) -> None:
         self.events: queue.Queue[dict[str, Any]] = queue.Queue()
         self.stop = threading.Event()
         headers = {"Last-Event-ID": last_event_id} if last_event_id else {}
-        self.thread = threading.Thread(target=self._read, args=(api, job_id, headers), daemon=True)
+        path = f"/jobs/{job_id}/events" + (f"?start={start}" if start else "")
+        self.thread = threading.Thread(target=self._read, args=(api, path, headers), daemon=True)
         self.thread.start()
 
-    def _read(self, api: ApiServer, job_id: int, headers: dict[str, str]) -> None:
+    def _read(self, api: ApiServer, path: str, headers: dict[str, str]) -> None:
         with contextlib.suppress(httpx.TransportError):  # the server closing a stream nobody reads any more
-            self._read_until_end(api, job_id, headers)
+            self._read_until_end(api, path, headers)
 
-    def _read_until_end(self, api: ApiServer, job_id: int, headers: dict[str, str]) -> None:
+    def _read_until_end(self, api: ApiServer, path: str, headers: dict[str, str]) -> None:
         with (
             httpx.Client(base_url=api.url, auth=CallerAuth(api.token), timeout=30) as http,
-            connect_sse(http, "GET", f"/jobs/{job_id}/events", headers=headers) as source,
+            connect_sse(http, "GET", path, headers=headers) as source,
         ):
             for sse in source.iter_sse():
                 self.events.put({"event": sse.event, "id": sse.id, "data": json.loads(sse.data)})
@@ -125,6 +126,29 @@ def test_a_client_that_joins_mid_job_drops_and_reconnects_gets_everything_once_i
     assert len(statuses) == len(set(statuses)), statuses  # no status sent twice
     ids = [e["id"] for e in seen[:-1]]  # the end carries the cursor of the event before it
     assert len(ids) == len(set(ids)) and seen[-1]["event"] == "end" and seen[-1]["id"] == ids[-1]
+
+
+def test_a_stream_started_now_sends_the_status_then_only_what_comes_after(api: ApiServer) -> None:
+    """The dashboard's job page fetches what a job has (downsampled) and follows only what is new."""
+    with api.client(timeout=30) as http:
+        job_id = submit(http, TINY_JOB)["id"]
+        lease = claim(http)["lease_token"]  # type: ignore[index]
+        post_lines(http, job_id, lease, 0, 3)
+        old = [{"name": "train_loss", "step": s, "value": 1.0} for s in range(1, 4)]
+        assert post_points(http, job_id, lease, old).status_code == 200
+
+        listener = Listener(api, job_id, start="now")
+        seen = listener.until(lambda e: e["event"] == "status")
+        new_lines = post_lines(http, job_id, lease, 3, 2)
+        new = [{"name": "train_loss", "step": s, "value": 1.0} for s in range(4, 6)]
+        assert post_points(http, job_id, lease, new).status_code == 200
+        while len(lines_of(seen)) < 2 or len(points_of(seen)) < 2:  # the two come in either order
+            seen += listener.until(lambda e: e["event"] in ("log", "metrics"))
+        listener.stop.set()
+
+    assert seen[0]["event"] == "status" and seen[0]["data"]["status"] == "running"
+    assert lines_of(seen) == new_lines
+    assert points_of(seen) == [("train_loss", 4), ("train_loss", 5)]
 
 
 def test_a_client_of_one_api_process_sees_what_a_worker_reports_to_another(tmp_path: Path) -> None:

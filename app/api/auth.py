@@ -5,6 +5,11 @@
 - ``require_worker``: a worker token (one in the database, or ``TRAINJOBS_WORKER_TOKEN``); the
   worker protocol only. A token of the other kind is refused on each side.
 
+The dashboard's session is a user token too, made at its login and kept in an HttpOnly,
+SameSite=Strict cookie (``SESSION_COOKIE``); a write sent with the cookie must carry the session's
+CSRF token (``X-CSRF-Token``, or a form's ``csrf`` field on the dashboard's own forms). Answers to a
+cookie are never cached by the browser.
+
 A token is looked up (an indexed read, on the event loop on SQLite) at most once a second per
 process (``RecentTokens``): a revoked token or a deactivated user stops working at once on the API
 process that made the change, and within a second on others. A token's ``last_used_at`` is
@@ -19,13 +24,16 @@ import secrets
 import time
 from dataclasses import dataclass, replace
 from typing import Annotated
+from urllib.parse import urlencode
 
 from fastapi import Depends, Request
 from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import RedirectResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
-from starlette.types import ASGIApp, Receive, Send
+from starlette.datastructures import MutableHeaders
+from starlette.types import ASGIApp, Message, Receive, Send
 from starlette.types import Scope as ASGIScope
 
 from app.api.deps import DatabaseDep, SettingsDep, WorkerLane, WorkerLaneDep, quick_read
@@ -160,9 +168,44 @@ def note_use(db: Database, token_id: int) -> None:
     task.add_done_callback(_noting.discard)
 
 
+SESSION_COOKIE = "trainjobs_session"
+CSRF_HEADER = "x-csrf-token"
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+def csrf_token(session: str) -> str:
+    """The CSRF token of a dashboard session: only a page that was given it (never the cookie) knows it."""
+    return hashlib.sha256(b"trainjobs-csrf\0" + session.encode()).hexdigest()[:32]
+
+
+def session_of(request: Request) -> str | None:
+    """The dashboard session token the request's cookie holds, if any."""
+    value = request.cookies.get(SESSION_COOKIE)
+    return value if value and value.isascii() and len(value) <= 200 else None
+
+
+def check_csrf(request: Request, session: str) -> None:
+    """A write sent with the session cookie must carry its CSRF token (the dashboard's forms check their own)."""
+    if request.method in SAFE_METHODS or request.url.path.startswith("/ui/"):
+        return
+    sent = request.headers.get(CSRF_HEADER, "")
+    if not secrets.compare_digest(sent.encode(), csrf_token(session).encode()):
+        raise Forbidden(f"a write with the session cookie needs its CSRF token in the {CSRF_HEADER} header")
+
+
+def check_form_csrf(request: Request, sent: str) -> None:
+    """A dashboard form sent with the session cookie carries the session's CSRF token in its ``csrf`` field."""
+    session = getattr(request.state, "session", None)
+    if session is not None and not secrets.compare_digest(sent.encode(), csrf_token(session).encode()):
+        raise Forbidden("this form has expired or did not come from the dashboard: reload the page and send it again")
+
+
 async def authenticate_user(request: Request, db: Database) -> Caller:
-    """The caller a request's user token acts for; Unauthorized otherwise."""
+    """The caller a request's user token (or dashboard session) acts for; Unauthorized otherwise."""
     token = bearer_token(request)
+    if token is None and (token := session_of(request)) is not None:
+        check_csrf(request, token)
+        request.state.session = token
     if token is None:
         raise Unauthorized(f"no token: {USER_TOKEN_HELP}")
     found = await presented(request, db, token)
@@ -220,10 +263,13 @@ async def require_worker(
         await authenticate_worker(request, db, lane, settings)
 
 
-OPEN_PATHS = frozenset({"/healthz", "/auth/login", "/openapi.json", "/docs", "/docs/oauth2-redirect"})
-"""Everything anyone reaches without a token (tests/api/test_route_auth.py holds every route to it)."""
-OPEN_PREFIXES = ("/docs/assets/",)
-"""Swagger UI's own files (app/api/routes/docs.py)."""
+OPEN_PATHS = frozenset(
+    {"/healthz", "/auth/login", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc", "/", "/ui", "/ui/login"}
+)
+"""Everything anyone reaches without a token (tests/api/test_route_auth.py holds every route to it);
+``/`` and ``/ui`` only redirect, ``/ui/login`` is the dashboard's sign-in form."""
+OPEN_PREFIXES = ("/docs/assets/", "/ui/static/")
+"""Swagger UI's and ReDoc's files (app/api/routes/docs.py) and the dashboard's (app/ui/)."""
 
 
 def is_open(path: str) -> bool:
@@ -250,9 +296,35 @@ class Authenticate:
             else:
                 request.state.caller = await authenticate_user(request, state.db)
         except TrainjobsError as exc:
+            if is_page(scope["path"]) and isinstance(exc, Unauthorized):  # a person: to the sign-in form
+                await sign_in_first(scope["path"])(scope, receive, send)
+                return
             await (await domain_error(request, exc))(scope, receive, send)
             return
         except SQLAlchemyError as exc:  # outside FastAPI's handlers here: a 503, not a 500
             await (await database_error(request, exc))(scope, receive, send)
             return
+        if getattr(request.state, "session", None) is not None:
+            send = never_cached(send)
         await self.app(scope, receive, send)
+
+
+def is_page(path: str) -> bool:
+    """A dashboard page (not one of its fragments or files): shown to a person, who can sign in."""
+    return path.startswith("/ui/") and not path.startswith("/ui/fragments/")
+
+
+def sign_in_first(path: str) -> RedirectResponse:
+    return RedirectResponse(f"/ui/login?{urlencode({'next': path})}", status_code=303)
+
+
+def never_cached(send: Send) -> Send:
+    """Answers to a session cookie hold private data: the browser must not keep them."""
+
+    async def sending(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            headers = MutableHeaders(scope=message)
+            headers.setdefault("cache-control", "no-store")
+        await send(message)
+
+    return sending

@@ -261,13 +261,16 @@ def note_use(session: Session, token_id: int, *, now: datetime | None = None) ->
         row.last_used_at = now
 
 
-def log_in(session: Session, user_id: int, *, days: float, now: datetime | None = None) -> NewToken:
-    """A new user token for a user whose password was just checked (``password_matches``)."""
+def log_in(
+    session: Session, user_id: int, *, days: float, purpose: str = "login", now: datetime | None = None
+) -> NewToken:
+    """A new user token for a user whose password (or token) was just checked; ``purpose`` names it
+    (``login``, or ``dashboard`` for a browser session)."""
     user = session.get(User, user_id)
     if user is None or not user.is_active:
         raise Unauthorized("wrong username or password")
     now = now or utcnow()
-    return issue_token(session, user, TokenKind.USER, f"login {now:%Y-%m-%d %H:%M}", expires_in_days=days, now=now)
+    return issue_token(session, user, TokenKind.USER, f"{purpose} {now:%Y-%m-%d %H:%M}", expires_in_days=days, now=now)
 
 
 # --- the first admin ------------------------------------------------------------------------

@@ -34,6 +34,7 @@ class Settings(BaseSettings):
     login_max_failures: int = Field(5, ge=1, description="Failed logins per username (and 4x per address) per window.")
     login_window_seconds: float = Field(300.0, gt=0, description="The window failed logins are counted over.")
     login_token_days: float = Field(30.0, gt=0, description="How long a token made by POST /auth/login lasts.")
+    session_hours: float = Field(12.0, gt=0, le=24 * 90, description="How long a dashboard sign-in lasts.")
     header_timeout_seconds: float = Field(
         10.0, gt=0, description="A connection must send its request's headers within this long, or is closed."
     )

@@ -16,12 +16,12 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from app.core.jobs import Scope, get_job, visible_jobs
 from app.core.logs import read_lines
-from app.core.models import Job, MetricPoint
+from app.core.models import Job, JobLog, MetricPoint
 
 LOG_LINES_PER_EVENT = 1000
 LOG_EVENTS_PER_READ = 10
@@ -84,6 +84,13 @@ class Read:
     """There is more to send already: read again at once."""
     finished: bool
     """The job has finished and everything it will ever have was sent: the stream ends."""
+
+
+def cursor_now(session: Session, scope: Scope, job_id: int) -> Cursor:
+    """The place after every metric batch and log line the job has now (its status not yet sent)."""
+    job = get_job(session, scope, job_id)
+    last_line = session.scalar(select(func.max(JobLog.id)).where(JobLog.job_id == job_id))
+    return Cursor(log=last_line or 0, metrics=job.metric_batches)
 
 
 def next_events(session: Session, scope: Scope, job_id: int, cursor: Cursor) -> Read:

@@ -214,11 +214,16 @@ def list_jobs(
     status: JobStatus | None = None,
     kind: JobKind | None = None,
     owner_id: int | None = None,
+    name: str | None = None,
     limit: int = 50,
     before_id: int | None = None,
 ) -> tuple[list[Job], int | None]:
-    """Newest first; returns the page and the id to pass as the next cursor (None at the end)."""
+    """Newest first (``name``: those whose name holds it, any case); returns the page and the id to pass
+    as the next cursor (None at the end)."""
     stmt = visible_jobs(scope).order_by(Job.id.desc()).limit(limit + 1)
+    if name:
+        pattern = name.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        stmt = stmt.where(Job.name.ilike(f"%{pattern}%", escape="\\"))
     if owner_id is not None:
         stmt = stmt.where(Job.owner_id == owner_id)
     if status is not None:

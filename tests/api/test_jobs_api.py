@@ -782,3 +782,19 @@ def test_an_unknown_kind_arch_or_dataset_is_422_naming_the_known_ones(
             assert r.status_code == 422, r.text
             assert any(known in e["msg"] for e in r.json()["detail"]), r.json()
     assert client.get("/jobs").json()["data"] == []
+
+
+def test_list_filters_by_a_part_of_the_name_in_any_case_wildcards_taken_literally(client: TestClient) -> None:
+    ids = {name: submit(client, pretrain_body(name=name))["id"] for name in ("Digits-AE", "digits_clf", "cifar 100%")}
+    submit(client, pretrain_body(name=None))
+
+    def named(part: str) -> list[int]:
+        r = client.get("/jobs", params={"name": part})
+        assert r.status_code == 200, r.text
+        return [job["id"] for job in r.json()["data"]]
+
+    assert named("DIGITS") == [ids["digits_clf"], ids["Digits-AE"]]
+    assert named("s_c") == [ids["digits_clf"]]  # "_" is an underscore, not any character ("s-A" is not found)
+    assert named("0%") == [ids["cifar 100%"]]
+    assert named("%") == [ids["cifar 100%"]]
+    assert named("nothing") == []

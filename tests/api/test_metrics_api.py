@@ -175,3 +175,18 @@ def test_bad_metrics_parameters_are_422(client: TestClient, subtests: pytest.Sub
             r = client.get(f"/jobs/{job_id}/metrics", params=params)
             assert r.status_code == 422
             assert loc in [e["loc"] for e in r.json()["detail"]]
+
+
+def test_per_epoch_keeps_each_epochs_last_point_and_the_summary_of_every_point(client: TestClient) -> None:
+    job_id, token = start(client, pretrain_body())
+    values = {1: 0.9, 2: 0.5, 3: 0.8, 4: 0.4, 5: 0.3, 6: 0.35}  # two epochs of three steps
+    points = [{"name": "train_loss", "step": s, "epoch": (s - 1) // 3 + 1, "value": v} for s, v in values.items()]
+    points.append({"name": "lr", "step": 0, "value": 0.1})  # no epoch: kept as it is
+    assert post_points(client, job_id, token, points).status_code == 200
+
+    doc = series_of(client, job_id, per_epoch="true")
+
+    assert [(p["step"], p["epoch"], p["value"]) for p in doc["series"]["train_loss"]] == [(3, 1, 0.8), (6, 2, 0.35)]
+    assert [p["step"] for p in doc["series"]["lr"]] == [0]
+    assert doc["summary"]["train_loss"] == {"last": 0.35, "best": 0.3, "best_step": 5}
+    assert len(series_of(client, job_id)["series"]["train_loss"]) == 6

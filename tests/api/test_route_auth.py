@@ -23,8 +23,14 @@ ALLOWLIST = {
     "/openapi.json": "the API's description: no data",
     "/docs": "Swagger UI over /openapi.json",
     "/docs/oauth2-redirect": "Swagger UI's own page",
+    "/redoc": "ReDoc over /openapi.json",
+    "/": "redirects to /ui/",
+    "/ui": "redirects to /ui/",
+    "/ui/login": "the dashboard's sign-in form, and where it is sent (throttled as /auth/login)",
 }
-OPEN_ASSETS = "/docs/assets/: Swagger UI's own JavaScript, CSS and icons, from the package"
+OPEN_ASSETS = (
+    "/docs/assets/, /ui/static/: Swagger UI's, ReDoc's, uPlot's and the dashboard's own files, from the package"
+)
 assert set(ALLOWLIST) == OPEN_PATHS, "the middleware's open paths and this list are one list"
 AUTH = {current_user, admin_user, require_worker}
 
@@ -60,7 +66,7 @@ def test_the_api_description_answers_without_a_token() -> None:
     from fastapi.testclient import TestClient
 
     client = TestClient(create_app(Settings(_env_file=None)))  # type: ignore[call-arg]  # not started: no database
-    for path in ("/openapi.json", "/docs"):
+    for path in ("/openapi.json", "/docs", "/redoc"):
         assert client.get(path).status_code == 200, path
 
 

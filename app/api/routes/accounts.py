@@ -14,6 +14,7 @@ from pydantic import BeforeValidator
 from app.api.auth import AdminUser, CurrentUser, recent_tokens
 from app.api.deps import DatabaseDep, SettingsDep, plain_digits
 from app.core import accounts, throttle
+from app.core.db import Database
 from app.core.errors import LimitExceeded, Unauthorized
 from app.core.states import TokenKind
 from app.core.throttle import FailureThrottle
@@ -69,29 +70,36 @@ def login_guards(request: Request) -> LoginGuards:
 )
 async def log_in(body: LoginRequest, request: Request, db: DatabaseDep, settings: SettingsDep) -> TokenCreated:
     """Trade a username and password for a new user token (it lasts TRAINJOBS_LOGIN_TOKEN_DAYS)."""
+    user_id = await check_password(request, db, body.username, body.password)
+
+    def issue() -> TokenCreated:
+        with db.write() as session:
+            return TokenCreated.of_new(accounts.log_in(session, user_id, days=settings.login_token_days))
+
+    return await run_in_threadpool(issue)
+
+
+async def check_password(request: Request, db: Database, username: str, password: str) -> int:
+    """The id of the user ``username`` if ``password`` is theirs; Unauthorized, or LimitExceeded after too many
+    failures (per username and per client address). Used by POST /auth/login and the dashboard's sign-in."""
     guards = login_guards(request)
     address = request.client.host if request.client else "?"
-    keys = [(guards.by_name, body.username), (guards.by_address, address)]
+    keys = [(guards.by_name, username), (guards.by_address, address)]
     wait = throttle.attempt(keys)  # counted before the check: guesses sent at once cannot all get in
     if wait is not None:
         raise LimitExceeded("too many failed logins; wait and try again", retry_after=wait)
 
     def who() -> accounts.LoginCandidate | None:
         with db.read() as session:
-            return accounts.login_candidate(session, body.username)
+            return accounts.login_candidate(session, username)
 
     candidate = await run_in_threadpool(who)  # no transaction is open while the password is checked
-    matches = await anyio.to_thread.run_sync(accounts.password_matches, candidate, body.password, limiter=guards.checks)
+    matches = await anyio.to_thread.run_sync(accounts.password_matches, candidate, password, limiter=guards.checks)
     if not matches or candidate is None:
         raise Unauthorized("wrong username or password")
     for guard, key in keys:
         guard.forgive(key)
-
-    def issue() -> TokenCreated:
-        with db.write() as session:
-            return TokenCreated.of_new(accounts.log_in(session, candidate.user_id, days=settings.login_token_days))
-
-    return await run_in_threadpool(issue)
+    return candidate.user_id
 
 
 @router.get("/me", responses=_AUTH)

@@ -15,9 +15,9 @@ import json
 import logging
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Header, Request
+from fastapi import APIRouter, Header, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
@@ -31,7 +31,7 @@ from app.api.wakeup import Wakeup
 from app.core import events
 from app.core.db import Database
 from app.core.errors import JobNotFound
-from app.core.jobs import Scope, get_job
+from app.core.jobs import Scope
 from app.core.models import Job, utcnow
 
 log = logging.getLogger("trainjobs.api")
@@ -55,13 +55,21 @@ def sse(event: str, data: object, event_id: str) -> ServerSentEvent:
 
 @router.get("/jobs/{job_id}/events", responses={**STREAM, 404: {"description": "No such job of yours."}})
 async def job_events(
-    job_id: JobId, request: Request, db: DatabaseDep, scope: ScopeDep, last_event_id: LastEventId = None
+    job_id: JobId,
+    request: Request,
+    db: DatabaseDep,
+    scope: ScopeDep,
+    last_event_id: LastEventId = None,
+    start: Annotated[
+        Literal["beginning", "now"],
+        Query(description="Without Last-Event-ID: every point and line from the beginning, or only new ones."),
+    ] = "beginning",
 ) -> EventSourceResponse:
-    """A job's events: ``status`` (when its status, progress, attempt or error change), ``metrics`` (new
-    points), ``log`` (new lines), ``end`` (it has finished; the stream closes). Each has an ``id``:
-    reconnect with ``Last-Event-ID`` to resume where it broke off, nothing lost or repeated."""
-    await run_in_threadpool(read_job, db, scope, job_id)  # a 404 now, not a stream that ends at once
-    cursor = events.Cursor.parse(last_event_id)
+    """A job's events: ``status`` (when its status, progress, attempt or error change; the first event),
+    ``metrics`` (new points), ``log`` (new lines), ``end`` (it has finished; the stream closes). Each has
+    an ``id``: reconnect with ``Last-Event-ID`` to resume where it broke off, nothing lost or repeated."""
+    now = await run_in_threadpool(read_job, db, scope, job_id)  # a 404 now, not a stream that ends at once
+    cursor = events.Cursor.parse(last_event_id) if last_event_id or start == "beginning" else now
     wakeup = changes(request)
 
     async def stream() -> AsyncIterator[ServerSentEvent]:
@@ -135,9 +143,10 @@ def updated_at(session: Session, job_id: int) -> datetime | None:
     return session.scalar(select(Job.updated_at).where(Job.id == job_id))
 
 
-def read_job(db: Database, scope: Scope, job_id: int) -> None:
+def read_job(db: Database, scope: Scope, job_id: int) -> events.Cursor:
+    """The place of everything the job has now (a 404 for a job the caller cannot see)."""
     with db.read() as session:
-        get_job(session, scope, job_id)
+        return events.cursor_now(session, scope, job_id)
 
 
 def read_events(db: Database, scope: Scope, job_id: int, cursor: events.Cursor) -> events.Read:

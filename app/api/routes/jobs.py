@@ -18,9 +18,10 @@ from app.api.deps import DatabaseDep, SettingsDep, WakeupDep, plain_digits, quic
 from app.api.downloads import serve_checkpoint
 from app.core import accounts, checkpoints, estimates, jobs, logs, metrics
 from app.core.accounts import Caller
+from app.core.config import Settings
 from app.core.errors import Forbidden, InvalidRequest, NotFound
 from app.core.models import Checkpoint
-from app.core.specs import JobSpec
+from app.core.specs import AnyJobSpec, JobSpec
 from app.core.states import CheckpointFormat, CheckpointTag, JobKind, JobStatus, LogStream
 from app.schemas import (
     CheckpointPublic,
@@ -64,13 +65,7 @@ def submit_job(
     ] = None,
 ) -> JobPublic:
     """Submit a job; 201 means it is stored on disk."""
-    estimates.check_limits(
-        spec,
-        max_params=settings.max_params,
-        max_dataset_bytes=settings.max_dataset_bytes,
-        max_metric_points=settings.max_metric_points_per_job,
-    )
-    jobs.check_dataset_path(spec, settings.data_dir)
+    check_submittable(spec, settings)
     ttl = timedelta(hours=settings.idempotency_hours)
     for attempt in range(3):
         try:
@@ -98,6 +93,17 @@ def submit_job(
     return public
 
 
+def check_submittable(spec: AnyJobSpec, settings: Settings) -> None:
+    """What a job must pass beyond its schema before it is stored: the service's limits and its data folder."""
+    estimates.check_limits(
+        spec,
+        max_params=settings.max_params,
+        max_dataset_bytes=settings.max_dataset_bytes,
+        max_metric_points=settings.max_metric_points_per_job,
+    )
+    jobs.check_dataset_path(spec, settings.data_dir)
+
+
 @router.get("", responses={403: {"description": "?owner= names another user, and you are not an admin."}})
 def list_jobs(
     db: DatabaseDep,
@@ -106,6 +112,9 @@ def list_jobs(
     kind: Annotated[JobKind | None, Query()] = None,
     owner: Annotated[
         str | None, Query(max_length=64, description="Admins: a username, or * for everyone's. Default: your own.")
+    ] = None,
+    name: Annotated[
+        str | None, Query(max_length=200, description="Only jobs whose name contains this (any case).")
     ] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     cursor: Annotated[str | None, Query(max_length=20, description="next_cursor of the previous page.")] = None,
@@ -119,7 +128,14 @@ def list_jobs(
     with db.read() as session:
         owner_id = owner_filter(session, caller, owner)
         page, next_id = jobs.list_jobs(
-            session, caller.scope, status=status, kind=kind, owner_id=owner_id, limit=limit, before_id=before_id
+            session,
+            caller.scope,
+            status=status,
+            kind=kind,
+            owner_id=owner_id,
+            name=name,
+            limit=limit,
+            before_id=before_id,
         )
         return JobsPublic(data=[JobPublic.of(j) for j in page], next_cursor=str(next_id) if next_id else None)
 
@@ -172,10 +188,15 @@ def get_metrics(
     max_points: Annotated[
         int | None, Query(ge=4, le=1_000_000, description="Downsample each series (first, last, min, max per bucket).")
     ] = None,
+    per_epoch: Annotated[
+        bool, Query(description="Only each epoch's last point (for train_loss: the epoch's mean).")
+    ] = False,
 ) -> Response:
-    """Metric series of a job, with last and best of each."""
+    """Metric series of a job, with last and best of each (over every point)."""
     with db.read() as session:
-        body = metrics.read_metrics(session, scope, job_id, name=name, since_step=since_step, max_points=max_points)
+        body = metrics.read_metrics(
+            session, scope, job_id, name=name, since_step=since_step, max_points=max_points, per_epoch=per_epoch
+        )
     # Serialised directly: re-validating 100,000 points through the response model would cost more than the query.
     return Response(json.dumps(body, separators=(",", ":")), media_type="application/json")
 
