@@ -26,7 +26,7 @@ from dataclasses import dataclass, replace
 from typing import Annotated
 from urllib.parse import urlencode
 
-from fastapi import Depends, Request
+from fastapi import Depends, Form, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import RedirectResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -193,11 +193,15 @@ def check_csrf(request: Request, session: str) -> None:
         raise Forbidden(f"a write with the session cookie needs its CSRF token in the {CSRF_HEADER} header")
 
 
-def check_form_csrf(request: Request, sent: str) -> None:
-    """A dashboard form sent with the session cookie carries the session's CSRF token in its ``csrf`` field."""
+def check_form_csrf(request: Request, csrf: Annotated[str, Form(max_length=100)] = "") -> None:
+    """A dashboard form sent with the session cookie carries the session's CSRF token in its ``csrf`` field
+    (a dependency of every dashboard route that writes: tests/ui/test_dashboard_pages.py walks them)."""
     session = getattr(request.state, "session", None)
-    if session is not None and not secrets.compare_digest(sent.encode(), csrf_token(session).encode()):
+    if session is not None and not secrets.compare_digest(csrf.encode(), csrf_token(session).encode()):
         raise Forbidden("this form has expired or did not come from the dashboard: reload the page and send it again")
+
+
+FormCsrf = Depends(check_form_csrf)
 
 
 async def authenticate_user(request: Request, db: Database) -> Caller:
@@ -297,7 +301,7 @@ class Authenticate:
                 request.state.caller = await authenticate_user(request, state.db)
         except TrainjobsError as exc:
             if is_page(scope["path"]) and isinstance(exc, Unauthorized):  # a person: to the sign-in form
-                await sign_in_first(scope["path"])(scope, receive, send)
+                await sign_in_first(request)(scope, receive, send)
                 return
             await (await domain_error(request, exc))(scope, receive, send)
             return
@@ -314,8 +318,13 @@ def is_page(path: str) -> bool:
     return path.startswith("/ui/") and not path.startswith("/ui/fragments/")
 
 
-def sign_in_first(path: str) -> RedirectResponse:
-    return RedirectResponse(f"/ui/login?{urlencode({'next': path})}", status_code=303)
+def sign_in_first(request: Request) -> RedirectResponse:
+    """To the sign-in form, and back to this page (with its query) after it; a form sent without a session
+    comes back to the jobs page (its data is gone)."""
+    target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+    if request.method not in SAFE_METHODS:
+        target = "/ui/"
+    return RedirectResponse(f"/ui/login?{urlencode({'next': target})}", status_code=303)
 
 
 def never_cached(send: Send) -> Send:

@@ -20,7 +20,7 @@ from app.core.models import Job
 from app.core.states import JobKind, JobStatus
 from app.schemas import CheckpointPublic, JobPublic
 from app.ui import views
-from app.ui.render import not_found, page
+from app.ui.render import PAGE_HEADERS, not_found, page
 
 router = APIRouter(prefix="/ui", include_in_schema=False)
 PAGE_SIZE = 50
@@ -29,7 +29,8 @@ Text = Annotated[str, Query(max_length=200)]
 
 
 def job_id_of(text: str) -> int | None:
-    return int(text) if text.isascii() and text.isdigit() and 0 < int(text) < 2**31 else None
+    """A job id written as plain digits, or None (then no job is found)."""
+    return int(text) if len(text) <= 10 and text.isascii() and text.isdigit() and 0 < int(text) < 2**31 else None
 
 
 @router.get("/")
@@ -156,7 +157,7 @@ def job_log_text(job_id: str, request: Request, db: DatabaseDep, caller: Current
             after = page_[-1].id
             yield "".join(text).encode("utf-8", "backslashreplace")
 
-    headers = {"Content-Disposition": f'attachment; filename="job-{found}-log.txt"', "Cache-Control": "no-store"}
+    headers = {**PAGE_HEADERS, "Content-Disposition": f'attachment; filename="job-{found}-log.txt"'}
     return StreamingResponse(lines(), media_type="text/plain; charset=utf-8", headers=headers)
 
 

@@ -12,12 +12,12 @@ from datetime import timedelta
 from typing import Annotated, Any
 
 import yaml
-from fastapi import APIRouter, Form, Request
+from fastapi import APIRouter, Form, Query, Request
 from fastapi.responses import RedirectResponse, Response
 from pydantic import ValidationError
 from sqlalchemy.orm import Session
 
-from app.api.auth import CurrentUser, check_form_csrf
+from app.api.auth import CurrentUser, FormCsrf
 from app.api.deps import DatabaseDep, SettingsDep, WakeupDep
 from app.api.routes.jobs import check_submittable
 from app.core import jobs
@@ -55,6 +55,8 @@ TEMPLATES: dict[str, tuple[str, Any]] = {
     "seed-finetune": ("The article's finetune (ResNet-18 from ImageNet)", {"kind": "finetune", "preset": "seed"}),
 }
 Format = Annotated[str, Form(pattern="^(json|yaml)$")]
+MAX_ERRORS = 20
+"""Errors shown at most (each is looked for in the text): the rest are counted."""
 
 
 def as_text(value: Any, fmt: str) -> str:
@@ -82,7 +84,11 @@ def editor(request: Request, text: str, fmt: str, errors: list[dict[str, Any]], 
 
 @router.get("/submit")
 def submit_form(
-    request: Request, db: DatabaseDep, caller: CurrentUser, template: str = "digits-pipeline", from_job: str = ""
+    request: Request,
+    db: DatabaseDep,
+    caller: CurrentUser,
+    template: Annotated[str, Query(max_length=100)] = "digits-pipeline",
+    from_job: Annotated[str, Query(max_length=20)] = "",
 ) -> Response:
     """The editor, filled from a template or (``?from_job=ID``, "submit again") from a job's spec."""
     source, fmt = TEMPLATES.get(template, TEMPLATES["digits-pipeline"])[1], "json"
@@ -95,23 +101,43 @@ def submit_form(
     return editor(request, as_text(source, fmt), fmt, [])
 
 
+class NoAliases(yaml.SafeLoader):
+    """YAML without anchors' aliases (``*name``): a few hundred bytes of them can stand for a billion values."""
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()  # type: ignore[no-untyped-call]
+            raise yaml.MarkedYAMLError(
+                problem="aliases (*name) are not accepted: write the value out", problem_mark=event.start_mark
+            )
+        return super().compose_node(parent, index)
+
+
 def parse(text: str, fmt: str) -> Any:
     """The text as data; InvalidRequest with the line of a syntax error."""
+    kind = "YAML" if fmt == "yaml" else "JSON"
     try:
-        return yaml.safe_load(text) if fmt == "yaml" else json.loads(text)
+        return yaml.load(text, Loader=NoAliases) if fmt == "yaml" else json.loads(text)
     except json.JSONDecodeError as exc:
         raise InvalidRequest(f"line {exc.lineno}: this is not JSON: {exc.msg}", ("body",)) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}: " if mark is not None else ""
         raise InvalidRequest(f"{where}this is not YAML: {getattr(exc, 'problem', None) or exc}", ("body",)) from None
+    except RecursionError:
+        raise InvalidRequest(f"this {kind} is nested too deeply", ("body",)) from None
+    except (ValueError, TypeError, KeyError, AttributeError, OverflowError):
+        # A tagged YAML value it cannot be (!!int abc, a 13th month), a number of 5,000 digits.
+        raise InvalidRequest(
+            f"this {kind} holds a value that cannot be read (a number too long, or a bad tag)", ("body",)
+        ) from None
 
 
 class Refused(Exception):
     """Job ``index`` of the text was refused for ``cause``."""
 
     def __init__(self, index: int, cause: ValidationError | TrainjobsError) -> None:
-        super().__init__(str(cause))
+        super().__init__(f"job {index + 1} was refused")  # not str(cause): it can be a repr of all the input
         self.index, self.cause = index, cause
 
 
@@ -129,7 +155,12 @@ def store(db: Database, caller: Caller, settings: Settings, bodies: list[Any]) -
 
 def store_one(session: Session, caller: Caller, settings: Settings, body: Any, base: int | None) -> int:
     """Job ``body``; a finetune after a pretrain (``base``) starts from that pretrain's encoder."""
-    if base is not None and isinstance(body, dict) and body.get("kind") == "finetune":
+    if (
+        base is not None
+        and isinstance(body, dict)
+        and body.get("kind") == "finetune"
+        and isinstance(body.get("model", {}), dict)
+    ):
         body = {**body, "model": {**(body.get("model") or {}), "init": {"from": "job", "job_id": base}}}
     spec = job_spec_adapter.validate_python(body)
     check_submittable(spec, settings)
@@ -148,13 +179,16 @@ def store_one(session: Session, caller: Caller, settings: Settings, body: Any, b
 def errors_of(exc: ValidationError | TrainjobsError, text: str, index: int, bodies: int) -> list[dict[str, Any]]:
     """Each error as the field it names (in job ``index`` of ``bodies``), the line it is on, and what is wrong."""
     if isinstance(exc, ValidationError):
-        found = [(tuple(e["loc"]), e["msg"]) for e in exc.errors(include_url=False)]
+        found = [(tuple(e["loc"]), e["msg"]) for e in exc.errors(include_url=False, include_input=False)]
     elif isinstance(exc, InvalidRequest):
         found = [(tuple(p for p in exc.loc if p != "body"), exc.message)]
     else:
         found = [((), exc.message)]
     start = views.line_of_job(text, index) if bodies > 1 else 0
     out = []
+    if len(found) > MAX_ERRORS:
+        more = len(found) - MAX_ERRORS + 1
+        found = [*found[: MAX_ERRORS - 1], ((), f"and {more} more errors: mend these and send it again")]
     for loc, msg in found:
         field = views.field_name(loc)
         out.append(
@@ -167,7 +201,7 @@ def errors_of(exc: ValidationError | TrainjobsError, text: str, index: int, bodi
     return out
 
 
-@router.post("/submit", response_model=None)
+@router.post("/submit", response_model=None, dependencies=[FormCsrf])
 def submit(
     request: Request,
     db: DatabaseDep,
@@ -176,10 +210,8 @@ def submit(
     wakeup: WakeupDep,
     text: Annotated[str, Form(max_length=200_000)] = "",
     format: Format = "json",
-    csrf: Annotated[str, Form(max_length=100)] = "",
 ) -> Response:
     """Store the job (or the pipeline) and open it; or the editor again with the errors."""
-    check_form_csrf(request, csrf)
     bodies: list[Any] = []
     try:
         data = parse(text, format)

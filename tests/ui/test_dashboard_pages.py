@@ -6,12 +6,14 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
 from app.api.auth import SESSION_COOKIE, csrf_token
 from app.core import accounts
 from app.core.db import Database
+from app.core.states import TokenKind
 from tests.api.helpers import claim_job, finish, submit
 from tests.authed import AuthedClient
 from tests.conftest import finetune_body, pretrain_body
@@ -249,3 +251,109 @@ def test_page_data_is_json_in_a_script_tag_that_cannot_end_early(client: AuthedC
     data = re.search(r'<script type="application/json" id="page-data">(.*?)</script>', page, re.S)
     assert data is not None and json.loads(data.group(1))["names"] == ["</script><script>alert(1)</script>"]
     assert "<script>alert(1)" not in page
+
+
+HOSTILE_TEXTS = [
+    ("yaml", "name: 2024-13-45"),
+    ("yaml", "a: !!int abc"),
+    ("yaml", "a: !!timestamp foo"),
+    ("yaml", "a: !!bool maybe"),
+    ("yaml", "[" * 3000),
+    ("yaml", "a: &a [1, 2]\nb: *a"),
+    ("yaml", "!!python/object/apply:os.system ['true']"),
+    ("yaml", "- 1\n- 2\n- 3"),
+    ("json", "1" * 5000),
+    ("json", "[" * 100_000),
+    ("json", '{"kind": "pretrain", "train": {"lr": NaN}}'),
+    ("json", "[1, 2]"),
+    ("json", '"a string"'),
+    ("json", json.dumps([pretrain_body(), {"kind": "finetune", "model": "x"}])),
+    ("json", json.dumps([pretrain_body(), {"kind": "finetune", "model": 1}])),
+]
+
+
+def test_whatever_text_the_submit_form_gets_the_answer_is_the_editor_with_a_reason(browser: AuthedClient) -> None:
+    csrf = csrf_token(session(browser))
+    for fmt, text in HOSTILE_TEXTS:
+        r = browser.post("/ui/submit", data={"text": text, "format": fmt, "csrf": csrf})
+        assert r.status_code == 422, (fmt, text[:60], r.status_code)
+        assert 'class="field-error"' in r.text, (fmt, text[:60])
+    assert browser.get("/jobs").json()["data"] == []
+
+
+def test_yaml_aliases_are_refused_before_they_expand(browser: AuthedClient) -> None:
+    levels = ["a0: &a0 [x, x, x, x, x, x, x, x, x, x]"]
+    levels += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]" for i in range(1, 9)]
+    bomb = "kind: pretrain\n" + "\n".join(levels) + "\nbad: *a8\n"  # a billion leaves in 700 bytes
+    r = browser.post("/ui/submit", data={"text": bomb, "format": "yaml", "csrf": csrf_token(session(browser))})
+    assert r.status_code == 422 and "aliases" in r.text
+
+
+def test_many_errors_are_shown_twenty_at_most(browser: AuthedClient) -> None:
+    body = {**pretrain_body(), **{f"extra_{i}": i for i in range(500)}}
+    r = browser.post(
+        "/ui/submit", data={"text": json.dumps(body, indent=1), "format": "json", "csrf": csrf_token(session(browser))}
+    )
+    assert r.status_code == 422
+    assert r.text.count('class="field-error"') == 20 and "and 481 more errors" in r.text
+
+
+def test_refused_fields_are_named_without_the_kind_and_arch_pydantic_adds(browser: AuthedClient) -> None:
+    body = pretrain_body(model={"arch": "mlp_autoencoder", "hidden": "wide", "bottleneck": 8})
+    r = browser.post(
+        "/ui/submit", data={"text": json.dumps(body), "format": "json", "csrf": csrf_token(session(browser))}
+    )
+    assert r.status_code == 422 and 'data-field="model.hidden"' in r.text
+
+
+@pytest.mark.parametrize(
+    "path", ["/ui/jobs/{}", "/ui/jobs/{}/log.txt", "/ui/fragments/jobs/{}/row", "/ui/submit?from_job={}"]
+)
+def test_a_job_id_of_any_length_is_not_found(browser: AuthedClient, path: str) -> None:
+    for job_id in ("1" * 5000, "1" * 11, "0", "-1", "\u0661"):
+        r = browser.get(path.format(job_id))
+        assert r.status_code in (404, 422), (path, job_id[:12], r.status_code)
+
+
+def test_an_expired_session_signs_in_again_and_comes_back_to_the_same_page(client: AuthedClient) -> None:
+    with client.anonymous():
+        r = client.get("/ui/compare?ids=1,2", follow_redirects=False)
+        assert r.headers["location"] == "/ui/login?next=%2Fui%2Fcompare%3Fids%3D1%2C2"
+        form = client.post("/ui/logout", data={"csrf": "x"}, follow_redirects=False)
+        assert form.status_code == 303 and form.headers["location"] == "/ui/login?next=%2Fui%2F"
+
+
+def test_token_sign_ins_are_throttled_and_a_session_never_outlives_its_token(
+    client: AuthedClient, db: Database, settings: Any
+) -> None:
+    with db.write() as tx:
+        user = accounts.user_named(tx, "bob")
+        short = accounts.issue_token(tx, user, TokenKind.USER, "short", expires_in_days=0.01).token
+    with client.anonymous():
+        assert client.post("/ui/login", data={"token": short}, follow_redirects=False).status_code == 303
+        with db.read() as tx:
+            tokens = {t.name.split()[0]: t.expires_at for t in accounts.list_tokens(tx, user.id)}
+        assert tokens["dashboard"] <= tokens["short"]
+        client.cookies.clear()
+        codes = [client.post("/ui/login", data={"token": f"tj_00000000_{i}"}).status_code for i in range(30)]
+    assert codes[0] == 401 and codes[-1] == 429  # 4 x TRAINJOBS_LOGIN_MAX_FAILURES per address
+
+
+def test_every_dashboard_form_route_checks_the_csrf_field() -> None:
+    from fastapi.routing import APIRoute
+
+    from app.api.auth import check_form_csrf
+    from app.core.config import Settings
+    from app.main import create_app
+    from tests.api.test_route_auth import every_route
+
+    app = create_app(Settings(_env_file=None))  # type: ignore[call-arg]
+    writes = [
+        r
+        for r in every_route(app)
+        if isinstance(r, APIRoute) and r.path.startswith("/ui") and r.methods - {"GET", "HEAD"}
+    ]
+    assert {r.path for r in writes} == {"/ui/login", "/ui/logout", "/ui/submit"}
+    for route in writes:
+        checked = any(d.call is check_form_csrf for d in route.dependant.dependencies)
+        assert checked or route.path == "/ui/login", f"{route.path} writes without the form's CSRF check"

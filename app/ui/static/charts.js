@@ -70,7 +70,9 @@
       axes: [{ label: options.x }, { size: 56, values: (u, splits) => splits.map(tick) }],
       legend: { live: true },
       cursor: { drag: { x: true, y: false } },
+      hooks: { setSelect: [(u) => { if (u.select.width > 0) box.dataset.zoomed = "true"; }] },
     }, table(lines, options), box);
+    box.addEventListener("dblclick", () => { delete box.dataset.zoomed; });
     return { plot, box };
   }
 
@@ -86,7 +88,7 @@
       const shape = JSON.stringify([lines.map((l) => l.label), options.x, options.log]);
       const chart = charts[name];
       if (chart && chart.shape === shape) {
-        chart.plot.setData(table(lines, options));
+        chart.plot.setData(table(lines, options), chart.box.dataset.zoomed !== "true");
         chart.lines = lines;
         continue;
       }

@@ -37,15 +37,21 @@
     }
   }
 
-  // One element of server-rendered HTML (a table row, a header), or null if the server has none.
+  // One element of server-rendered HTML (a table row, a header): {status, element}; element is null
+  // unless the answer was a 200 (a 404: the thing is gone; a 503 or a 401: try again later).
   async function fragment(path) {
-    const response = await fetch(path, { credentials: "same-origin" });
-    if (!response.ok) return null;
+    let response;
+    try {
+      response = await fetch(path, { credentials: "same-origin" });
+    } catch (_) {
+      return { status: 0, element: null };
+    }
+    if (!response.ok) return { status: response.status, element: null };
     const template = document.createElement("template");
     template.innerHTML = (await response.text()).trim();
     const element = template.content.firstElementChild;
     if (element) localTimes(element);
-    return element;
+    return { status: response.status, element };
   }
 
   function pageData() {

@@ -1,6 +1,7 @@
 // A job's page, live: one event stream (GET /jobs/ID/events?start=now) feeds the charts, the log
-// tail and the header. The stream opens first and its events wait while the page fetches what the
-// job already has (downsampled to the charts' width); then both are merged, nothing shown twice.
+// tail and the header. The stream opens first; once it is open, the page fetches what the job already
+// has (downsampled to the charts' width) while the stream's events wait; then both are merged,
+// nothing lost and nothing shown twice.
 (function () {
   "use strict";
   const tj = window.tj;
@@ -142,8 +143,8 @@
   const slot = document.getElementById("header-slot");
   let redrawing = null;
   async function redrawHeader() {
-    const header = await tj.fragment(`/ui/fragments/jobs/${id}/header`);
-    if (header) slot.replaceChildren(header);
+    const { element } = await tj.fragment(`/ui/fragments/jobs/${id}/header`);
+    if (element) slot.replaceChildren(element);
   }
   function headerSoon() {
     if (redrawing) return;
@@ -176,6 +177,12 @@
     else if (kind === "status" || kind === "end") headerSoon();
   }
   const source = new EventSource(`/jobs/${id}/events?start=now`);
+  let opened = false;
+  source.addEventListener("open", () => {
+    if (opened) return;  // a reconnect resumes from its Last-Event-ID
+    opened = true;
+    start().catch((error) => tj.flash(`could not load the job: ${error.message}`));
+  });
   for (const kind of ["status", "metrics", "log", "end"]) {
     source.addEventListener(kind, (event) => {
       const data = JSON.parse(event.data);
@@ -184,15 +191,16 @@
     });
   }
 
+  // The stream has its place (the server fixed it before answering: its open event): what the job had
+  // before it is fetched now, what comes after arrives as events; both are merged by step and seq.
   async function start() {
-    const asked = location.hash.slice(1);
-    show(tabs.some((tab) => tab.dataset.tab === asked) ? asked : "metrics");
-    const [, lines] = await Promise.all([fetchMetrics(), tj.api("GET", `/jobs/${id}/logs?tail=2000`)]);
+    const [, lines] = await Promise.all([fetchMetrics(), tj.api("GET", `/jobs/${id}/logs?tail=2000&limit=2000`)]);
     addLines(lines.lines);
     ready = true;
     for (const [kind, data] of waiting.splice(0)) handle(kind, data);
     draw();
   }
-  start().catch((error) => tj.flash(`could not load the job: ${error.message}`));
+  const asked = location.hash.slice(1);
+  show(tabs.some((tab) => tab.dataset.tab === asked) ? asked : "metrics");
   window.tj.jobPage = { kept, lastSeq: () => lastSeq };
 })();

@@ -23,15 +23,20 @@
   }
 
   async function redraw(id) {
-    const row = await window.tj.fragment(`/ui/fragments/jobs/${id}/row`);
+    const { status, element: row } = await window.tj.fragment(`/ui/fragments/jobs/${id}/row`);
     const old = document.getElementById(`job-${id}`);
     if (!row) {
-      if (old) old.remove();  // deleted
+      if (old && status === 404) old.remove();  // deleted; anything else: the next event tries again
+      counted();
       return;
     }
     if (old) {
-      row.querySelector(".pick").checked = old.querySelector(".pick").checked;
-      old.replaceWith(row);
+      if (!fits(row)) old.remove();  // no longer what the filters ask for (a running job that ended)
+      else {
+        row.querySelector(".pick").checked = old.querySelector(".pick").checked;
+        old.replaceWith(row);
+      }
+      counted();
       return;
     }
     if (!firstPage || !fits(row)) return;
@@ -56,11 +61,13 @@
   source.addEventListener("error", () => { live.textContent = "reconnecting…"; });
 
   const compare = document.getElementById("compare");
+  const MAX_COMPARED = 10;
   const picked = () => [...table.querySelectorAll(".pick:checked")].map((box) => Number(box.value)).sort((x, y) => x - y);
-  table.addEventListener("change", () => {
+  function counted() {
     const n = picked().length;
-    compare.disabled = n === 0;
-    compare.textContent = n ? `Compare ${n} selected` : "Compare selected";
-  });
+    compare.disabled = n === 0 || n > MAX_COMPARED;
+    compare.textContent = n > MAX_COMPARED ? `Compare at most ${MAX_COMPARED}` : n ? `Compare ${n} selected` : "Compare selected";
+  }
+  table.addEventListener("change", counted);
   compare.addEventListener("click", () => { window.location.href = `/ui/compare?ids=${picked().join(",")}`; });
 })();
