@@ -798,3 +798,22 @@ def test_list_filters_by_a_part_of_the_name_in_any_case_wildcards_taken_literall
     assert named("0%") == [ids["cifar 100%"]]
     assert named("%") == [ids["cifar 100%"]]
     assert named("nothing") == []
+
+
+def test_early_stopping_on_a_metric_the_job_does_not_report_is_a_422_that_names_the_choices(
+    client: TestClient,
+) -> None:
+    r = client.post("/jobs", json=pretrain_body(train={"epochs": 5, "early_stopping": {"metric": "val_loss"}}))
+    assert r.status_code == 422
+    message = r.json()["detail"][0]["msg"]
+    assert "early_stopping.metric: 'val_loss' is not a metric of this job" in message
+    assert "test_loss" in message and "val_fraction" in message
+    ok = pretrain_body(train={"epochs": 5, "early_stopping": {"metric": "test_loss", "patience": 2}})
+    job = submit(client, ok)
+    assert job["spec"]["train"]["early_stopping"] == {
+        "metric": "test_loss",
+        "mode": None,
+        "patience": 2,
+        "min_delta": 0.0,
+        "target": None,
+    }

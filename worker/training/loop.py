@@ -35,9 +35,12 @@ primary metric of the epoch just evaluated, None for a checkpoint taken on a sto
 A ``.pt`` checkpoint is a dict that loads with ``torch.load(path, weights_only=True)``: the task's
 state (``model`` and ``optimizer`` state dicts), ``epoch`` (of the last step taken), ``step``
 (global), ``step_in_epoch``, ``steps_per_epoch``, ``rng`` ({"torch", "cuda"}), ``best_metric``,
-``best_epoch``, ``primary_metric``, ``last_metrics`` (the last epoch's metrics), ``partial`` (the
-unfinished epoch's and log window's sums), ``kind``, ``spec`` (``model_dump(mode="json",
-by_alias=True)``) and ``trainjobs_version``.
+``best_epoch``, ``primary_metric``, ``last_metrics`` (the last epoch's metrics), ``early_stopping``
+(the rule's state: ``stopping.py``), ``partial`` (the unfinished epoch's and log window's sums),
+``kind``, ``spec`` (``model_dump(mode="json", by_alias=True)``) and ``trainjobs_version``.
+
+With ``train.early_stopping``, the run ends after the epoch where the rule fires: ``last`` is saved
+then, and the result says ``stopped_early`` and ``stopped_epoch``.
 
 A logged metric that is NaN or infinite is found at the next log point or epoch end without a sync
 per step, and raises ``TrainingError("loss became NaN at epoch E, step S")`` naming the first bad step.
@@ -65,6 +68,7 @@ from .context import MetricPoint, StopRequested, TrainingContext
 from .data import Images, Splits, epoch_batches, flip_crop, normalize, steps_per_epoch
 from .errors import TrainingError
 from .progress import Progress
+from .stopping import fires
 from .task import Batch, Task
 
 
@@ -100,7 +104,7 @@ def fit(spec: AnyJobSpec, ctx: TrainingContext, task: Task, splits: Splits) -> R
     try:
         while True:
             if progress.epoch_finished(run.steps_per_epoch):
-                if progress.epoch >= spec.train.epochs:
+                if progress.epoch >= spec.train.epochs or progress.stopping.stopped_epoch is not None:
                     break
                 progress.begin_epoch()
             train_one_epoch(run, progress)
@@ -245,7 +249,8 @@ def finish_epoch(run: Run, progress: Progress) -> None:
     if task.improves(primary, progress.best_metric):
         progress.best_metric, progress.best_epoch = primary, progress.epoch
         tags.append(CheckpointTag.BEST)
-    if progress.epoch % train.checkpoint_every_epochs == 0 or progress.epoch == train.epochs:
+    stops = train.early_stopping is not None and fires(train.early_stopping, progress.stopping, metrics, progress.epoch)
+    if progress.epoch % train.checkpoint_every_epochs == 0 or progress.epoch == train.epochs or stops:
         tags.append(CheckpointTag.LAST)
     if tags:
         save_checkpoint(run, progress, tags, primary)
@@ -273,6 +278,7 @@ def save_checkpoint(run: Run, progress: Progress, tags: list[CheckpointTag], met
         "best_epoch": progress.best_epoch,
         "primary_metric": run.task.primary,
         "last_metrics": dict(progress.last_metrics),
+        "early_stopping": progress.stopping.to_checkpoint(),
         "partial": progress.partial_state(),
         "kind": run.spec.kind.value,
         "spec": spec,
@@ -330,4 +336,7 @@ def _result(run: Run, progress: Progress) -> Result:
     for name in ("train_loss", "test_loss", "train_accuracy", "test_accuracy", "val_loss", "val_accuracy"):
         if name in last:
             result[name] = last[name]
+    if run.spec.train.early_stopping is not None:
+        result["stopped_early"] = progress.stopping.stopped_epoch is not None
+        result["stopped_epoch"] = progress.stopping.stopped_epoch
     return result

@@ -14,6 +14,8 @@ from torch import Tensor
 
 from app.core.states import JobKind
 
+from .stopping import StoppingState
+
 
 @dataclass
 class WindowStep:
@@ -43,6 +45,8 @@ class Progress:
     epoch_samples: int = 0
     epoch_seconds: float = 0.0
     window: list[WindowStep] = field(default_factory=list)
+    stopping: StoppingState = field(default_factory=StoppingState)
+    """Early stopping's state (``stopping.py``)."""
 
     def epoch_finished(self, steps_per_epoch: int) -> bool:
         return self.epoch == 0 or self.step_in_epoch == steps_per_epoch
@@ -86,6 +90,7 @@ class Progress:
         self.best_metric = checkpoint["best_metric"]
         self.best_epoch = checkpoint["best_epoch"]
         self.last_metrics = dict(checkpoint["last_metrics"])
+        self.stopping = StoppingState.from_checkpoint(checkpoint.get("early_stopping"))
         self.epoch_sums = {name: total.to(device) for name, total in partial["epoch_sums"].items()}
         self.epoch_samples = partial["epoch_samples"]
         self.epoch_seconds = partial["epoch_seconds"]

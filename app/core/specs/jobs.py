@@ -25,6 +25,28 @@ from app.core.specs.networks import (
 from app.core.states import JobKind
 
 
+class EarlyStopping(Strict):
+    """Stop at the end of the epoch where this rule fires; the job succeeds with ``result.stopped_early``."""
+
+    metric: str = Field(
+        "val_loss", min_length=1, max_length=100, description="An epoch metric of the job (val_* needs val_fraction)."
+    )
+    mode: Literal["min", "max"] | None = Field(
+        None, description="Whether lower or higher is better; default: max for accuracy-like metrics, min otherwise."
+    )
+    patience: int = Field(5, ge=1, le=10_000, description="Epochs without an improvement of min_delta before it stops.")
+    min_delta: float = Field(0.0, ge=0.0, allow_inf_nan=False, description="The least change that counts as better.")
+    target: float | None = Field(
+        None, allow_inf_nan=False, description="Stop as soon as the metric is this good (at or past it)."
+    )
+
+    @property
+    def higher_is_better(self) -> bool:
+        if self.mode is not None:
+            return self.mode == "max"
+        return "acc" in self.metric or self.metric.endswith(("_score", "_f1", "samples_per_second"))
+
+
 class TrainSpec(Strict):
     """Optimisation settings shared by both kinds of job."""
 
@@ -45,6 +67,9 @@ class TrainSpec(Strict):
     compile: bool = Field(False, description="torch.compile the model (opt-in: compile time).")
     log_every_steps: int = Field(50, ge=1, le=1_000_000)
     checkpoint_every_epochs: int = Field(1, ge=1, le=10_000)
+    early_stopping: EarlyStopping | None = Field(
+        None, description="Stop before `epochs` when a metric stops improving."
+    )
 
     @field_validator("momentum")
     @classmethod
@@ -94,6 +119,25 @@ class _JobBase(Strict):
         raise NotImplementedError
 
 
+def check_early_stopping(spec: _JobBase, train_metrics: tuple[str, ...], eval_metrics: tuple[str, ...]) -> None:
+    """The early-stopping metric is one the job reports at the end of each epoch."""
+    rule = spec.train.early_stopping
+    if rule is None:
+        return
+    splits = ["test", *(["val"] if spec.dataset.val_fraction > 0 else [])]
+    known = [*train_metrics, *(f"{s}_{m}" for s in splits for m in eval_metrics), *EPOCH_EXTRAS]
+    if rule.metric not in known:
+        hint = "; val_* needs dataset.val_fraction > 0" if rule.metric.startswith("val_") else ""
+        raise ValueError(
+            f"train.early_stopping.metric: '{rule.metric}' is not a metric of this job; "
+            f"pick one of {', '.join(known)}{hint}"
+        )
+
+
+EPOCH_EXTRAS = ("lr", "epoch_seconds", "samples_per_second")
+"""Reported at the end of every epoch of every kind, besides the kind's training and evaluation metrics."""
+
+
 class PretrainSpec(_JobBase):
     """Train an autoencoder on unlabelled images."""
 
@@ -115,6 +159,11 @@ class PretrainSpec(_JobBase):
 
     def encoder(self) -> Encoder:
         return self.model.encoder(self.dataset.input_shape())
+
+    @model_validator(mode="after")
+    def _early_stopping_metric(self) -> PretrainSpec:
+        check_early_stopping(self, ("train_loss",), ("loss",))
+        return self
 
 
 class FinetuneSpec(_JobBase):
@@ -144,6 +193,11 @@ class FinetuneSpec(_JobBase):
 
     def encoder(self) -> Encoder:
         return self.model.encoder(self.dataset.input_shape())
+
+    @model_validator(mode="after")
+    def _early_stopping_metric(self) -> FinetuneSpec:
+        check_early_stopping(self, ("train_loss", "train_accuracy"), ("loss", "accuracy"))
+        return self
 
 
 AnyJobSpec = PretrainSpec | FinetuneSpec
