@@ -12,7 +12,7 @@ from app.core.accounts import NewToken
 from app.core.models import ApiToken, Checkpoint, Job, JobLog, User
 from app.core.protocol import Progress, StoredCheckpoint
 from app.core.specs import Text
-from app.core.states import JobKind, JobStatus, LogStream, TokenKind
+from app.core.states import ErrorClass, JobKind, JobStatus, LogStream, TokenKind
 from app.core.stored_json import UNREADABLE
 
 T = TypeVar("T")
@@ -50,6 +50,9 @@ class JobPublic(BaseModel):
     cancel_requested: bool
     progress: Progress | None
     error: str | None = Field(description="Why it failed, in one line (and the traceback's last lines).")
+    error_class: ErrorClass | None = Field(
+        description="Why its last failed attempt failed: user, oom, crash or infra (retried per the spec's retry_on)."
+    )
     result: dict[str, Any] | None = Field(description="Final metrics, e.g. test_accuracy.")
     worker: str | None = Field(description="Worker that holds or last held the job.")
     device: str | None = Field(description="Device the job runs or ran on.")
@@ -75,6 +78,7 @@ class JobPublic(BaseModel):
             cancel_requested=job.cancel_requested,
             progress=stored_progress(job.progress),
             error=printable(job.error),
+            error_class=job.error_class,
             result=readable_object(job.result),
             worker=job.lease_owner,
             device=job.worker_device,

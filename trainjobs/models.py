@@ -34,6 +34,8 @@ class Job(_Answer):
     cancel_requested: bool = False
     progress: Progress | None = None
     error: str | None = None
+    error_class: str | None = None
+    """Why its last failed attempt failed: user, oom, crash or infra."""
     result: dict[str, Any] | None = None
     worker: str | None = None
     device: str | None = None

@@ -32,7 +32,7 @@ from app.core.errors import first_line
 from app.core.files import link_or_copy
 from app.core.protocol import MetricPoint
 from app.core.registry import UnknownName
-from app.core.states import CheckpointFormat, CheckpointTag
+from app.core.states import CheckpointFormat, CheckpointTag, ErrorClass
 from worker.messages import CheckpointReady, Done, Failed, JobPayload, Metrics, Progress, Stopped
 
 TRACEBACK_LINES = 12
@@ -126,6 +126,7 @@ def _train(payload: JobPayload, out: Connection, stop: Event, parent: int) -> No
     import torch
 
     from worker.training import DoesNotFit, StopRequested, TrainingContext, run_training
+    from worker.training.errors import OutOfMemory
 
     if payload.threads:
         torch.set_num_threads(payload.threads)
@@ -165,7 +166,9 @@ def _train(payload: JobPayload, out: Connection, stop: Event, parent: int) -> No
     except StopRequested:
         out.send(Stopped())
     except DoesNotFit as exc:  # found before anything ran: the reason is all there is
-        out.send(Failed(str(exc)))
+        out.send(Failed(str(exc), error_class=ErrorClass.OOM))
+    except OutOfMemory as exc:
+        out.send(Failed(describe(exc), traceback_tail(exc), ErrorClass.OOM))
     except UnknownName as exc:  # a name the spec allows and this worker's registries lack: no traceback to read
         out.send(Failed(f"this worker cannot run this job (upgrade it to the service's version): {exc}"))
     except Exception as exc:

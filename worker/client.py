@@ -36,7 +36,7 @@ from app.core.protocol import (
     checkpoint_path,
     summarize,
 )
-from app.core.states import CheckpointFormat, CheckpointTag
+from app.core.states import CheckpointFormat, CheckpointTag, ErrorClass
 
 log = logging.getLogger("trainjobs.worker")
 
@@ -202,6 +202,7 @@ class WorkerClient:
         status: FinishStatus,
         *,
         error: str | None = None,
+        error_class: ErrorClass | None = None,
         result: Result | None = None,
         progress: Progress | None = None,
     ) -> None:
@@ -210,6 +211,7 @@ class WorkerClient:
                 lease_token=lease_token,
                 status=status,
                 error=error,
+                error_class=error_class,
                 result=None if result is None else dict(result),
                 progress=progress,
             )

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from app.core.protocol import MetricPoint, Result
 from app.core.specs import AnyJobSpec
-from app.core.states import CheckpointFormat, CheckpointTag
+from app.core.states import CheckpointFormat, CheckpointTag, ErrorClass
 
 
 @dataclass(frozen=True)
@@ -70,6 +70,8 @@ class Failed:
     """One line: what went wrong and what to change."""
     traceback: str = ""
     """The traceback's last lines; empty for a failure that needs none (a job this worker cannot run)."""
+    error_class: ErrorClass = ErrorClass.USER
+    """user (the job's data, code or numbers), or oom (out of device memory)."""
 
 
 ChildMessage = Metrics | Progress | CheckpointReady

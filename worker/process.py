@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from app.core.states import ErrorClass
 from worker.child import run_child
 from worker.logs import Captured
 from worker.messages import JobPayload
@@ -81,6 +82,32 @@ class Shutdown:
         if self.requested.is_set():
             self.immediate.set()
         self.requested.set()
+
+
+def oom_kills() -> int | None:
+    """The kernel's OOM kills so far in this process's cgroup (cgroup v2), or None where it cannot tell."""
+    try:
+        with open("/proc/self/cgroup") as f:
+            path = next(line.split("::", 1)[1].strip() for line in f if line.startswith("0::"))
+        with open(f"/sys/fs/cgroup{path}/memory.events") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith("oom_kill "))
+    except (OSError, StopIteration, ValueError, IndexError):
+        return None
+
+
+def exit_class(exitcode: int | None, kills_before: int | None) -> ErrorClass:
+    """Why a training process that reported nothing ended: oom if the kernel's OOM killer struck since it
+    started (``kills_before``), crash otherwise (a signal, a segfault, an exit without a result)."""
+    kills = oom_kills()
+    if (
+        exitcode is not None
+        and exitcode < 0
+        and kills is not None
+        and kills_before is not None
+        and kills > kills_before
+    ):
+        return ErrorClass.OOM
+    return ErrorClass.CRASH
 
 
 def describe_exit(exitcode: int | None) -> str:

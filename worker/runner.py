@@ -30,12 +30,12 @@ from app.core.protocol import (
     Result,
     UnsupportedJob,
 )
-from app.core.states import CheckpointFormat, CheckpointTag, JobStatus
+from app.core.states import CheckpointFormat, CheckpointTag, ErrorClass, JobStatus
 from worker import messages
 from worker.client import LeaseGone, ProtocolError, ServiceUnavailable, StorageFull, UnstorableResult, WorkerClient
 from worker.logs import Captured, JobLog
 from worker.messages import CheckpointReady, Done, Ending, Failed, JobPayload, Metrics, Stopped
-from worker.process import Child, Shutdown, describe_exit
+from worker.process import Child, Shutdown, describe_exit, exit_class, oom_kills
 from worker.settings import WorkerConfig
 
 log = logging.getLogger("trainjobs.worker")
@@ -61,20 +61,14 @@ class JobRun:
         shutdown: Shutdown,
         prestarted: Child | None = None,
     ) -> None:
-        self.client = client
-        self.job = job
-        self.id, self.token = job.id, job.lease_token
-        self.config = config
-        self.settings = config.settings
-        self.shutdown = shutdown
+        self.client, self.job, self.config, self.shutdown = client, job, config, shutdown
+        self.id, self.token, self.settings = job.id, job.lease_token, config.settings
         self.dir = config.work_dir / f"job-{self.id}-attempt-{job.attempt}"
         self.mp: Any = mp.get_context(self.settings.start_method)  # typeshed's BaseContext lacks Process
         self.prestarted = prestarted
         """A process started ahead for this job; still here after ``run`` if the job never got to use it."""
         self.stop: Any = None
-        self.lease_lost = threading.Event()
-        self.ended = threading.Event()
-        self.cancel_requested = threading.Event()
+        self.lease_lost, self.ended, self.cancel_requested = threading.Event(), threading.Event(), threading.Event()
         self.progress: Progress | None = None
         self.log = JobLog()
         self.output: Captured | None = None
@@ -82,8 +76,7 @@ class JobRun:
         self.metrics: deque[MetricIn] = deque()
         self.dropped_metrics = 0
         self.last_flush = time.monotonic()
-        self._outage_logged = False
-        self._non_finite_logged = False
+        self._outage_logged = self._non_finite_logged = False
         self.stored: dict[CheckpointFormat, dict[CheckpointTag, str]] = {}
         """format -> tag -> sha256 of what this run uploaded: one file saved as best and last goes once."""
 
@@ -124,8 +117,7 @@ class JobRun:
             child = Child(self.mp)
             child.hand(payload)  # if it died already, its exit code is reported below
         assert child is not None
-        self.stop = child.stop
-        self.output = child.output
+        self.stop, self.output, kills = child.stop, child.output, oom_kills()
         self._note_start(child.pid)
         log.info(
             "job %s: attempt %s of %s started child pid %s%s on %s%s",
@@ -143,7 +135,7 @@ class JobRun:
         finally:  # the lease lost, or the service refusing an upload: the child must not outlive its job
             child.discard()
             child.output.join()  # its last lines, up to the end of its pipes
-        return self._report(final, killed, child.process.exitcode)
+        return self._report(final, killed, child.process.exitcode, kills)
 
     # --- while the child runs -----------------------------------------------------
 
@@ -348,15 +340,24 @@ class JobRun:
 
     # --- the end ---------------------------------------------------------------------
 
-    def _end(self, status: FinishStatus, *, error: str | None = None, result: Result | None = None) -> Outcome:
+    def _end(
+        self,
+        status: FinishStatus,
+        *,
+        error: str | None = None,
+        cls: ErrorClass | None = None,
+        result: Result | None = None,
+    ) -> Outcome:
         error = error[:MAX_ERROR_CHARS] if error is not None else None
-        self.log.system(f"{status}" + (f": {error.splitlines()[0]}" if error else ""))
+        self.log.system(f"{status}" + (f" ({cls})" if cls else "") + (f": {error.splitlines()[0]}" if error else ""))
         self._retrying("log upload", self._flush_logs_or_raise)
         progress = self.progress
         try:
             self._retrying(
                 "finish",
-                lambda: self.client.finish(self.id, self.token, status, error=error, result=result, progress=progress),
+                lambda: self.client.finish(
+                    self.id, self.token, status, error=error, error_class=cls, result=result, progress=progress
+                ),
             )
         except UnstorableResult as exc:
             status, error, result = JobStatus.FAILED, f"the job's result cannot be stored: {exc}", None
@@ -367,13 +368,13 @@ class JobRun:
             log.info("job %s: %s %s", self.id, status, result or "")
         return status
 
-    def _report(self, final: Ending | None, killed: str | None, exitcode: int | None) -> Outcome:
+    def _report(self, final: Ending | None, killed: str | None, exitcode: int | None, kills: int | None) -> Outcome:
         self._retrying("metrics upload", self._flush_or_raise)
         if isinstance(final, Done) and killed is None:
             return self._end(JobStatus.SUCCEEDED, result=final.result)
         if isinstance(final, Failed):
             error = f"{final.reason}\n\n{final.traceback}" if final.traceback else final.reason
-            return self._end(JobStatus.FAILED, error=error)
+            return self._end(JobStatus.FAILED, error=error, cls=final.error_class)
         stopped = isinstance(final, Stopped)
         if self.cancel_requested.is_set() and (stopped or killed == "grace"):
             return self._end(JobStatus.CANCELLED)
@@ -383,7 +384,7 @@ class JobRun:
             self._retrying("release", lambda: self.client.release(self.id, self.token))
             log.info("job %s: given back to the queue for another worker to resume", self.id)
             return "released"
-        return self._end(JobStatus.FAILED, error=describe_exit(exitcode))
+        return self._end(JobStatus.FAILED, error=describe_exit(exitcode), cls=exit_class(exitcode, kills))
 
     def _flush_or_raise(self) -> None:
         self._flush_metrics(force=True)

@@ -67,6 +67,7 @@ def status_of(job: Job) -> dict[str, Any]:
         "attempt": job.attempt,
         "progress": job.progress,
         "error": job.error,
+        "error_class": job.error_class,
         "cancel_requested": job.cancel_requested,
         "result": job.result,
         "worker": job.lease_owner,

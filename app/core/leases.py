@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session, aliased
 from app.core import logs
 from app.core.errors import InvalidRequest, JobNotFound, LeaseLost
 from app.core.models import Job, utcnow
-from app.core.states import JobKind, JobStatus, guard
+from app.core.states import RETRY_ON_DEFAULT, ErrorClass, JobKind, JobStatus, guard
 
 QUEUED, RUNNING = frozenset({JobStatus.QUEUED}), frozenset({JobStatus.RUNNING})
 
@@ -165,7 +165,8 @@ def _end_lease(session: Session, job_id: int, lease_token: str, *targets: JobSta
         .where(*fenced(job_id, lease_token, *targets))
         .values(lease_token=None, lease_expires_at=None, **values)
         .returning(Job),
-        execution_options={"synchronize_session": False},
+        # populate_existing: a copy of the row this session read before (finish_job's) shows the new values
+        execution_options={"synchronize_session": False, "populate_existing": True},
     ).scalar_one_or_none()
     if job is None:
         raise _lease_lost(session, job_id)
@@ -179,16 +180,38 @@ def finish_job(
     *,
     status: JobStatus,
     error: str | None = None,
+    error_class: ErrorClass | None = None,
     result: dict[str, Any] | None = None,
     progress: dict[str, Any] | None = None,
     now: datetime | None = None,
 ) -> Job:
     """End a running job as succeeded, failed or cancelled, with where it got to (``progress``, if the
-    worker says). Fenced; a failure is final (not retried)."""
+    worker says). Fenced. A failure of a class in the job's ``retry_on`` is requeued instead while it
+    has attempts left (and no cancel was asked for); any other failure is final."""
     now = now or utcnow()
     status = JobStatus(status)
     if not status.is_terminal:
         raise InvalidRequest(f"status must be succeeded, failed or cancelled, not '{status}'", ("body", "status"))
+    if status == JobStatus.FAILED:
+        error_class = error_class or ErrorClass.USER
+        held = leased_job(session, job_id, lease_token)
+        if retries(held, error_class):
+            line = (
+                f"attempt {held.attempt} of {held.max_attempts} failed ({error_class}): {first_line(error)}; requeued"
+            )
+            job = _end_lease(
+                session,
+                job_id,
+                lease_token,
+                JobStatus.QUEUED,
+                status=JobStatus.QUEUED,
+                error=line,
+                error_class=error_class,
+                updated_at=now,
+                **({"progress": progress} if progress is not None else {}),
+            )
+            logs.note(session, job, line)
+            return job
     job = _end_lease(
         session,
         job_id,
@@ -196,6 +219,7 @@ def finish_job(
         status,
         status=status,
         error=error if status != JobStatus.SUCCEEDED else None,
+        error_class=error_class if status == JobStatus.FAILED else None,
         result=result,
         finished_at=now,
         updated_at=now,
@@ -204,6 +228,25 @@ def finish_job(
     if status != JobStatus.SUCCEEDED:
         fail_dependents(session, job_id, status, now=now)
     return job
+
+
+def retry_on(job: Job) -> frozenset[ErrorClass]:
+    """The failure classes the job's spec retries (a spec stored before ``retry_on`` existed: infra)."""
+    spec = job.spec if isinstance(job.spec, dict) else {}
+    named = spec.get("retry_on", RETRY_ON_DEFAULT)
+    try:
+        return frozenset(ErrorClass(c) for c in named) if isinstance(named, list) else frozenset(RETRY_ON_DEFAULT)
+    except (ValueError, TypeError):
+        return frozenset(RETRY_ON_DEFAULT)
+
+
+def retries(job: Job, error_class: ErrorClass) -> bool:
+    """Whether a failure of ``error_class`` gets another attempt."""
+    return error_class in retry_on(job) and job.attempt < job.max_attempts and not job.cancel_requested
+
+
+def first_line(error: str | None) -> str:
+    return (error or "no reason given").split("\n", 1)[0][:500]
 
 
 def release_job(session: Session, job_id: int, lease_token: str, *, now: datetime | None = None) -> Job:
@@ -249,6 +292,8 @@ def _fate(job: Job) -> tuple[JobStatus, str]:
     lost = f"worker {job.lease_owner} stopped heartbeating during attempt {job.attempt} of {job.max_attempts}"
     if job.cancel_requested:
         return JobStatus.CANCELLED, f"cancelled ({lost})"
+    if ErrorClass.INFRA not in retry_on(job):
+        return JobStatus.FAILED, f"lease expired: {lost}; infra is not in its retry_on"
     if job.attempt >= job.max_attempts:
         return JobStatus.FAILED, f"lease expired: {lost}; no attempts left"
     return JobStatus.QUEUED, f"lease expired: {lost}; requeued"
@@ -273,6 +318,7 @@ def reap_expired_leases(session: Session, *, now: datetime | None = None) -> lis
             .values(
                 status=status,
                 error=error,
+                error_class=ErrorClass.INFRA if status != JobStatus.CANCELLED else None,
                 lease_token=None,
                 lease_expires_at=None,
                 finished_at=now if status != JobStatus.QUEUED else None,

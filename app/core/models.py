@@ -29,7 +29,16 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
-from app.core.states import CheckpointFormat, CheckpointTag, JobKind, JobStatus, LogStream, TokenKind, sql_in
+from app.core.states import (
+    CheckpointFormat,
+    CheckpointTag,
+    ErrorClass,
+    JobKind,
+    JobStatus,
+    LogStream,
+    TokenKind,
+    sql_in,
+)
 
 
 def utcnow() -> datetime:
@@ -144,6 +153,9 @@ class Job(Base):
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
     progress: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     error: Mapped[str | None] = mapped_column(Text)
+    error_class: Mapped[ErrorClass | None] = mapped_column(
+        StrEnumColumn(ErrorClass), doc="Why the last failed attempt failed (user, oom, crash, infra)."
+    )
     result: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     worker_device: Mapped[str | None] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
@@ -162,6 +174,7 @@ class Job(Base):
     __table_args__ = (
         CheckConstraint(sql_in("status", JobStatus), name="status_valid"),
         CheckConstraint(sql_in("kind", JobKind), name="kind_valid"),
+        CheckConstraint(f"error_class IS NULL OR {sql_in('error_class', ErrorClass)}", name="error_class_valid"),
         # The claim reads only queued rows: keep that index small as finished jobs pile up.
         Index(
             "ix_jobs_claimable",

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal, Self, TypedDict
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationError, field_validator
 
 from app.core.specs import AnyJobSpec, Text, escaped, parse_job_spec, storable_text
-from app.core.states import CheckpointFormat, CheckpointTag, JobKind, JobStatus
+from app.core.states import CheckpointFormat, CheckpointTag, ErrorClass, JobKind, JobStatus
 
 if TYPE_CHECKING:  # the worker imports this module; it needs no ORM
     from app.core.models import Checkpoint, Job
@@ -215,6 +215,9 @@ class FinishRequest(_Model):
     lease_token: Text = LeaseToken
     status: FinishStatus
     error: Text | None = Field(None, max_length=MAX_ERROR_CHARS)
+    error_class: ErrorClass | None = Field(
+        None, description="Why it failed: user, oom or crash (a failure of a class in the job's retry_on is requeued)."
+    )
     result: dict[str, JsonValue] | None = Field(None, description="Final metrics; finite numbers, NUL-free strings.")
     progress: Progress | None = Field(
         None, description="Where the job got to, stored with the end (not a stale heartbeat's)."

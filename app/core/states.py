@@ -74,6 +74,23 @@ class JobKind(StrEnum):
 WORKER_KINDS = frozenset({JobKind.PRETRAIN, JobKind.FINETUNE})
 
 
+class ErrorClass(StrEnum):
+    """Why a job's attempt failed: which failures are worth another attempt (``retry_on``)."""
+
+    USER = "user"
+    """The job itself: bad data, a NaN loss, an error raised by the training code. Retrying repeats it."""
+    OOM = "oom"
+    """Out of memory: CUDA's, or the kernel's OOM killer ending the training process."""
+    CRASH = "crash"
+    """The training process died without a word (a signal, a segfault, an exit without a result)."""
+    INFRA = "infra"
+    """Not the job: its worker vanished and the lease expired."""
+
+
+RETRY_ON_DEFAULT = (ErrorClass.INFRA,)
+"""What a job is retried on unless its spec's ``retry_on`` says more (``max_attempts`` bounds it)."""
+
+
 class TokenKind(StrEnum):
     USER = "user"
     """Acts for its user on the public API (``/jobs``, ``/tokens``, ...)."""

@@ -135,6 +135,7 @@ def test_sigkill_of_a_worker_mid_job_resumes_elsewhere_and_ends_identical(http: 
     resumed = wait_status(http, victim, "succeeded", "failed")
     assert resumed["status"] == "succeeded", resumed["error"]
     assert resumed["attempt"] == 2 and resumed["worker"] == "b"
+    assert resumed["error_class"] is None  # succeeded; the first attempt's end was infra (its log says so)
     assert "resuming from epoch" in b.text()
     ref = wait_status(http, reference, "succeeded", "failed")
     assert ref["status"] == "succeeded", ref["error"]
@@ -218,11 +219,27 @@ def test_a_training_process_killed_from_outside_fails_the_job(http: httpx.Client
     wait_until(lambda: job(http, target)["progress"]["step"] > 0, 120, "training to start")
     os.kill(child, sig)
     failed = wait_status(http, target, "failed", "succeeded", timeout=30)
-    assert failed["status"] == "failed"
+    assert failed["status"] == "failed" and failed["error_class"] == "crash" and failed["attempt"] == 1
     assert signal.Signals(sig).name in failed["error"]
     nxt = submit(http, training_job(epochs=1))
     assert wait_status(http, nxt, "succeeded", "failed")["status"] == "succeeded"
-    assert job(http, target)["status"] == "failed"  # a crash of the training code is not retried
+    assert job(http, target)["status"] == "failed"  # a crash is not retried by default
+
+
+def test_a_crash_is_retried_when_retry_on_names_it_and_resumes_from_its_checkpoint(
+    http: httpx.Client, workers: Any
+) -> None:
+    target = submit(http, {**training_job(epochs=30), "retry_on": ["infra", "crash"]})
+    w = workers("w")
+    child = w.child_of(target)
+    wait_until(lambda: has_checkpoint(http, target, 2), 120, "an uploaded checkpoint")
+    os.kill(child, signal.SIGKILL)
+    wait_until(lambda: job(http, target)["attempt"] == 2, 60, "the second attempt")
+    done = wait_status(http, target, "succeeded", "failed", timeout=300)
+    assert done["status"] == "succeeded" and done["error"] is None, done["error"]
+    lines = [line["text"] for line in http.get(f"/jobs/{target}/logs", params={"limit": 10_000}).json()["lines"]]
+    assert any(t.startswith("attempt 1 of 3 failed (crash): training process killed by SIGKILL") for t in lines)
+    assert any(t.startswith("resuming from its 'last' checkpoint") for t in lines)
 
 
 def test_failures_inside_training_have_one_line_reasons(http: httpx.Client, workers: Any) -> None:
@@ -242,6 +259,7 @@ def test_failures_inside_training_have_one_line_reasons(http: httpx.Client, work
     for job_id in (nan, missing, fine):
         wait_status(http, job_id, "succeeded", "failed")
     nan_error = job(http, nan)["error"]
+    assert job(http, nan)["error_class"] == "user" and job(http, nan)["attempt"] == 1  # not retried
     assert nan_error.splitlines()[0].startswith("loss became NaN at epoch 1, step ")
     assert "Traceback" in nan_error
     missing_error = job(http, missing)["error"].splitlines()[0]

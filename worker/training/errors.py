@@ -24,3 +24,7 @@ class DatasetError(TrainingError):
 
 class DoesNotFit(TrainingError):
     """The job needs more memory than its device has free; found before training starts."""
+
+
+class OutOfMemory(TrainingError):
+    """The device ran out of memory during training."""

@@ -66,7 +66,7 @@ from app.core.states import CheckpointTag
 from .checkpoints import link_atomically, load_checkpoint, save_torch, save_weights
 from .context import MetricPoint, StopRequested, TrainingContext
 from .data import Images, Splits, epoch_batches, flip_crop, normalize, steps_per_epoch
-from .errors import TrainingError
+from .errors import OutOfMemory, TrainingError
 from .progress import Progress
 from .stopping import fires
 from .task import Batch, Task
@@ -110,7 +110,7 @@ def fit(spec: AnyJobSpec, ctx: TrainingContext, task: Task, splits: Splits) -> R
             train_one_epoch(run, progress)
             finish_epoch(run, progress)
     except torch.OutOfMemoryError:
-        raise TrainingError(
+        raise OutOfMemory(
             f"out of device memory with batch_size {spec.train.batch_size}: lower train.batch_size"
         ) from None
     return _result(run, progress)

@@ -294,7 +294,8 @@ async def download_checkpoint(
 
 @router.post("/jobs/{job_id}/finish", response_model=JobPublic, responses=_FENCED)
 async def finish_job(job_id: JobId, body: FinishRequest, lane: WorkerLaneDep, wakeup: WakeupDep) -> Response:
-    """End the job: succeeded (with result), failed (with error; not retried) or cancelled."""
+    """End the job: succeeded (with result), failed (with error and error_class: requeued if the job's
+    retry_on has that class and attempts are left) or cancelled."""
 
     def finish() -> Response:
         with lane.db.write() as session:
@@ -305,6 +306,7 @@ async def finish_job(job_id: JobId, body: FinishRequest, lane: WorkerLaneDep, wa
                 body.lease_token,
                 status=body.status,
                 error=body.error,
+                error_class=body.error_class,
                 result=body.result,
                 progress=progress,
             )

@@ -22,7 +22,7 @@ from app.core.specs.networks import (
     PretrainModel,
     SeedMlpAutoencoderModel,
 )
-from app.core.states import JobKind
+from app.core.states import RETRY_ON_DEFAULT, ErrorClass, JobKind
 
 
 class EarlyStopping(Strict):
@@ -99,7 +99,14 @@ class TrainSpec(Strict):
 class _JobBase(Strict):
     name: Text | None = Field(None, max_length=200, description="A label for people; not unique.")
     priority: int = Field(0, ge=-1000, le=1000, description="Higher runs first; ties go to the oldest job.")
-    max_attempts: int = Field(3, ge=1, le=20, description="Runs allowed before a job lost by its worker is failed.")
+    max_attempts: int = Field(
+        3, ge=1, le=20, description="Attempts at most: a failure of a class in retry_on is retried until then."
+    )
+    retry_on: list[ErrorClass] = Field(
+        default_factory=lambda: list(RETRY_ON_DEFAULT),
+        max_length=4,
+        description="Failure classes worth another attempt: infra (the worker vanished; the default), crash, oom, user.",
+    )
     preset: Literal["seed"] | None = Field(None, description="'seed' fills in the article's hyperparameters.")
     train: TrainSpec = Field(default_factory=TrainSpec)
     dataset: DatasetSpec
