@@ -167,7 +167,7 @@ def _train(payload: JobPayload, out: Connection, stop: Event, parent: int) -> No
         out.send(Stopped())
     except DoesNotFit as exc:  # found before anything ran: the reason is all there is
         out.send(Failed(str(exc), error_class=ErrorClass.OOM))
-    except OutOfMemory as exc:
+    except (OutOfMemory, torch.OutOfMemoryError) as exc:  # in the loop, or loading data, model, checkpoint
         out.send(Failed(describe(exc), traceback_tail(exc), ErrorClass.OOM))
     except UnknownName as exc:  # a name the spec allows and this worker's registries lack: no traceback to read
         out.send(Failed(f"this worker cannot run this job (upgrade it to the service's version): {exc}"))

@@ -85,27 +85,29 @@ class Shutdown:
 
 
 def oom_kills() -> int | None:
-    """The kernel's OOM kills so far in this process's cgroup (cgroup v2), or None where it cannot tell."""
+    """The kernel's OOM kills so far in this process's memory cgroup (v2, or v1's memory controller), or
+    None where it cannot tell (then a SIGKILL is a crash)."""
     try:
         with open("/proc/self/cgroup") as f:
-            path = next(line.split("::", 1)[1].strip() for line in f if line.startswith("0::"))
-        with open(f"/sys/fs/cgroup{path}/memory.events") as f:
-            return next(int(line.split()[1]) for line in f if line.startswith("oom_kill "))
-    except (OSError, StopIteration, ValueError, IndexError):
+            lines = [line.strip().split(":", 2) for line in f]
+    except OSError:
         return None
+    places = [f"/sys/fs/cgroup{p}/memory.events" for h, c, p in lines if h == "0" and c == ""]
+    places += [f"/sys/fs/cgroup/memory{p}/memory.oom_control" for _, c, p in lines if "memory" in c.split(",")]
+    for place in places:
+        try:
+            with open(place) as f:
+                return next(int(line.split()[1]) for line in f if line.startswith("oom_kill "))
+        except (OSError, StopIteration, ValueError, IndexError):
+            continue
+    return None
 
 
 def exit_class(exitcode: int | None, kills_before: int | None) -> ErrorClass:
     """Why a training process that reported nothing ended: oom if the kernel's OOM killer struck since it
     started (``kills_before``), crash otherwise (a signal, a segfault, an exit without a result)."""
     kills = oom_kills()
-    if (
-        exitcode is not None
-        and exitcode < 0
-        and kills is not None
-        and kills_before is not None
-        and kills > kills_before
-    ):
+    if exitcode == -signal.SIGKILL and kills is not None and kills_before is not None and kills > kills_before:
         return ErrorClass.OOM
     return ErrorClass.CRASH
 

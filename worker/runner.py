@@ -108,7 +108,7 @@ class JobRun:
         payload = JobPayload(
             spec, self.config.device, self.settings.data_dir, self.dir, resume, init, self.settings.threads
         )
-        child, self.prestarted = self.prestarted, None
+        child, self.prestarted, kills = self.prestarted, None, oom_kills()
         ahead = child is not None and child.hand(payload)
         if not ahead:
             if child is not None:
@@ -117,7 +117,7 @@ class JobRun:
             child = Child(self.mp)
             child.hand(payload)  # if it died already, its exit code is reported below
         assert child is not None
-        self.stop, self.output, kills = child.stop, child.output, oom_kills()
+        self.stop, self.output = child.stop, child.output
         self._note_start(child.pid)
         log.info(
             "job %s: attempt %s of %s started child pid %s%s on %s%s",

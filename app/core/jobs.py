@@ -268,6 +268,7 @@ def cancel_job(session: Session, scope: Scope, job_id: int, *, now: datetime | N
         finished_at=now,
         updated_at=now,
         error="cancelled before it started",
+        error_class=None,
     )
     if job is not None:
         fail_dependents(session, job_id, JobStatus.CANCELLED, now=now)

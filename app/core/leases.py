@@ -82,7 +82,9 @@ def claim_next_job(
         )
         .returning(Job)
     )
-    return session.execute(stmt, execution_options={"synchronize_session": False}).scalar_one_or_none()
+    # populate_existing: a copy of the row this session holds (a claim that just failed a job) is refreshed
+    options = {"synchronize_session": False, "populate_existing": True}
+    return session.execute(stmt, execution_options=options).scalar_one_or_none()
 
 
 # --- the fence ----------------------------------------------------------------------
@@ -183,11 +185,13 @@ def finish_job(
     error_class: ErrorClass | None = None,
     result: dict[str, Any] | None = None,
     progress: dict[str, Any] | None = None,
+    retry: bool = True,
     now: datetime | None = None,
 ) -> Job:
     """End a running job as succeeded, failed or cancelled, with where it got to (``progress``, if the
     worker says). Fenced. A failure of a class in the job's ``retry_on`` is requeued instead while it
-    has attempts left (and no cancel was asked for); any other failure is final."""
+    has attempts left (and no cancel was asked for), unless ``retry`` is False (a job that can never
+    start); any other failure is final."""
     now = now or utcnow()
     status = JobStatus(status)
     if not status.is_terminal:
@@ -195,7 +199,7 @@ def finish_job(
     if status == JobStatus.FAILED:
         error_class = error_class or ErrorClass.USER
         held = leased_job(session, job_id, lease_token)
-        if retries(held, error_class):
+        if retry and retries(held, error_class):
             line = (
                 f"attempt {held.attempt} of {held.max_attempts} failed ({error_class}): {first_line(error)}; requeued"
             )
@@ -212,6 +216,10 @@ def finish_job(
             )
             logs.note(session, job, line)
             return job
+        if error_class in retry_on(held):
+            logs.note(
+                session, held, f"attempt {held.attempt} of {held.max_attempts} failed ({error_class}); no attempts left"
+            )
     job = _end_lease(
         session,
         job_id,
@@ -279,6 +287,7 @@ def fail_dependents(session: Session, base_id: int, base_status: JobStatus, *, n
         .values(
             status=JobStatus.FAILED,
             error=f"base job {base_id} {base_status}; this finetune cannot start from its encoder",
+            error_class=ErrorClass.USER,
             finished_at=now,
             updated_at=now,
         )

@@ -8,7 +8,6 @@ The text is one job, or a list of two: a pretrain and a finetune that starts fro
 from __future__ import annotations
 
 import json
-from datetime import timedelta
 from typing import Annotated, Any
 
 import yaml
@@ -19,8 +18,7 @@ from sqlalchemy.orm import Session
 
 from app.api.auth import CurrentUser, FormCsrf
 from app.api.deps import DatabaseDep, SettingsDep, WakeupDep
-from app.api.routes.jobs import check_submittable
-from app.core import jobs
+from app.api.routes.jobs import check_submittable, store_job
 from app.core.accounts import Caller
 from app.core.config import Settings
 from app.core.db import Database
@@ -164,15 +162,7 @@ def store_one(session: Session, caller: Caller, settings: Settings, body: Any, b
         body = {**body, "model": {**(body.get("model") or {}), "init": {"from": "job", "job_id": base}}}
     spec = job_spec_adapter.validate_python(body)
     check_submittable(spec, settings)
-    job, _ = jobs.submit_job(
-        session,
-        caller.scope,
-        spec,
-        owner_id=caller.user_id,
-        idempotency_key=None,
-        idempotency_ttl=timedelta(hours=settings.idempotency_hours),
-        max_active=settings.max_active_jobs_per_user,
-    )
+    job, _ = store_job(session, caller, settings, spec)
     return job.id
 
 

@@ -104,3 +104,36 @@ def test_a_success_after_a_retried_failure_clears_the_error(db: Database) -> Non
     with db.write() as s:
         done_job = leases.finish_job(s, job_id, token, status=JobStatus.SUCCEEDED, result={"test_loss": 0.1})
     assert done_job.error is None and done_job.error_class is None and done_job.attempt == 2
+
+
+def test_a_job_that_can_never_start_fails_once_even_when_user_failures_are_retried(client: Any) -> None:
+    """The claim fails it with its reason (no attempt is worth another) and hands out the next job."""
+    from tests.api.helpers import claim as api_claim
+    from tests.api.helpers import finish
+    from tests.api.helpers import submit as api_submit
+
+    base = api_submit(client, pretrain_body())
+    token = api_claim(client)["lease_token"]  # type: ignore[index]
+    assert finish(client, base["id"], token, result={"test_loss": 0.1}).status_code == 200  # no checkpoint files
+    stuck = api_submit(client, finetune_body(base["id"], retry_on=["user"], max_attempts=5))
+    after = api_submit(client, pretrain_body(priority=-1))
+    claimed = api_claim(client)
+    assert claimed is not None and claimed["id"] == after["id"]
+    ended = client.get(f"/jobs/{stuck['id']}").json()
+    assert ended["status"] == "failed" and ended["attempt"] == 1 and "no checkpoint file left" in ended["error"]
+
+
+def test_dependents_of_a_job_out_of_attempts_fail_as_user_and_the_log_says_it_ran_out(db: Database) -> None:
+    base = submit(db, pretrain_body(retry_on=["oom"], max_attempts=1))
+    child = submit(db, finetune_body(base))
+    fail(db, base, run_once(db), ErrorClass.OOM, "out of device memory")
+    assert job(db, base).status == JobStatus.FAILED and job(db, child).error_class == ErrorClass.USER
+    with db.read() as s:
+        assert "attempt 1 of 1 failed (oom); no attempts left" in [line.text for line in logs.read_lines(s, base)]
+
+
+def test_retry_on_names_each_class_once() -> None:
+    from app.core.specs import parse_job_spec
+
+    spec = parse_job_spec(pretrain_body(retry_on=["oom", "crash", "oom", "crash"]))
+    assert spec.retry_on == [ErrorClass.OOM, ErrorClass.CRASH]

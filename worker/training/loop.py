@@ -249,7 +249,11 @@ def finish_epoch(run: Run, progress: Progress) -> None:
     if task.improves(primary, progress.best_metric):
         progress.best_metric, progress.best_epoch = primary, progress.epoch
         tags.append(CheckpointTag.BEST)
-    stops = train.early_stopping is not None and fires(train.early_stopping, progress.stopping, metrics, progress.epoch)
+    stops = (
+        train.early_stopping is not None
+        and progress.epoch < train.epochs  # at the last epoch there is nothing left to stop
+        and fires(train.early_stopping, progress.stopping, metrics, progress.epoch)
+    )
     if progress.epoch % train.checkpoint_every_epochs == 0 or progress.epoch == train.epochs or stops:
         tags.append(CheckpointTag.LAST)
     if tags:

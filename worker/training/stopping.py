@@ -12,6 +12,8 @@ from typing import Any
 
 from app.core.specs.jobs import EarlyStopping
 
+from .errors import TrainingError
+
 
 @dataclass
 class StoppingState:
@@ -32,6 +34,11 @@ class StoppingState:
 
 def fires(rule: EarlyStopping, state: StoppingState, metrics: dict[str, float], epoch: int) -> bool:
     """Update ``state`` with this epoch's ``metrics``; True when the run should stop after this epoch."""
+    if rule.metric not in metrics:  # val_*, with a validation split too small to hold an image
+        raise TrainingError(
+            f"early_stopping.metric '{rule.metric}' was not reported: the validation split is empty; "
+            "raise dataset.val_fraction or pick another metric"
+        )
     value = metrics[rule.metric]
     sign = 1.0 if rule.higher_is_better else -1.0
     if state.best is None or sign * (value - state.best) > rule.min_delta:

@@ -20,7 +20,7 @@ from app.core import accounts, checkpoints, estimates, jobs, logs, metrics
 from app.core.accounts import Caller
 from app.core.config import Settings
 from app.core.errors import Forbidden, InvalidRequest, NotFound
-from app.core.models import Checkpoint
+from app.core.models import Checkpoint, Job
 from app.core.specs import AnyJobSpec, JobSpec
 from app.core.states import CheckpointFormat, CheckpointTag, JobKind, JobStatus, LogStream
 from app.schemas import (
@@ -66,19 +66,10 @@ def submit_job(
 ) -> JobPublic:
     """Submit a job; 201 means it is stored on disk."""
     check_submittable(spec, settings)
-    ttl = timedelta(hours=settings.idempotency_hours)
     for attempt in range(3):
         try:
             with db.write() as session:
-                job, created = jobs.submit_job(
-                    session,
-                    caller.scope,
-                    spec,
-                    owner_id=caller.user_id,
-                    idempotency_key=idempotency_key,
-                    idempotency_ttl=ttl,
-                    max_active=settings.max_active_jobs_per_user,
-                )
+                job, created = store_job(session, caller, settings, spec, idempotency_key)
                 public = JobPublic.of(job)
             break
         except IntegrityError:
@@ -91,6 +82,22 @@ def submit_job(
     else:
         response.status_code = status.HTTP_200_OK
     return public
+
+
+def store_job(
+    session: Session, caller: Caller, settings: Settings, spec: AnyJobSpec, idempotency_key: str | None = None
+) -> tuple[Job, bool]:
+    """Store the caller's job (checked by ``check_submittable``) in the caller's transaction, under the
+    service's idempotency window and active-jobs cap: POST /jobs and the dashboard's submit form."""
+    return jobs.submit_job(
+        session,
+        caller.scope,
+        spec,
+        owner_id=caller.user_id,
+        idempotency_key=idempotency_key,
+        idempotency_ttl=timedelta(hours=settings.idempotency_hours),
+        max_active=settings.max_active_jobs_per_user,
+    )
 
 
 def check_submittable(spec: AnyJobSpec, settings: Settings) -> None:

@@ -73,7 +73,9 @@ def _claim_once(db: Database, settings: Settings, body: ClaimRequest, reap: bool
             try:
                 starts = checkpoints.starting_points(session, job, settings.artifacts_dir)
             except checkpoints.NoStartingPoint as exc:  # it can never run: end it, try the next
-                leases.finish_job(session, job.id, job.lease_token, status=JobStatus.FAILED, error=str(exc))
+                leases.finish_job(
+                    session, job.id, job.lease_token, status=JobStatus.FAILED, error=str(exc), retry=False
+                )
                 reap = False
                 continue
             try:
@@ -82,7 +84,7 @@ def _claim_once(db: Database, settings: Settings, body: ClaimRequest, reap: bool
                 )
             except ValidationError:  # a stored row no submit made (a hand-edit): it would block the queue
                 error = "the job's stored spec cannot be read (it was changed outside the service); submit it again"
-                leases.finish_job(session, job.id, job.lease_token, status=JobStatus.FAILED, error=error)
+                leases.finish_job(session, job.id, job.lease_token, status=JobStatus.FAILED, error=error, retry=False)
                 reap = False
                 continue
             return json_answer(claimed)

@@ -35,7 +35,9 @@ class EarlyStopping(Strict):
         None, description="Whether lower or higher is better; default: max for accuracy-like metrics, min otherwise."
     )
     patience: int = Field(5, ge=1, le=10_000, description="Epochs without an improvement of min_delta before it stops.")
-    min_delta: float = Field(0.0, ge=0.0, allow_inf_nan=False, description="The least change that counts as better.")
+    min_delta: float = Field(
+        0.0, ge=0.0, allow_inf_nan=False, description="An improvement counts when it is larger than this."
+    )
     target: float | None = Field(
         None, allow_inf_nan=False, description="Stop as soon as the metric is this good (at or past it)."
     )
@@ -107,6 +109,12 @@ class _JobBase(Strict):
         max_length=4,
         description="Failure classes worth another attempt: infra (the worker vanished; the default), crash, oom, user.",
     )
+
+    @field_validator("retry_on")
+    @classmethod
+    def _each_once(cls, value: list[ErrorClass]) -> list[ErrorClass]:
+        return list(dict.fromkeys(value))
+
     preset: Literal["seed"] | None = Field(None, description="'seed' fills in the article's hyperparameters.")
     train: TrainSpec = Field(default_factory=TrainSpec)
     dataset: DatasetSpec

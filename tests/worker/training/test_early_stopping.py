@@ -80,3 +80,14 @@ def test_a_metric_the_job_does_not_report_is_refused_at_submit(kind: str, metric
         make(model, dataset, early_stopping={"metric": metric})
     if metric == "val_loss":
         assert make(model, synthetic(num_samples=40, val_fraction=0.25), early_stopping={"metric": metric})
+
+
+def test_a_metric_that_never_came_is_a_reason_and_a_rule_at_the_last_epoch_stopped_nothing(recorder: Recorder) -> None:
+    from worker.training import TrainingError
+
+    with pytest.raises(TrainingError, match=r"early_stopping\.metric 'val_loss' was not reported"):
+        fires(EarlyStopping(metric="val_loss"), StoppingState(), {"test_loss": 0.1}, 1)
+    last = run_training(
+        pretrain(MODEL, SMALL, epochs=1, early_stopping={"metric": "train_loss", "target": 100.0}), recorder.context()
+    )
+    assert last["stopped_early"] is False and last["epochs"] == 1
