@@ -198,28 +198,9 @@ def finish_job(
         raise InvalidRequest(f"status must be succeeded, failed or cancelled, not '{status}'", ("body", "status"))
     if status == JobStatus.FAILED:
         error_class = error_class or ErrorClass.USER
-        held = leased_job(session, job_id, lease_token)
-        if retry and retries(held, error_class):
-            line = (
-                f"attempt {held.attempt} of {held.max_attempts} failed ({error_class}): {first_line(error)}; requeued"
-            )
-            job = _end_lease(
-                session,
-                job_id,
-                lease_token,
-                JobStatus.QUEUED,
-                status=JobStatus.QUEUED,
-                error=line,
-                error_class=error_class,
-                updated_at=now,
-                **({"progress": progress} if progress is not None else {}),
-            )
-            logs.note(session, job, line)
-            return job
-        if error_class in retry_on(held):
-            logs.note(
-                session, held, f"attempt {held.attempt} of {held.max_attempts} failed ({error_class}); no attempts left"
-            )
+        requeued = _retry(session, job_id, lease_token, error, error_class, progress, now) if retry else None
+        if requeued is not None:
+            return requeued
     job = _end_lease(
         session,
         job_id,
@@ -235,6 +216,38 @@ def finish_job(
     )
     if status != JobStatus.SUCCEEDED:
         fail_dependents(session, job_id, status, now=now)
+    return job
+
+
+def _retry(
+    session: Session,
+    job_id: int,
+    lease_token: str,
+    error: str | None,
+    error_class: ErrorClass,
+    progress: dict[str, Any] | None,
+    now: datetime,
+) -> Job | None:
+    """The failed job requeued, if its ``retry_on`` has ``error_class`` and attempts are left; else None."""
+    held = leased_job(session, job_id, lease_token)
+    attempt = f"attempt {held.attempt} of {held.max_attempts} failed ({error_class})"
+    if not retries(held, error_class):
+        if error_class in retry_on(held):
+            logs.note(session, held, f"{attempt}; no attempts left")
+        return None
+    line = f"{attempt}: {first_line(error)}; requeued"
+    job = _end_lease(
+        session,
+        job_id,
+        lease_token,
+        JobStatus.QUEUED,
+        status=JobStatus.QUEUED,
+        error=line,
+        error_class=error_class,
+        updated_at=now,
+        **({"progress": progress} if progress is not None else {}),
+    )
+    logs.note(session, job, line)
     return job
 
 
