@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from app.core.specs import AnyJobSpec, FinetuneSpec
+from app.core.specs import AnyJobSpec, FinetuneSpec, TrainSpec
 from app.core.states import JobKind
 
 from .context import TrainingContext
@@ -37,6 +37,12 @@ class ClassificationTask(Task):
 
     def optimizers(self) -> list[torch.optim.Optimizer]:
         return [self.optimizer]
+
+    def enter_phase(self, train: TrainSpec, freeze_backbone: bool) -> None:
+        self.model.encoder.requires_grad_(not freeze_backbone)
+        self.frozen_encoder = freeze_backbone
+        trainable = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = make_optimizer(trainable, train, self.runtime.device)
 
     def train_mode(self) -> None:
         self.model.train()

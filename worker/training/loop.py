@@ -63,10 +63,12 @@ from app.core.protocol import Result
 from app.core.specs import AnyJobSpec, TrainSpec
 from app.core.states import CheckpointTag
 
+from . import phases
 from .checkpoints import link_atomically, load_checkpoint, save_torch, save_weights
 from .context import MetricPoint, StopRequested, TrainingContext
 from .data import Images, Splits, epoch_batches, flip_crop, normalize, steps_per_epoch
 from .errors import OutOfMemory, TrainingError
+from .phases import PhasePlan
 from .progress import Progress
 from .stopping import fires
 from .task import Batch, Task
@@ -82,6 +84,8 @@ class Run:
     data: Splits
     lr_factor: Callable[[int], float]
     steps_per_epoch: int
+    plans: list[PhasePlan]
+    phase: PhasePlan
 
 
 def fit(spec: AnyJobSpec, ctx: TrainingContext, task: Task, splits: Splits) -> Result:
@@ -97,16 +101,26 @@ def fit(spec: AnyJobSpec, ctx: TrainingContext, task: Task, splits: Splits) -> R
     for optimizer in task.optimizers():
         for group in optimizer.param_groups:
             group.setdefault("initial_lr", group["lr"])
-    run = Run(spec, ctx, task, data, make_lr_factor(spec.train, per_epoch), per_epoch)
+    plans = phases.plan(spec.train, per_epoch)
+    run = Run(spec, ctx, task, data, make_lr_factor(spec.train, per_epoch), per_epoch, plans, plans[0])
     progress = Progress()
     if ctx.resume_from is not None:
-        restore_checkpoint(run, progress, load_checkpoint(ctx.resume_from))
+        checkpoint = load_checkpoint(ctx.resume_from)
+        saved = checkpoint.get("phase", 0)
+        if not isinstance(saved, int) or not 0 <= saved < len(plans):
+            raise TrainingError(f"the checkpoint to resume from was taken in phase {saved}, which this job lacks")
+        enter_phase(run, plans[saved])  # its optimizer, to take the saved state back
+        restore_checkpoint(run, progress, checkpoint)
+    else:
+        enter_phase(run, plans[0])
     try:
         while True:
             if progress.epoch_finished(run.steps_per_epoch):
                 if progress.epoch >= spec.train.epochs or progress.stopping.stopped_epoch is not None:
                     break
                 progress.begin_epoch()
+                if progress.epoch > run.phase.last_epoch:
+                    enter_phase(run, phases.phase_of(plans, progress.epoch))
             train_one_epoch(run, progress)
             finish_epoch(run, progress)
     except torch.OutOfMemoryError:
@@ -138,6 +152,17 @@ def make_lr_factor(train: TrainSpec, steps_per_epoch: int) -> Callable[[int], fl
         return 0.5 * (1.0 + math.cos(math.pi * min(1.0, done)))
 
     return factor
+
+
+def enter_phase(run: Run, phase: PhasePlan) -> None:
+    """Make ``phase`` the run's: its optimizer (a job with phases) and its learning-rate schedule."""
+    if phase.freeze_backbone is not None:
+        run.task.enter_phase(phase.train, phase.freeze_backbone)
+        for optimizer in run.task.optimizers():
+            for group in optimizer.param_groups:
+                group["initial_lr"] = group["lr"]
+    factor = make_lr_factor(phase.train, run.steps_per_epoch)
+    run.phase, run.lr_factor = phase, lambda i: factor(i - phase.first_step)
 
 
 def set_learning_rate(task: Task, factor: float) -> None:
@@ -235,7 +260,7 @@ def finish_epoch(run: Run, progress: Progress) -> None:
     for prefix, images in splits.items():
         if images is not None:
             metrics.update({f"{prefix}_{name}": value for name, value in evaluate(run, images).items()})
-    metrics["lr"] = train.lr * run.lr_factor(progress.step - 1)
+    metrics["lr"] = run.phase.train.lr * run.lr_factor(progress.step - 1)
     metrics["epoch_seconds"] = progress.epoch_seconds + time.perf_counter() - started
     metrics["samples_per_second"] = progress.epoch_samples / max(progress.epoch_seconds, 1e-9)
     progress.last_metrics = metrics
@@ -283,6 +308,7 @@ def save_checkpoint(run: Run, progress: Progress, tags: list[CheckpointTag], met
         "primary_metric": run.task.primary,
         "last_metrics": dict(progress.last_metrics),
         "early_stopping": progress.stopping.to_checkpoint(),
+        "phase": run.phase.index,
         "partial": progress.partial_state(),
         "kind": run.spec.kind.value,
         "spec": spec,

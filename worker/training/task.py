@@ -34,6 +34,7 @@ from app.core.specs import AnyJobSpec, TrainSpec
 
 from .context import TrainingContext
 from .data import Splits, step_generator
+from .errors import TrainingError
 from .nets import is_conv
 
 
@@ -122,6 +123,10 @@ class Task(ABC):
 
     def eval_mode(self) -> None:
         self.model.eval()
+
+    def enter_phase(self, train: TrainSpec, freeze_backbone: bool) -> None:
+        """Start a phase (``phases.py``): a fresh optimizer over what it trains."""
+        raise TrainingError("phases are for finetune jobs")
 
     def improves(self, value: float, best: float | None) -> bool:
         return best is None or (value > best if self.higher_is_better else value < best)

@@ -49,6 +49,17 @@ class EarlyStopping(Strict):
         return "acc" in self.metric or self.metric.endswith(("_score", "_f1", "samples_per_second"))
 
 
+class Phase(Strict):
+    """A part of a finetune run with its own epochs, learning rate and frozen backbone (a linear probe,
+    then a full finetune); optimizer and schedule default to the job's ``train``."""
+
+    epochs: int = Field(ge=1, le=10_000)
+    freeze_backbone: bool = Field(False, description="Train the head alone (the backbone stays as it is).")
+    lr: float = Field(gt=0.0, le=10.0)
+    optimizer: Literal["adam", "adamw", "sgd"] | None = None
+    schedule: Literal["constant", "cosine", "onecycle"] | None = None
+
+
 class TrainSpec(Strict):
     """Optimisation settings shared by both kinds of job."""
 
@@ -72,6 +83,54 @@ class TrainSpec(Strict):
     early_stopping: EarlyStopping | None = Field(
         None, description="Stop before `epochs` when a metric stops improving."
     )
+    phases: list[Phase] | None = Field(
+        None,
+        min_length=1,
+        max_length=20,
+        description="Finetune only: parts run in order in one job; epochs is their sum. Each starts a fresh optimizer.",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _epochs_of_the_phases(cls, data: Any) -> Any:
+        phases = data.get("phases") if isinstance(data, dict) else None
+        if isinstance(phases, list) and "epochs" not in data:
+            counts = [p.get("epochs") for p in phases if isinstance(p, dict)]
+            whole = [c for c in counts if isinstance(c, int) and not isinstance(c, bool)]
+            if whole and len(whole) == len(phases):
+                data = {**data, "epochs": min(sum(whole), 10_000)}
+        return data
+
+    @model_validator(mode="after")
+    def _phases_fit(self) -> TrainSpec:
+        if not self.phases:
+            return self
+        total = sum(p.epochs for p in self.phases)
+        if total != self.epochs:
+            raise ValueError(f"train.epochs is {self.epochs} but the phases add up to {total}: leave epochs out")
+        if self.warmup_epochs:
+            raise ValueError("train.warmup_epochs does not go with phases: give each phase its schedule")
+        for i, phase in enumerate(self.phases, 1):
+            if (phase.optimizer or self.optimizer) != "sgd" and (self.momentum or self.nesterov):
+                raise ValueError(f"train.phases[{i}]: momentum and nesterov are options of optimizer 'sgd' only")
+        return self
+
+    def phase_settings(self, phase: Phase) -> TrainSpec:
+        """This job's settings for ``phase``: its epochs, lr, optimizer and schedule, no warmup."""
+        optimizer = phase.optimizer or self.optimizer
+        sgd = optimizer == "sgd"
+        return self.model_copy(
+            update={
+                "epochs": phase.epochs,
+                "lr": phase.lr,
+                "optimizer": optimizer,
+                "schedule": phase.schedule or self.schedule,
+                "momentum": self.momentum if sgd else None,
+                "nesterov": self.nesterov if sgd else False,
+                "warmup_epochs": 0,
+                "phases": None,
+            }
+        )
 
     @field_validator("momentum")
     @classmethod
@@ -178,6 +237,8 @@ class PretrainSpec(_JobBase):
     @model_validator(mode="after")
     def _early_stopping_metric(self) -> PretrainSpec:
         check_early_stopping(self, ("train_loss",), ("loss",))
+        if self.train.phases:
+            raise ValueError("train.phases are for finetune jobs (a linear probe, then a full finetune)")
         return self
 
 
