@@ -4,7 +4,8 @@ A download must survive the worker replacing that checkpoint meanwhile (the row 
 file and the old one is removed): before answering, the file gets a second, private name (a hard
 link), and the answer is served from it. So the bytes sent are the ones the headers describe, and
 the private name goes when the answer is done. If the file was replaced between the look-up and the
-link, the row is looked up once more.
+link, the row is looked up again (up to ``LOOK_UPS`` times: a worker replacing it many times a second
+can win the race twice in a row).
 """
 
 from __future__ import annotations
@@ -54,9 +55,12 @@ def _private_name(path: Path) -> Path:
     return link
 
 
+LOOK_UPS = 20
+
+
 def serve_checkpoint(find: Callable[[], Checkpoint], artifacts_dir: Path, request: Request) -> Response:
     """The file of the checkpoint ``find`` looks up, with Content-Length, ETag (its sha256) and Range."""
-    for _attempt in range(2):
+    for _attempt in range(LOOK_UPS):
         ckpt = find()
         etag = f'"{ckpt.sha256}"'
         wanted = [t.strip().removeprefix("W/") for t in request.headers.get("if-none-match", "").split(",")]

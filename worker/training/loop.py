@@ -70,7 +70,7 @@ from .data import Images, Splits, epoch_batches, flip_crop, normalize, steps_per
 from .errors import OutOfMemory, TrainingError
 from .phases import PhasePlan
 from .progress import Progress
-from .stopping import fires
+from .stopping import StoppingState, fires
 from .task import Batch, Task
 
 
@@ -121,6 +121,7 @@ def fit(spec: AnyJobSpec, ctx: TrainingContext, task: Task, splits: Splits) -> R
                 progress.begin_epoch()
                 if progress.epoch > run.phase.last_epoch:
                     enter_phase(run, phases.phase_of(plans, progress.epoch))
+                    progress.stopping = StoppingState()  # early stopping looks at the last phase alone
             train_one_epoch(run, progress)
             finish_epoch(run, progress)
     except torch.OutOfMemoryError:
@@ -277,6 +278,7 @@ def finish_epoch(run: Run, progress: Progress) -> None:
     stops = (
         train.early_stopping is not None
         and progress.epoch < train.epochs  # at the last epoch there is nothing left to stop
+        and run.phase is run.plans[-1]  # earlier phases (a probe) run in full
         and fires(train.early_stopping, progress.stopping, metrics, progress.epoch)
     )
     if progress.epoch % train.checkpoint_every_epochs == 0 or progress.epoch == train.epochs or stops:

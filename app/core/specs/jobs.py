@@ -273,6 +273,10 @@ class FinetuneSpec(_JobBase):
     @model_validator(mode="after")
     def _early_stopping_metric(self) -> FinetuneSpec:
         check_early_stopping(self, ("train_loss", "train_accuracy"), ("loss", "accuracy"))
+        if self.train.phases and self.model.freeze_backbone:
+            raise ValueError(
+                "model.freeze_backbone does not go with train.phases: say freeze_backbone in each phase instead"
+            )
         return self
 
 
@@ -341,7 +345,10 @@ def apply_preset(body: Any) -> Any:
         base = copy.deepcopy(base)
         for option in ("momentum", "nesterov"):
             base["train"].pop(option, None)
-    return _merge(base, body)
+    merged = _merge(base, body)
+    if isinstance(train, dict) and "phases" in train and "epochs" not in train:
+        merged["train"].pop("epochs", None)  # the phases' sum, not the preset's epochs
+    return merged
 
 
 def parse_job_spec(body: Any) -> PretrainSpec | FinetuneSpec:

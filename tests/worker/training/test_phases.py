@@ -98,3 +98,20 @@ def test_epochs_left_out_are_the_phases_sum() -> None:
 def test_phases_are_for_finetune_jobs() -> None:
     with pytest.raises(ValidationError, match="phases are for finetune jobs"):
         pretrain({"arch": "mlp_autoencoder", "hidden": [16], "bottleneck": 4}, SMALL, epochs=4, phases=PHASES)
+
+
+def test_the_article_preset_takes_phases_and_a_model_level_freeze_does_not_go_with_them() -> None:
+    from app.core.specs import parse_job_spec
+
+    body = {"kind": "finetune", "preset": "seed", "train": {"phases": PHASES}}
+    assert parse_job_spec(body).train.epochs == 4
+    with pytest.raises(ValidationError, match=r"model\.freeze_backbone does not go with train\.phases"):
+        finetune({**MODEL, "freeze_backbone": True}, SMALL, epochs=4, phases=PHASES)
+
+
+def test_early_stopping_applies_to_the_last_phase_alone(recorder: Recorder) -> None:
+    # lr so small nothing moves: patience 1 would fire in phase one's second epoch; it waits for phase two
+    flat = [{"epochs": 2, "freeze_backbone": True, "lr": 1e-7}, {"epochs": 3, "lr": 1e-7}]
+    rule = {"metric": "test_loss", "patience": 1, "min_delta": 0.5}
+    result = run_training(finetune(MODEL, SMALL, epochs=5, phases=flat, early_stopping=rule), recorder.context())
+    assert result["stopped_early"] is True and result["stopped_epoch"] == 4  # phase two's second epoch
