@@ -22,6 +22,7 @@ from app.api.limits import BodyLimit, body_limit
 from app.api.routes import accounts as accounts_routes
 from app.api.routes import events as events_routes
 from app.api.routes import health, jobs, worker
+from app.api.routes import sweeps as sweeps_routes
 from app.api.routes.docs import install_docs
 from app.api.shedding import LoadShedding, Turns
 from app.api.wakeup import Wakeup
@@ -145,11 +146,8 @@ def create_app(settings: Settings | None = None, db: Database | None = None) -> 
     app.add_middleware(Authenticate)
     app.add_middleware(LoadShedding, limit=settings.max_concurrency)
     app.add_middleware(CloseUnreadBodies)
-    app.include_router(accounts_routes.router)
-    app.include_router(jobs.router)
-    app.include_router(worker.router)
-    app.include_router(events_routes.router)
-    app.include_router(health.router)
+    for routes in (accounts_routes, jobs, sweeps_routes, worker, events_routes, health):
+        app.include_router(routes.router)
     install_docs(app)
     install_dashboard(app)
     install_error_handlers(app)

@@ -9,11 +9,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from app.api.errors import printable
 from app.core.accounts import NewToken
-from app.core.models import ApiToken, Checkpoint, Job, JobLog, User
+from app.core.models import ApiToken, Checkpoint, Job, JobLog, Sweep, User
 from app.core.protocol import Progress, StoredCheckpoint
 from app.core.specs import Text
 from app.core.states import ErrorClass, JobKind, JobStatus, LogStream, TokenKind
 from app.core.stored_json import UNREADABLE
+from app.core.sweeps import Summary, TrialResult
 
 T = TypeVar("T")
 
@@ -44,7 +45,9 @@ class JobPublic(BaseModel):
     priority: int
     spec: dict[str, Any] = Field(description="The job as submitted, with preset and defaults filled in.")
     depends_on: int | None = Field(description="The pretrain job this finetune waits for and starts from.")
-    parent_id: int | None = Field(description="The job this one is part of (none yet: sweeps will use it).")
+    sweep_id: int | None = Field(description="The sweep this job is a trial of (GET /sweeps/{id}).")
+    trial_index: int | None = Field(description="Its trial's number in the sweep, from 0.")
+    trial_params: dict[str, Any] | None = Field(description="The trial's parameter values by dotted path, and seed.")
     attempt: int = Field(description="Runs started so far (a run given back on worker shutdown is not counted).")
     max_attempts: int
     cancel_requested: bool
@@ -72,7 +75,9 @@ class JobPublic(BaseModel):
             priority=job.priority,
             spec=readable_object(job.spec) or {},
             depends_on=job.init_job_id,
-            parent_id=job.parent_id,
+            sweep_id=job.sweep_id,
+            trial_index=job.trial_index,
+            trial_params=readable_object(job.trial_params),
             attempt=job.attempt,
             max_attempts=job.max_attempts,
             cancel_requested=job.cancel_requested,
@@ -248,3 +253,89 @@ class TokenCreated(TokenPublic):
 class Health(BaseModel):
     status: Literal["ok"]
     database: str
+
+
+class SweepPublic(BaseModel):
+    """A sweep as lists show it: its state read off its trials."""
+
+    id: int
+    owner: str
+    name: str | None
+    status: Literal["running", "succeeded", "failed", "cancelled"] = Field(
+        description="running while any trial is queued or running; then succeeded (every trial did), "
+        "cancelled (it was cancelled) or failed."
+    )
+    method: str
+    metric: str = Field(description="The result field trials are ranked by.")
+    mode: Literal["max", "min"]
+    max_concurrent: int | None
+    trial_count: int
+    counts: dict[str, int] = Field(description="Trials by status.")
+    created_at: datetime
+    updated_at: datetime
+    cancelled_at: datetime | None
+
+    @classmethod
+    def of(cls, sweep: Sweep, status: str, counts: dict[str, int]) -> SweepPublic:
+        spec = readable_object(sweep.spec) or {}
+        return cls(
+            id=sweep.id,
+            owner=sweep.owner.username,
+            name=printable(sweep.name),
+            status=status,  # type: ignore[arg-type]
+            method=str(spec.get("method", "grid")),
+            metric=sweep.metric,
+            mode="max" if sweep.higher_is_better else "min",
+            max_concurrent=sweep.max_concurrent,
+            trial_count=sweep.trial_count,
+            counts=counts,
+            created_at=sweep.created_at,
+            updated_at=sweep.updated_at,
+            cancelled_at=sweep.cancelled_at,
+        )
+
+
+class TrialPublic(BaseModel):
+    index: int
+    params: dict[str, Any] = Field(description="Its parameter values by dotted path, and its seed.")
+    job_ids: list[int] = Field(description="Its job (with then: the pretrain, then the finetune).")
+    status: JobStatus
+    value: float | None = Field(description="Its metric, once its (last) job succeeded.")
+
+
+class SettingPublic(BaseModel):
+    params: dict[str, Any] = Field(description="A distinct setting of the parameters (its seeds aside).")
+    trials: list[int]
+    count: int = Field(description="Trials of this setting with a metric value.")
+    mean: float | None
+    std: float | None = Field(description="Sample standard deviation over seeds (two values or more).")
+    min: float | None
+    max: float | None
+
+
+class SweepDetail(SweepPublic):
+    spec: dict[str, Any] = Field(description="The sweep as submitted, defaults filled in.")
+    trials: list[TrialPublic]
+    settings: list[SettingPublic]
+    best_setting: SettingPublic | None = Field(description="The setting with the best mean.")
+    best_trial: TrialPublic | None
+
+    @classmethod
+    def of_summary(cls, sweep: Sweep, summary: Summary) -> SweepDetail:
+        def trial(t: TrialResult) -> TrialPublic:
+            return TrialPublic(index=t.index, params=t.params, job_ids=t.job_ids, status=t.status, value=t.value)
+
+        listed = SweepPublic.of(sweep, summary.status, summary.counts)
+        return cls(
+            **listed.model_dump(),
+            spec=readable_object(sweep.spec) or {},
+            trials=[trial(t) for t in summary.trials],
+            settings=[SettingPublic(**s) for s in summary.settings],
+            best_setting=SettingPublic(**summary.best_setting) if summary.best_setting else None,
+            best_trial=trial(summary.best_trial) if summary.best_trial else None,
+        )
+
+
+class SweepsPublic(BaseModel):
+    data: list[SweepPublic]
+    next_cursor: str | None = Field(description="Pass as ?cursor= for the next (older) page; null on the last page.")

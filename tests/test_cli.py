@@ -7,6 +7,7 @@ Each command runs as a user would run it (``python -m trainjobs.cli``, not a ter
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
 import stat
@@ -71,7 +72,10 @@ class Service:
 @pytest.fixture(scope="module")
 def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
     root = tmp_path_factory.mktemp("cli")
-    with ApiServer(root / "api") as api, WorkerProcess(api.url, root / "worker", poll_seconds=0.2):
+    with (
+        ApiServer(root / "api") as api,
+        WorkerProcess(api.url, root / "worker", poll_seconds=0.2, start_method="forkserver"),
+    ):
         env = {
             **os.environ,
             "PYTHONPATH": str(REPO),
@@ -252,3 +256,72 @@ def test_the_async_client_submits_follows_events_and_downloads(service: Service)
     names, size = asyncio.run(run())
     assert names[0] == "status" and names[-1] == "end" and "log" in names and "metrics" in names
     assert size > 0
+
+
+SWEEP_YAML = """\
+name: cli-sweep
+base:
+  kind: pretrain
+  dataset: {name: synthetic, num_samples: 32, image_shape: [1, 8, 8]}
+  model: {arch: mlp_autoencoder, hidden: [16], bottleneck: 4}
+  train: {epochs: 1, batch_size: 16}
+parameters:
+  train.lr: {values: [0.01, 0.001]}
+seeds: [0, 1]
+max_concurrent: 1
+"""
+
+
+def test_a_sweep_from_yaml_is_followed_to_its_table_then_retry_has_nothing_to_do_and_delete_takes_it(
+    service: Service,
+) -> None:
+    spec = service.root / "sweep.yaml"
+    spec.write_text(SWEEP_YAML)
+    done = service.json("sweep", "submit", str(spec), "--follow")
+    assert done["status"] == "succeeded" and done["trial_count"] == 4 and done["metric"] == "test_loss"
+    assert len(done["settings"]) == 2 and all(s["count"] == 2 for s in done["settings"])
+    best = min(done["settings"], key=lambda s: s["mean"])
+    assert done["best_setting"]["params"] == best["params"]
+    shown = service.run("sweep", "show", str(done["id"]), "--trials")
+    assert shown.returncode == 0 and "best setting: train.lr=" in shown.stdout and "succeeded" in shown.stdout
+    assert done["id"] in [s["id"] for s in service.json("sweep", "list")]
+    retried = service.run("sweep", "retry", str(done["id"]))
+    assert retried.returncode == 1 and "no failed or cancelled trials" in retried.stderr
+    with service.client() as tj:
+        trials = list(tj.list(sweep=done["id"]))
+    assert sorted(j.id for j in trials) == sorted(i for t in done["trials"] for i in t["job_ids"])
+    spans = sorted((j.started_at, j.finished_at) for j in trials)
+    assert all(a[1] is not None and b[0] is not None and a[1] <= b[0] for a, b in itertools.pairwise(spans))
+    assert service.run("sweep", "delete", str(done["id"])).returncode == 0
+    assert service.run("sweep", "show", str(done["id"])).returncode == 1
+
+
+def test_the_low_label_study_runs_as_sweeps_and_prints_and_writes_its_table(service: Service) -> None:
+    readme = service.root / "README.md"
+    readme.write_text("# x\n<!-- low-label:start -->\nold table\n<!-- low-label:end -->\nafter\n")
+    table = service.root / "low-label.md"
+    done = service.run(
+        "experiment", "low-label", "--seeds", "2", "--epochs", "1", "--markdown", str(table), "--readme", str(readme)
+    )
+    assert done.returncode == 0, done.stderr
+    rows = [line for line in table.read_text().splitlines() if line.startswith("| ")][1:]
+    names = [row.split(" | ")[0].removeprefix("| ") for row in rows]
+    assert names == [
+        "`mlp` from scratch",
+        "plain autoencoder → full finetune",
+        "plain autoencoder → linear probe",
+        "denoising autoencoder (`noise` 0.5) → full finetune",
+        "denoising autoencoder → linear probe (`freeze_backbone`)",
+        "denoising autoencoder → linear probe, then full finetune (`train.phases`)",
+        "LogisticRegression",
+        "SVC",
+    ]
+    assert all("%" in row for row in rows)
+    assert all("/2 seeds better" in row for row in rows[1:])
+    assert "seeds 100-101" in table.read_text() and "--seeds 2 --epochs 1" in table.read_text()
+    text = readme.read_text()
+    assert "old table" not in text and rows[0] in text and text.endswith("<!-- low-label:end -->\nafter\n")
+    with service.client() as tj:
+        sweeps = tj.sweeps(limit=10)
+    study = [s for s in sweeps if (s.name or "").startswith("low-label")]
+    assert len(study) == 6 and all(s.status == "succeeded" and s.trial_count == 2 for s in study)

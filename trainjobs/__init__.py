@@ -18,7 +18,7 @@ from trainjobs.errors import (
     Unauthorized,
     ValidationError,
 )
-from trainjobs.models import Checkpoint, Job, LogLine
+from trainjobs.models import Checkpoint, Job, LogLine, Setting, Sweep, Trial
 
 __all__ = [
     "AsyncClient",
@@ -30,7 +30,10 @@ __all__ = [
     "LogLine",
     "NotFound",
     "ServiceUnavailable",
+    "Setting",
+    "Sweep",
     "TrainjobsError",
+    "Trial",
     "Unauthorized",
     "ValidationError",
 ]

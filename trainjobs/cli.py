@@ -12,42 +12,26 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from trainjobs import credentials
+from trainjobs.cli_sweeps import sweep_app
 from trainjobs.client import Client
 from trainjobs.errors import TrainjobsError, ValidationError, field_of
+from trainjobs.experiments import experiment_app
 from trainjobs.models import Job
+from trainjobs.terminal import JsonOpt, ServerOpt, client, err, fail, out, print_json, read_spec, set_path
 
 app = typer.Typer(help="Run PyTorch training jobs on a trainjobs service.", no_args_is_help=True, add_completion=False)
 tokens_app = typer.Typer(help="Your API tokens.", no_args_is_help=True)
 app.add_typer(tokens_app, name="tokens")
-PLAIN_WIDTH = 160
-"""Tables' width when the output is not a terminal (a file, a pipe): wide enough not to wrap."""
-out = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else PLAIN_WIDTH)
-err = Console(stderr=True, highlight=False)
-
-ServerOpt = Annotated[str | None, typer.Option("--server", help="Default: TRAINJOBS_SERVER, then `trainjobs login`'s.")]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON (for scripts).")]
+app.add_typer(sweep_app, name="sweep")
+app.add_typer(experiment_app, name="experiment")
 EXIT_CODES = {"succeeded": 0, "failed": 1, "cancelled": 2}
 SEED_PIPELINE = (
     {"kind": "pretrain", "preset": "seed", "name": "seed-pretrain"},
     {"kind": "finetune", "preset": "seed", "name": "seed-finetune", "model": {"arch": "mlp", "num_classes": 10}},
 )
-
-
-def client(server: str | None = None) -> Client:
-    return Client(server)
-
-
-def print_json(value: Any) -> None:
-    out.print_json(json.dumps(value, default=str)) if out.is_terminal else print(json.dumps(value, default=str))
-
-
-def fail(message: str, code: int = 1) -> typer.Exit:
-    err.print(f"error: {message}", markup=False)
-    return typer.Exit(code)
 
 
 def main() -> None:
@@ -102,42 +86,6 @@ def whoami(server: ServerOpt = None, as_json: JsonOpt = False) -> None:
 
 
 # --- submitting --------------------------------------------------------------------
-
-
-def read_spec(file: str) -> dict[str, Any]:
-    """A job body from a JSON or YAML file, or ``-`` for standard input."""
-    text = sys.stdin.read() if file == "-" else Path(file).read_text()
-    try:
-        body = json.loads(text)
-    except ValueError:
-        import yaml
-
-        try:
-            body = yaml.safe_load(text)
-        except yaml.YAMLError as exc:
-            raise fail(f"{file} is neither JSON nor YAML: {exc}") from None
-    if not isinstance(body, dict):
-        raise fail(f"{file} must hold one job (an object), not {type(body).__name__}")
-    return body
-
-
-def set_path(body: dict[str, Any], assignment: str) -> None:
-    """``train.lr=0.01``: the value as JSON where it reads as JSON (numbers, true, [1, 2]), else as text."""
-    path, sep, raw = assignment.partition("=")
-    if not sep or not path:
-        raise fail(f"--set {assignment!r}: write PATH=VALUE, e.g. train.lr=0.01")
-    try:
-        value = json.loads(raw)
-    except ValueError:
-        value = raw
-    keys = path.split(".")
-    node = body
-    for key in keys[:-1]:
-        child = node.get(key)
-        if not isinstance(child, dict):
-            child = node[key] = {}
-        node = child
-    node[keys[-1]] = value
 
 
 @app.command()

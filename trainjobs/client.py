@@ -24,7 +24,7 @@ from pydantic import BaseModel
 
 from trainjobs.credentials import resolve
 from trainjobs.errors import ServiceUnavailable, TrainjobsError, error_for
-from trainjobs.models import Checkpoint, Job, LogLine
+from trainjobs.models import Checkpoint, Job, LogLine, Sweep
 
 TRANSIENT_STATUSES = frozenset({502, 503, 504})
 TRANSIENT_ERRORS = (httpx.TransportError,)
@@ -116,9 +116,16 @@ class Pages:
     """``GET /jobs`` a page at a time (both clients): the next call, and the jobs a page holds."""
 
     def __init__(
-        self, status: str | None, kind: str | None, owner: str | None, limit: int | None, page_size: int
+        self,
+        status: str | None,
+        kind: str | None,
+        owner: str | None,
+        limit: int | None,
+        page_size: int,
+        sweep: int | None = None,
     ) -> None:
         self.params: dict[str, Any] = {"status": status, "kind": kind, "owner": owner, "limit": page_size}
+        self.params["sweep"] = sweep
         self.limit, self.seen, self.done = limit, 0, False
         self.cursor: str | None = None
 
@@ -261,9 +268,11 @@ class Client:
         owner: str | None = None,
         limit: int | None = None,
         page_size: int = 100,
+        sweep: int | None = None,
     ) -> Iterator[Job]:
-        """Your jobs (an admin's: ``owner=NAME`` or ``*``), newest first, over every page (or the first ``limit``)."""
-        pages = Pages(status, kind, owner, limit, page_size)
+        """Your jobs (an admin's: ``owner=NAME`` or ``*``; ``sweep``: that sweep's trials), newest first, over
+        every page (or the first ``limit``)."""
+        pages = Pages(status, kind, owner, limit, page_size, sweep)
         while (call := pages.next_call()) is not None:
             yield from pages.take(self.json(call))
 
@@ -283,6 +292,39 @@ class Client:
 
     def delete(self, job_id: int) -> None:
         self.send(Call("DELETE", f"/jobs/{job_id}"))
+
+    # --- sweeps ---------------------------------------------------------------------
+
+    def submit_sweep(self, spec: dict[str, Any]) -> Sweep:
+        """A sweep (``{"base": <job>, "parameters": {...}, "seeds": [...], ...}``): all its trials, or a 422."""
+        return Sweep.model_validate(self.json(Call("POST", "/sweeps", json=spec)))
+
+    def sweep(self, sweep_id: int) -> Sweep:
+        """The sweep with its trials, per-setting results, best setting and best trial."""
+        return Sweep.model_validate(self.json(Call("GET", f"/sweeps/{sweep_id}")))
+
+    def sweeps(self, *, owner: str | None = None, limit: int = 50) -> builtins.list[Sweep]:
+        answer = self.json(Call("GET", "/sweeps", params={"owner": owner, "limit": limit}))
+        return [Sweep.model_validate(s) for s in answer["data"]]
+
+    def wait_sweep(self, sweep_id: int, timeout: float | None = None, poll: float = 2.0) -> Sweep:
+        """The sweep once no trial is queued or running; ``TimeoutError`` after ``timeout`` seconds."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not (sweep := self.sweep(sweep_id)).finished:
+            if deadline is not None and time.monotonic() >= deadline:
+                raise TimeoutError(f"sweep {sweep_id} is still running after {timeout:g} s: {sweep.counts}")
+            time.sleep(poll)
+        return sweep
+
+    def cancel_sweep(self, sweep_id: int) -> Sweep:
+        return Sweep.model_validate(self.json(Call("POST", f"/sweeps/{sweep_id}/cancel")))
+
+    def retry_sweep(self, sweep_id: int) -> Sweep:
+        """Run the failed and cancelled trials again (the same jobs, their next attempt)."""
+        return Sweep.model_validate(self.json(Call("POST", f"/sweeps/{sweep_id}/retry")))
+
+    def delete_sweep(self, sweep_id: int) -> None:
+        self.send(Call("DELETE", f"/sweeps/{sweep_id}"))
 
     # --- what a job made -----------------------------------------------------------------
 
@@ -449,8 +491,9 @@ class AsyncClient:
         owner: str | None = None,
         limit: int | None = None,
         page_size: int = 100,
+        sweep: int | None = None,
     ) -> AsyncIterator[Job]:
-        pages = Pages(status, kind, owner, limit, page_size)
+        pages = Pages(status, kind, owner, limit, page_size, sweep)
         while (call := pages.next_call()) is not None:
             for job in pages.take(await self.json(call)):
                 yield job
@@ -471,6 +514,29 @@ class AsyncClient:
 
     async def delete(self, job_id: int) -> None:
         await self.send(Call("DELETE", f"/jobs/{job_id}"))
+
+    async def submit_sweep(self, spec: dict[str, Any]) -> Sweep:
+        return Sweep.model_validate(await self.json(Call("POST", "/sweeps", json=spec)))
+
+    async def sweep(self, sweep_id: int) -> Sweep:
+        return Sweep.model_validate(await self.json(Call("GET", f"/sweeps/{sweep_id}")))
+
+    async def wait_sweep(self, sweep_id: int, timeout: float | None = None, poll: float = 2.0) -> Sweep:
+        async def until_finished() -> Sweep:
+            while not (sweep := await self.sweep(sweep_id)).finished:
+                await asyncio.sleep(poll)
+            return sweep
+
+        try:
+            return await asyncio.wait_for(until_finished(), timeout)
+        except TimeoutError:
+            raise TimeoutError(f"sweep {sweep_id} is still running after {timeout:g} s") from None
+
+    async def cancel_sweep(self, sweep_id: int) -> Sweep:
+        return Sweep.model_validate(await self.json(Call("POST", f"/sweeps/{sweep_id}/cancel")))
+
+    async def retry_sweep(self, sweep_id: int) -> Sweep:
+        return Sweep.model_validate(await self.json(Call("POST", f"/sweeps/{sweep_id}/retry")))
 
     async def metrics(
         self, job_id: int, names: builtins.list[str] | None = None, max_points: int | None = None

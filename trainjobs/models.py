@@ -72,3 +72,48 @@ class LogLine(_Answer):
     stream: str
     time: float | datetime
     text: str
+
+
+class Trial(_Answer):
+    index: int
+    params: dict[str, Any] = {}
+    """Its parameter values by dotted path, and its seed."""
+    job_ids: list[int] = []
+    status: str
+    value: float | None = None
+    """Its metric, once its (last) job succeeded."""
+
+
+class Setting(_Answer):
+    params: dict[str, Any] = {}
+    trials: list[int] = []
+    count: int = 0
+    mean: float | None = None
+    std: float | None = None
+    min: float | None = None
+    max: float | None = None
+
+
+class Sweep(_Answer):
+    """A sweep; from ``Client.sweep`` (not from a list) with its trials, settings and bests."""
+
+    id: int
+    owner: str | None = None
+    name: str | None = None
+    status: str
+    method: str = "grid"
+    metric: str = ""
+    mode: str = "max"
+    max_concurrent: int | None = None
+    trial_count: int = 0
+    counts: dict[str, int] = {}
+    spec: dict[str, Any] = {}
+    trials: list[Trial] = []
+    settings: list[Setting] = []
+    best_setting: Setting | None = None
+    best_trial: Trial | None = None
+    created_at: datetime | None = None
+
+    @property
+    def finished(self) -> bool:
+        return self.status != "running"

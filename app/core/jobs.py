@@ -12,6 +12,7 @@ import json
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 from pydantic import ValidationError
 from sqlalchemy import ColumnElement, Select, delete, func, select, true, update
@@ -91,11 +92,16 @@ def _check_base_job(session: Session, scope: Scope, spec: AnyJobSpec, base_id: i
         have = load_spec(base).encoder()
     except ValidationError:  # a stored row no submit made (a hand-edit)
         raise InvalidRequest(f"model.init.job_id: job {base_id}'s stored spec cannot be read", loc) from None
+    return fit_to_base(spec, have, f"job {base_id}", loc)
+
+
+def fit_to_base(spec: AnyJobSpec, have: Encoder, base: str, loc: tuple[str | int, ...]) -> AnyJobSpec:
+    """The finetune, given the base's MLP widths where it left them out, if it can start from ``have``."""
     spec = with_base_encoder(spec, have)
     want = spec.encoder()
     if want != have:
         raise InvalidRequest(
-            f"model.init.job_id: job {base_id}'s encoder is {have.describe()}, "
+            f"model.init.job_id: {base}'s encoder is {have.describe()}, "
             f"but this finetune needs {want.describe()}; match model.arch, hidden/bottleneck and the image shape",
             loc,
         )
@@ -133,8 +139,8 @@ def _seen_key(
     return get_job(session, scope, seen.job_id)  # the key is deleted with its job
 
 
-def check_active_limit(session: Session, owner_id: int, limit: int | None) -> None:
-    """At most ``limit`` queued or running jobs per owner (429 naming the cap)."""
+def check_active_limit(session: Session, owner_id: int, limit: int | None, adding: int = 1) -> None:
+    """At most ``limit`` queued or running jobs per owner, ``adding`` more included (429 naming the cap)."""
     if limit is None:
         return
     # On PostgreSQL, submits of one owner take turns here, so two at once cannot both pass at cap - 1.
@@ -142,11 +148,30 @@ def check_active_limit(session: Session, owner_id: int, limit: int | None) -> No
     active = session.scalar(
         select(func.count()).select_from(Job).where(Job.owner_id == owner_id, Job.status.in_(sorted(ACTIVE)))
     )
-    if active is not None and active >= limit:
+    if active is not None and active + adding > limit:
+        more = "" if adding == 1 else f"; this adds {adding}"
         raise LimitExceeded(
-            f"you have {active} queued or running jobs, the most one user may have "
-            f"(TRAINJOBS_MAX_ACTIVE_JOBS_PER_USER = {limit}); wait for some to finish or cancel some"
+            f"you have {active} queued or running jobs{more}; one user may have at most "
+            f"TRAINJOBS_MAX_ACTIVE_JOBS_PER_USER = {limit}; wait for some to finish or cancel some"
         )
+
+
+def new_job(spec: AnyJobSpec, *, owner_id: int, now: datetime, **links: Any) -> Job:
+    """A queued job row of the spec (``links``: its base job, its sweep and trial), not yet added."""
+    return Job(
+        owner_id=owner_id,
+        kind=spec.kind,
+        name=spec.name,
+        status=JobStatus.QUEUED,
+        spec=spec_to_json(spec),
+        priority=spec.priority,
+        max_attempts=spec.max_attempts,
+        init_job_id=spec.base_job_id,
+        progress={"epoch": 0, "epochs": spec.train.epochs, "step": 0},
+        created_at=now,
+        updated_at=now,
+        **links,
+    )
 
 
 def submit_job(
@@ -175,19 +200,7 @@ def submit_job(
     base_id = spec.base_job_id
     if base_id is not None:
         spec = _check_base_job(session, scope, spec, base_id)
-    job = Job(
-        owner_id=owner_id,
-        kind=spec.kind,
-        name=spec.name,
-        status=JobStatus.QUEUED,
-        spec=spec_to_json(spec),
-        priority=spec.priority,
-        max_attempts=spec.max_attempts,
-        init_job_id=base_id,
-        progress={"epoch": 0, "epochs": spec.train.epochs, "step": 0},
-        created_at=now,
-        updated_at=now,
-    )
+    job = new_job(spec, owner_id=owner_id, now=now)
     session.add(job)
     session.flush()
     if idempotency_key is not None:
@@ -215,6 +228,7 @@ def list_jobs(
     kind: JobKind | None = None,
     owner_id: int | None = None,
     name: str | None = None,
+    sweep_id: int | None = None,
     limit: int = 50,
     before_id: int | None = None,
 ) -> tuple[list[Job], int | None]:
@@ -226,6 +240,8 @@ def list_jobs(
         stmt = stmt.where(Job.name.ilike(f"%{pattern}%", escape="\\"))
     if owner_id is not None:
         stmt = stmt.where(Job.owner_id == owner_id)
+    if sweep_id is not None:
+        stmt = stmt.where(Job.sweep_id == sweep_id)
     if status is not None:
         stmt = stmt.where(Job.status == status)
     if kind is not None:
@@ -281,8 +297,9 @@ def cancel_job(session: Session, scope: Scope, job_id: int, *, now: datetime | N
     raise Conflict(f"job {job_id} is already {job.status}; only queued or running jobs can be cancelled")
 
 
-def delete_job(session: Session, scope: Scope, job_id: int) -> None:
-    """Delete a finished job with its metrics and checkpoint rows (its files: ``checkpoints.remove_job_files``)."""
+def delete_job(session: Session, scope: Scope, job_id: int, *, with_sweep: bool = False) -> None:
+    """Delete a finished job with its metrics and checkpoint rows (its files: ``checkpoints.remove_job_files``);
+    a sweep's trial only as part of deleting the sweep (``with_sweep``)."""
     job = session.scalars(visible_jobs(scope).where(Job.id == job_id).with_for_update(of=Job)).first()
     if job is None:
         raise JobNotFound(job_id)
@@ -299,8 +316,11 @@ def delete_job(session: Session, scope: Scope, job_id: int) -> None:
         others = len(waiting) - len(yours)
         named = ", ".join(yours + ([f"{others} of other users'"] if others else []))
         raise Conflict(f"job {job_id} is the base of unfinished job(s) {named}; they must end first")
-    if session.scalars(select(Job.id).where(Job.parent_id == job_id).limit(1)).first() is not None:
-        raise Conflict(f"job {job_id} has jobs that are part of it; delete them first")
+    if job.sweep_id is not None and not with_sweep:
+        raise Conflict(
+            f"job {job_id} is trial {job.trial_index} of sweep {job.sweep_id}; delete the sweep "
+            f"(DELETE /sweeps/{job.sweep_id}) to delete its trials"
+        )
     session.execute(update(Job).where(Job.init_job_id == job_id).values(init_job_id=None))
     for table in (MetricPoint, Checkpoint, IdempotencyKey, JobLog):
         session.execute(delete(table).where(table.job_id == job_id))

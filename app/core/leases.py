@@ -14,12 +14,12 @@ import secrets
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, case, exists, or_, select, update
+from sqlalchemy import ColumnElement, case, exists, func, or_, select, update
 from sqlalchemy.orm import Session, aliased
 
 from app.core import logs
 from app.core.errors import InvalidRequest, JobNotFound, LeaseLost
-from app.core.models import Job, utcnow
+from app.core.models import Job, Sweep, utcnow
 from app.core.states import RETRY_ON_DEFAULT, ErrorClass, JobKind, JobStatus, guard
 
 QUEUED, RUNNING = frozenset({JobStatus.QUEUED}), frozenset({JobStatus.RUNNING})
@@ -42,6 +42,27 @@ def dependencies_met() -> ColumnElement[bool]:
     )
 
 
+def sweep_has_room() -> ColumnElement[bool]:
+    """Not a trial of a sweep that has its ``max_concurrent`` trials running already."""
+    running = aliased(Job)
+    count = (
+        select(func.count())
+        .select_from(running)
+        .where(running.sweep_id == Sweep.id, running.status == JobStatus.RUNNING)
+        .scalar_subquery()
+    )
+    full = exists().where(Sweep.id == Job.sweep_id, Sweep.max_concurrent.is_not(None), Sweep.max_concurrent <= count)
+    return or_(Job.sweep_id.is_(None), ~full)
+
+
+def _sweep_room_held(session: Session, sweep_id: int) -> bool:
+    """Whether the sweep may start one more trial, under its row's lock: on PostgreSQL claims of one sweep's
+    trials take turns here, so two at once cannot both start the last one allowed (SQLite: one writer)."""
+    cap = session.execute(select(Sweep.max_concurrent).where(Sweep.id == sweep_id).with_for_update()).scalar()
+    running = select(func.count()).where(Job.sweep_id == sweep_id, Job.status == JobStatus.RUNNING)
+    return cap is None or (session.scalar(running) or 0) < cap
+
+
 def claim_next_job(
     session: Session,
     *,
@@ -51,24 +72,41 @@ def claim_next_job(
     now: datetime | None = None,
     reap: bool = True,
 ) -> Job | None:
-    """Lease the next claimable job (highest priority, then oldest) in one statement.
+    """Lease the next claimable job (highest priority, then oldest; a sweep's trial only while the sweep has
+    room under its ``max_concurrent``).
 
     With ``reap``, expired leases are dealt with first, so no separate process is needed for that.
     """
     now = now or utcnow()
     if reap:
         reap_expired_leases(session, now=now)
-    candidate = (
-        select(Job.id)
-        .where(Job.status == JobStatus.QUEUED, runs_on_a_worker(), dependencies_met())
-        .order_by(Job.priority.desc(), Job.created_at, Job.id)
-        .limit(1)
-        .with_for_update(skip_locked=True)  # renders as nothing on SQLite, where BEGIN IMMEDIATE serialises
-        .scalar_subquery()
-    )
+    full: list[int] = []  # sweeps found full under their lock: passed over in this claim
+    for _ in range(4):
+        conditions = [Job.status == JobStatus.QUEUED, runs_on_a_worker(), dependencies_met(), sweep_has_room()]
+        if full:
+            conditions.append(or_(Job.sweep_id.is_(None), Job.sweep_id.not_in(full)))
+        candidate = session.execute(
+            select(Job.id, Job.sweep_id)
+            .where(*conditions)
+            .order_by(Job.priority.desc(), Job.created_at, Job.id)
+            .limit(1)
+            .with_for_update(skip_locked=True, of=Job)  # renders as nothing on SQLite: BEGIN IMMEDIATE serialises
+        ).first()
+        if candidate is None:
+            return None
+        if candidate.sweep_id is not None and not _sweep_room_held(session, candidate.sweep_id):
+            full.append(candidate.sweep_id)
+            continue
+        return _lease(session, candidate.id, worker_id, device, lease_seconds, now)
+    return None
+
+
+def _lease(
+    session: Session, job_id: int, worker_id: str, device: str | None, lease_seconds: float, now: datetime
+) -> Job:
     stmt = (
         update(Job)
-        .where(Job.id == candidate, guard(Job.status, QUEUED, JobStatus.RUNNING))
+        .where(Job.id == job_id, guard(Job.status, QUEUED, JobStatus.RUNNING))
         .values(
             status=JobStatus.RUNNING,
             attempt=Job.attempt + 1,
@@ -84,7 +122,7 @@ def claim_next_job(
     )
     # populate_existing: a copy of the row this session holds (a claim that just failed a job) is refreshed
     options = {"synchronize_session": False, "populate_existing": True}
-    return session.execute(stmt, execution_options=options).scalar_one_or_none()
+    return session.execute(stmt, execution_options=options).scalar_one()
 
 
 # --- the fence ----------------------------------------------------------------------

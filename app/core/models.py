@@ -1,6 +1,6 @@
-"""SQLAlchemy 2.0 models: users and their API tokens, jobs, metric points, checkpoints, idempotency keys.
+"""SQLAlchemy 2.0 models: users and their API tokens, jobs, sweeps, metric points, checkpoints, idempotency keys.
 
-The two relationships are many-to-one and always joined (``lazy="joined"``): a job comes with
+The relationships are many-to-one and always joined (``lazy="joined"``): a job (a sweep) comes with
 its owner's name, a token with its user, in the same query, so no request does surprise I/O.
 """
 
@@ -141,9 +141,13 @@ class Job(Base):
         ForeignKey("jobs.id", ondelete="RESTRICT"),
         doc="The pretrain job whose encoder this finetune starts from: it waits for that job to succeed.",
     )
-    parent_id: Mapped[int | None] = mapped_column(
-        ForeignKey("jobs.id", ondelete="RESTRICT", name="fk_jobs_parent_id_jobs"),
-        doc="The job this one is part of (a sweep's trial points at its sweep); no effect on when it runs.",
+    sweep_id: Mapped[int | None] = mapped_column(
+        ForeignKey("sweeps.id", ondelete="RESTRICT", name="fk_jobs_sweep_id_sweeps"),
+        doc="The sweep this job is a trial of (at most its max_concurrent trials run at once).",
+    )
+    trial_index: Mapped[int | None] = mapped_column(Integer, doc="Its trial's number in the sweep, from 0.")
+    trial_params: Mapped[dict[str, Any] | None] = mapped_column(
+        JSON, doc="The trial's parameter values by dotted path (and its seed)."
     )
     attempt: Mapped[int] = mapped_column(Integer, default=0)
     max_attempts: Mapped[int] = mapped_column(Integer, default=3)
@@ -193,10 +197,33 @@ class Job(Base):
         Index("ix_jobs_status_id", "status", "id"),
         Index("ix_jobs_owner_status_id", "owner_id", "status", "id"),
         Index("ix_jobs_init_job_id", "init_job_id"),
-        Index("ix_jobs_parent_id", "parent_id"),
+        Index("ix_jobs_sweep_id_status", "sweep_id", "status"),
         # Never hand a deleted job's id to a new job: links to /jobs/{id} must not change meaning.
         {"sqlite_autoincrement": True},
     )
+
+
+class Sweep(Base):
+    """A job spec run over a grid or random draws of its fields: its trials are jobs (``Job.sweep_id``);
+    its status and results are read off them (app/core/sweeps.py)."""
+
+    __tablename__ = "sweeps"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    owner_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="RESTRICT", name="fk_sweeps_owner_id_users"))
+    name: Mapped[str | None] = mapped_column(String(200))
+    spec: Mapped[dict[str, Any]] = mapped_column(JSON, doc="The sweep as submitted, defaults filled in.")
+    metric: Mapped[str] = mapped_column(String(100), doc="The result field its trials are ranked by.")
+    higher_is_better: Mapped[bool] = mapped_column(Boolean)
+    max_concurrent: Mapped[int | None] = mapped_column(Integer, doc="Trials running at once at most; None: no cap.")
+    trial_count: Mapped[int] = mapped_column(Integer)
+    cancelled_at: Mapped[datetime | None]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    owner: Mapped[User] = relationship(lazy="joined", innerjoin=True)
+
+    __table_args__ = (Index("ix_sweeps_owner_id_id", "owner_id", "id"), {"sqlite_autoincrement": True})
 
 
 class MetricPoint(Base):

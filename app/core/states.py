@@ -24,7 +24,7 @@ class JobStatus(StrEnum):
     FAILED = "failed"
     """Finished with an error: the training raised, attempts ran out, or its base job did not succeed."""
     CANCELLED = "cancelled"
-    """Stopped by a user; never retried."""
+    """Stopped by a user; never retried (unless its sweep is)."""
 
     @property
     def is_terminal(self) -> bool:
@@ -38,10 +38,11 @@ TRANSITIONS: dict[JobStatus, frozenset[JobStatus]] = {
     JobStatus.QUEUED: frozenset({JobStatus.RUNNING, JobStatus.CANCELLED, JobStatus.FAILED}),
     JobStatus.RUNNING: frozenset({JobStatus.QUEUED, JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED}),
     JobStatus.SUCCEEDED: frozenset(),
-    JobStatus.FAILED: frozenset(),
-    JobStatus.CANCELLED: frozenset(),
+    JobStatus.FAILED: frozenset({JobStatus.QUEUED}),
+    JobStatus.CANCELLED: frozenset({JobStatus.QUEUED}),
 }
-"""Every move a job's status may make. A running job may also stay running (heartbeats, cancel requests)."""
+"""Every move a job's status may make. A running job may also stay running (heartbeats, cancel requests).
+A failed or cancelled job goes back to the queue only when its sweep is retried (POST /sweeps/{id}/retry)."""
 
 
 class IllegalTransition(AssertionError):

@@ -8,10 +8,11 @@ from fastapi.staticfiles import StaticFiles
 
 
 def install_dashboard(app: FastAPI) -> None:
-    from app.ui import pages, signin, submit
+    from app.ui import pages, signin, submit, sweeps
     from app.ui.render import STATIC
 
     app.include_router(signin.router)
     app.include_router(pages.router)
+    app.include_router(sweeps.router)
     app.include_router(submit.router)
     app.mount("/ui/static", StaticFiles(directory=STATIC), name="ui-static")

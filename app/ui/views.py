@@ -99,6 +99,8 @@ def size(count: int) -> str:
 
 
 def number(value: Any) -> str:
+    if value is None:
+        return ""
     if isinstance(value, float):
         return f"{value:.4g}"
     return str(value)

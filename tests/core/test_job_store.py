@@ -344,17 +344,3 @@ def test_a_parent_is_never_handed_to_a_worker(db: Database, monkeypatch: pytest.
     c = claim(db)
     assert c is not None and c.job.id == pretrain
     assert claim(db) is None and status(db, finetune) == "queued"
-
-
-def test_a_job_with_parts_is_not_deleted_before_them(db: Database) -> None:
-    parent = submit(db, pretrain_body())
-    child = submit(db, pretrain_body())
-    with db.write() as s:
-        s.get_one(Job, child).parent_id = parent
-        jobs.cancel_job(s, EVERYONE, parent)
-        jobs.cancel_job(s, EVERYONE, child)
-    with pytest.raises(Conflict, match="has jobs that are part of it"), db.write() as s:
-        jobs.delete_job(s, EVERYONE, parent)
-    with db.write() as s:
-        jobs.delete_job(s, EVERYONE, child)
-        jobs.delete_job(s, EVERYONE, parent)

@@ -34,7 +34,7 @@ def tables(url: str) -> set[str]:
         engine.dispose()
 
 
-ALL_TABLES = {"jobs", "metric_points", "checkpoints", "idempotency_keys", "users", "api_tokens", "job_logs"}
+ALL_TABLES = {"jobs", "sweeps", "metric_points", "checkpoints", "idempotency_keys", "users", "api_tokens", "job_logs"}
 
 
 def test_upgrade_downgrade_upgrade(empty_url: str) -> None:
@@ -139,4 +139,40 @@ def test_0003_gives_existing_jobs_and_keys_to_a_first_admin(empty_url: str) -> N
     with engine.begin() as conn:
         assert conn.execute(text("SELECT key, job_id FROM idempotency_keys")).all() == [("k", 1)]
     engine.dispose()
+    upgrade(empty_url)
+
+
+def test_0006_keeps_every_job_and_gives_them_no_sweep(empty_url: str) -> None:
+    """A database of 0005 with jobs (one deleted): after the upgrade they are plain jobs with their ids,
+    and a deleted job's id is still never handed out again."""
+    upgrade(empty_url, "0005")
+    engine = create_engine(empty_url.replace("postgresql://", "postgresql+psycopg://"))
+    row = (
+        "INSERT INTO jobs (owner_id, kind, status, spec, priority, attempt, max_attempts, cancel_requested,"
+        " created_at, updated_at) VALUES (1, 'pretrain', 'succeeded', '{}', 0, 1, 3, false, :now, :now)"
+    )
+    now = "2026-12-02 12:00:00"
+    with engine.begin() as conn:
+        conn.execute(
+            text("INSERT INTO users (username, is_admin, is_active, created_at) VALUES ('a', true, true, :now)"),
+            {"now": now},
+        )
+        for _ in range(3):
+            conn.execute(text(row), {"now": now})
+        conn.execute(text("DELETE FROM jobs WHERE id = 3"))
+    upgrade(empty_url, "0006")
+    with engine.begin() as conn:
+        assert conn.execute(text("SELECT id, sweep_id, trial_index FROM jobs ORDER BY id")).all() == [
+            (1, None, None),
+            (2, None, None),
+        ]
+        conn.execute(text(row), {"now": now})
+        assert conn.execute(text("SELECT max(id) FROM jobs")).scalar_one() == 4
+    indexes = {i["name"] for i in inspect(engine).get_indexes("jobs")}
+    columns = {c["name"] for c in inspect(engine).get_columns("jobs")}
+    engine.dispose()
+    assert "ix_jobs_sweep_id_status" in indexes and "ix_jobs_parent_id" not in indexes
+    assert "parent_id" not in columns
+    downgrade(empty_url, "0005")
+    assert "sweeps" not in tables(empty_url)
     upgrade(empty_url)

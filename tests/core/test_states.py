@@ -8,11 +8,12 @@ from datetime import timedelta
 import pytest
 from sqlalchemy.orm import Session
 
-from app.core import jobs, leases
+from app.core import jobs, leases, sweeps
 from app.core.db import Database
 from app.core.jobs import EVERYONE
 from app.core.models import Job, utcnow
 from app.core.specs import parse_job_spec
+from app.core.specs.sweeps import SweepSpec
 from app.core.states import TRANSITIONS, IllegalTransition, JobStatus, guard
 from tests.conftest import finetune_body, pretrain_body, store_owner
 
@@ -73,6 +74,13 @@ def test_every_transition_in_the_table_happens_and_no_other(db: Database) -> Non
     store.do(lambda s: leases.release_job(s, job_id, token))  # running -> queued
     job_id, _ = store.claim(lease=1)
     store.do(lambda s: leases.reap_expired_leases(s, now=utcnow() + timedelta(seconds=5)))  # requeued
+    finish(JobStatus.SUCCEEDED)  # the requeued one, out of the way
+    sweep_spec = SweepSpec.model_validate({"base": pretrain_body(), "parameters": {"train.lr": {"values": [0.1, 0.2]}}})
+    with db.write() as s:
+        sweep = sweeps.create_sweep(s, sweep_spec, sweeps.plan(sweep_spec)[0], owner_id=store_owner(s))
+    finish(JobStatus.FAILED)
+    store.do(lambda s: sweeps.cancel_sweep(s, EVERYONE, sweep.id))
+    store.do(lambda s: sweeps.retry_sweep(s, EVERYONE, sweep.id))  # failed -> queued, cancelled -> queued
 
     table = {(source, target) for source, targets in TRANSITIONS.items() for target in targets}
     assert store.moves == table
@@ -85,6 +93,7 @@ def test_a_guard_for_a_move_the_table_does_not_allow_is_refused() -> None:
         guard(Job.status, frozenset({JobStatus.QUEUED}), JobStatus.SUCCEEDED)
 
 
-def test_terminal_statuses_go_nowhere() -> None:
+def test_terminal_statuses_go_nowhere_but_back_to_the_queue_on_a_sweeps_retry() -> None:
     assert [s for s in JobStatus if s.is_terminal] == [JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED]
-    assert all(not TRANSITIONS[s] for s in JobStatus if s.is_terminal)
+    assert TRANSITIONS[JobStatus.SUCCEEDED] == frozenset()
+    assert TRANSITIONS[JobStatus.FAILED] == TRANSITIONS[JobStatus.CANCELLED] == frozenset({JobStatus.QUEUED})

@@ -1,7 +1,7 @@
 """The dashboard in a real browser (headless Chromium) against a real API process and a real worker
 running tiny jobs: sign in, a live jobs table, a job page whose chart and log grow while it runs,
-cancel, compare, a refused spec, another user's job, sign out. Every request the pages make is
-recorded: one to any other host fails the test. The jobs, job and compare pages are photographed."""
+cancel, compare, a sweep, a refused spec, another user's job, sign out. Every request the pages make is
+recorded: one to any other host fails the test. The jobs, job, compare and sweep pages are photographed."""
 
 from __future__ import annotations
 
@@ -38,7 +38,7 @@ class Service:
 
     def start_worker(self) -> None:
         if self.worker is None:
-            self.worker = WorkerProcess(self.api.url, self.root / "worker", poll_seconds=0.2)
+            self.worker = WorkerProcess(self.api.url, self.root / "worker", poll_seconds=0.2, start_method="forkserver")
 
     def admin_password(self) -> str:
         text = Path(self.api.env["TRAINJOBS_ADMIN_CREDENTIALS_FILE"]).read_text()
@@ -176,6 +176,45 @@ def test_compare_two_jobs_overlays_their_curves_and_shows_the_fields_that_differ
     assert "dataset.name" not in diff  # the same in both
     assert "test_loss" in page.text_content("#results")
     page.screenshot(path=str(screenshots / "compare.png"), full_page=True)
+
+
+def test_a_sweep_page_follows_its_trials_and_charts_the_metric_against_each_parameter(
+    context: Any, service: Service, screenshots: Path
+) -> None:
+    service.start_worker()
+    body = {
+        "name": "digits lr x bottleneck",
+        "base": {
+            "kind": "pretrain",
+            "dataset": {"name": "digits"},
+            "model": {"arch": "mlp_autoencoder", "hidden": [32], "bottleneck": 8},
+            "train": {"epochs": 3, "batch_size": 64},
+        },
+        "parameters": {"train.lr": {"values": [0.03, 0.003, 0.0003]}, "model.bottleneck": {"values": [4, 16]}},
+        "seeds": [0],
+        "max_concurrent": 2,
+    }
+    r = httpx.post(f"{service.api.url}/sweeps", json=body, headers=service.api.headers)
+    assert r.status_code == 201, r.text
+    sweep_id = r.json()["id"]
+    page = sign_in(context, "admin", service.admin_password())
+    page.goto(f"/ui/sweeps/{sweep_id}")
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:  # the page reloads itself as trials finish
+        page.wait_for_load_state()
+        if (page.text_content("#sweep-status") or "").strip() == "succeeded":
+            break
+        time.sleep(0.5)
+    assert (page.text_content("#sweep-status") or "").strip() == "succeeded"
+    charts = page.evaluate("window.tj.sweepCharts")
+    assert sorted(charts) == ["model.bottleneck", "train.lr"]
+    assert sorted(charts["train.lr"]["xs"]) == [0.0003, 0.0003, 0.003, 0.003, 0.03, 0.03]
+    assert len(charts["model.bottleneck"]["ys"]) == 6
+    assert page.locator("#charts .uplot").count() == 2
+    assert "train.lr=" in (page.text_content("#best") or "")
+    page.screenshot(path=str(screenshots / "sweep.png"), full_page=True)
+    page.goto("/ui/sweeps")
+    assert page.locator(f"#sweeps tr[data-sweep='{sweep_id}']").count() == 1
 
 
 def test_a_refused_spec_shows_the_field_error_and_a_good_one_opens_its_job(context: Any, service: Service) -> None:

@@ -14,6 +14,7 @@ from app.api.auth import SESSION_COOKIE, csrf_token
 from app.core import accounts
 from app.core.db import Database
 from app.core.states import TokenKind
+from devtools.servers import WORKER_TOKEN
 from tests.api.helpers import claim_job, finish, submit
 from tests.authed import AuthedClient
 from tests.conftest import finetune_body, pretrain_body
@@ -357,3 +358,48 @@ def test_every_dashboard_form_route_checks_the_csrf_field() -> None:
     for route in writes:
         checked = any(d.call is check_form_csrf for d in route.dependant.dependencies)
         assert checked or route.path == "/ui/login", f"{route.path} writes without the form's CSRF check"
+
+
+def test_a_sweep_page_shows_the_best_setting_the_ranked_settings_and_every_trial(
+    browser: AuthedClient, tokens: dict[str, str]
+) -> None:
+    body = {
+        "name": "lr sweep",
+        "base": pretrain_body(),
+        "parameters": {"train.lr": {"values": [0.01, 0.001]}},
+        "seeds": [0, 1],
+        "metric": "test_loss",
+    }
+    sweep = browser.post("/sweeps", json=body, headers={"X-CSRF-Token": csrf_token(session(browser))}).json()
+    browser.worker_token = WORKER_TOKEN
+    for loss in (0.5, 0.7, 0.2, 0.3):  # lr 0.01: mean 0.6; lr 0.001: mean 0.25, the best
+        job = browser.post("/worker/claim", json={"worker_id": "w", "device": "cpu"}).json()
+        finish(browser, job["id"], job["lease_token"], result={"test_loss": loss})
+
+    listed = browser.get("/ui/sweeps")
+    assert listed.status_code == 200 and f'href="/ui/sweeps/{sweep["id"]}"' in listed.text and "lr sweep" in listed.text
+    r = browser.get(f"/ui/sweeps/{sweep['id']}")
+    assert r.status_code == 200 and r.headers["content-security-policy"].startswith("default-src 'self'")
+    best = re.search(r'<section class="best" id="best">(.*?)</section>', r.text, re.S)
+    assert best is not None and "train.lr=0.001" in best.group(1) and "0.25" in best.group(1)
+    settings = re.search(r'<table class="grid" id="settings">(.*?)</table>', r.text, re.S)
+    assert settings is not None
+    ranked = re.findall(r"train\.lr=([0-9.]+)", settings.group(1))
+    assert ranked == ["0.001", "0.01"]  # best (lowest mean loss) first
+    trials = re.search(r'<table class="grid" id="trials">(.*?)</table>', r.text, re.S)
+    assert trials is not None and trials.group(1).count("<tr data-trial=") == 4
+    data = json.loads(
+        re.search(r'<script type="application/json" id="page-data">(.*?)</script>', r.text, re.S).group(1)
+    )  # type: ignore[union-attr]
+    assert data["parameters"] == ["train.lr"] and [t["value"] for t in data["trials"]] == [0.5, 0.7, 0.2, 0.3]
+    assert 'id="delete"' in r.text and 'id="cancel"' not in r.text
+    job_page = browser.get(f"/ui/jobs/{data['trials'][0]['job_ids'][0]}")
+    assert f'<a href="/ui/sweeps/{sweep["id"]}">sweep {sweep["id"]}</a>, trial 0' in job_page.text
+
+
+def test_another_users_sweep_page_is_a_404(browser: AuthedClient, tokens: dict[str, str]) -> None:
+    with browser.as_user(tokens["bob"]):
+        theirs = browser.post("/sweeps", json={"base": pretrain_body(), "seeds": [0]}).json()
+    assert browser.get(f"/ui/sweeps/{theirs['id']}").status_code == 404
+    assert f"/ui/sweeps/{theirs['id']}" not in browser.get("/ui/sweeps").text
+    assert browser.get("/ui/sweeps/abc").status_code == 404

@@ -123,15 +123,12 @@ def list_jobs(
     name: Annotated[
         str | None, Query(max_length=200, description="Only jobs whose name contains this (any case).")
     ] = None,
+    sweep: Annotated[int | None, Query(ge=1, le=2**31 - 1, description="Only the trials of this sweep.")] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     cursor: Annotated[str | None, Query(max_length=20, description="next_cursor of the previous page.")] = None,
 ) -> JobsPublic:
     """List your jobs (an admin: anyone's), newest first, a page at a time."""
-    before_id = None
-    if cursor is not None:
-        if not (cursor.isascii() and cursor.isdigit()) or not 0 < int(cursor) < 2**31:
-            raise InvalidRequest("cursor is not one this API gave out; pass next_cursor unchanged", ("query", "cursor"))
-        before_id = int(cursor)
+    before_id = parse_cursor(cursor)
     with db.read() as session:
         owner_id = owner_filter(session, caller, owner)
         page, next_id = jobs.list_jobs(
@@ -141,10 +138,20 @@ def list_jobs(
             kind=kind,
             owner_id=owner_id,
             name=name,
+            sweep_id=sweep,
             limit=limit,
             before_id=before_id,
         )
         return JobsPublic(data=[JobPublic.of(j) for j in page], next_cursor=str(next_id) if next_id else None)
+
+
+def parse_cursor(cursor: str | None) -> int | None:
+    """The id a page's ``next_cursor`` names (None: the first page)."""
+    if cursor is None:
+        return None
+    if not (cursor.isascii() and cursor.isdigit()) or not 0 < int(cursor) < 2**31:
+        raise InvalidRequest("cursor is not one this API gave out; pass next_cursor unchanged", ("query", "cursor"))
+    return int(cursor)
 
 
 def owner_filter(session: Session, caller: Caller, owner: str | None) -> int | None:
