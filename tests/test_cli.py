@@ -298,7 +298,7 @@ def test_a_sweep_from_yaml_is_followed_to_its_table_then_retry_has_nothing_to_do
 
 def test_the_low_label_study_runs_as_sweeps_and_prints_and_writes_its_table(service: Service) -> None:
     readme = service.root / "README.md"
-    readme.write_text("# x\n<!-- low-label:start -->\nold table\n<!-- low-label:end -->\nafter\n")
+    readme.write_text("# x\n<!-- low-label:5:start -->\nold table\n<!-- low-label:5:end -->\nafter\n")
     table = service.root / "low-label.md"
     done = service.run(
         "experiment", "low-label", "--seeds", "2", "--epochs", "1", "--markdown", str(table), "--readme", str(readme)
@@ -320,7 +320,7 @@ def test_the_low_label_study_runs_as_sweeps_and_prints_and_writes_its_table(serv
     assert all("/2 seeds better" in row for row in rows[1:])
     assert "seeds 100-101" in table.read_text() and "--seeds 2 --epochs 1" in table.read_text()
     text = readme.read_text()
-    assert "old table" not in text and rows[0] in text and text.endswith("<!-- low-label:end -->\nafter\n")
+    assert "old table" not in text and rows[0] in text and text.endswith("<!-- low-label:5:end -->\nafter\n")
     with service.client() as tj:
         sweeps = tj.sweeps(limit=10)
     study = [s for s in sweeps if (s.name or "").startswith("low-label")]

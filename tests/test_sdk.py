@@ -108,3 +108,29 @@ def test_a_download_whose_partial_file_is_already_whole_is_checked_and_finished(
         path = tj.download_checkpoint(7, tmp_path / "c.pt")
     assert path.read_bytes() == data and calls[0].headers["Range"] == f"bytes={len(data)}-"
     assert not (tmp_path / "c.pt.part").exists()
+
+
+def test_sweeps_reads_every_page_up_to_its_limit_and_a_sweeps_bests_are_typed() -> None:
+    def sweep(i: int) -> dict[str, object]:
+        return {"id": i, "status": "running", "counts": {"queued": 1}}
+
+    calls: list[httpx.Request] = []
+    answers: list[httpx.Response | Exception] = [
+        httpx.Response(200, json={"data": [sweep(9), sweep(8)], "next_cursor": "8"}),
+        httpx.Response(200, json={"data": [sweep(7)], "next_cursor": None}),
+        httpx.Response(
+            200,
+            json={
+                **sweep(7),
+                "status": "succeeded",
+                "best_trial": {"index": 2, "status": "succeeded", "value": 0.9, "job_ids": [3, 4]},
+                "settings": [{"params": {"train.lr": 0.1}, "count": 2, "mean": 0.85}],
+            },
+        ),
+    ]
+    with client_of(answers, calls) as tj:
+        assert [s.id for s in tj.sweeps(limit=None)] == [9, 8, 7]
+        done = tj.wait_sweep(7, timeout=5)
+    assert done.finished and done.best_trial is not None and done.best_trial.job_ids == [3, 4]
+    assert done.settings[0].mean == 0.85
+    assert calls[1].url.params["cursor"] == "8" and calls[0].url.params["limit"] == "500"

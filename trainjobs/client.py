@@ -142,6 +142,12 @@ class Pages:
         return [Job.model_validate(item) for item in items]
 
 
+def sweeps_call(owner: str | None, limit: int | None, seen: int, cursor: str | None) -> Call:
+    """``GET /sweeps``: the next page of at most 500, or of what is left of ``limit``."""
+    size = 500 if limit is None else max(1, min(500, limit - seen))
+    return Call("GET", "/sweeps", params={"owner": owner, "limit": size, "cursor": cursor})
+
+
 def logs_call(
     job_id: int, after: int | None, attempt: int | None, stream: str | None, tail: int | None, limit: int = 1000
 ) -> Call:
@@ -303,9 +309,16 @@ class Client:
         """The sweep with its trials, per-setting results, best setting and best trial."""
         return Sweep.model_validate(self.json(Call("GET", f"/sweeps/{sweep_id}")))
 
-    def sweeps(self, *, owner: str | None = None, limit: int = 50) -> builtins.list[Sweep]:
-        answer = self.json(Call("GET", "/sweeps", params={"owner": owner, "limit": limit}))
-        return [Sweep.model_validate(s) for s in answer["data"]]
+    def sweeps(self, *, owner: str | None = None, limit: int | None = 50) -> builtins.list[Sweep]:
+        """Your sweeps (an admin's: ``owner=NAME`` or ``*``), newest first: the first ``limit`` (None: all)."""
+        found: builtins.list[Sweep] = []
+        cursor: str | None = None
+        while True:
+            page = self.json(sweeps_call(owner, limit, len(found), cursor))
+            found += [Sweep.model_validate(s) for s in page["data"]]
+            cursor = page.get("next_cursor")
+            if not cursor or (limit is not None and len(found) >= limit):
+                return found[:limit]
 
     def wait_sweep(self, sweep_id: int, timeout: float | None = None, poll: float = 2.0) -> Sweep:
         """The sweep once no trial is queued or running; ``TimeoutError`` after ``timeout`` seconds."""
@@ -531,6 +544,19 @@ class AsyncClient:
             return await asyncio.wait_for(until_finished(), timeout)
         except TimeoutError:
             raise TimeoutError(f"sweep {sweep_id} is still running after {timeout:g} s") from None
+
+    async def sweeps(self, *, owner: str | None = None, limit: int | None = 50) -> builtins.list[Sweep]:
+        found: builtins.list[Sweep] = []
+        cursor: str | None = None
+        while True:
+            page = await self.json(sweeps_call(owner, limit, len(found), cursor))
+            found += [Sweep.model_validate(s) for s in page["data"]]
+            cursor = page.get("next_cursor")
+            if not cursor or (limit is not None and len(found) >= limit):
+                return found[:limit]
+
+    async def delete_sweep(self, sweep_id: int) -> None:
+        await self.send(Call("DELETE", f"/sweeps/{sweep_id}"))
 
     async def cancel_sweep(self, sweep_id: int) -> Sweep:
         return Sweep.model_validate(await self.json(Call("POST", f"/sweeps/{sweep_id}/cancel")))

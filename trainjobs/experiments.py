@@ -33,7 +33,6 @@ from trainjobs.terminal import ServerOpt, client, err, fail, out
 
 experiment_app = typer.Typer(help="Studies run through the service as sweeps.", no_args_is_help=True)
 MLP = {"hidden": [512, 256], "bottleneck": 64}
-README_START, README_END = "<!-- low-label:start -->", "<!-- low-label:end -->"
 SCRATCH = "`mlp` from scratch"
 
 
@@ -171,12 +170,19 @@ def run_study(tj: Client, study: Study, timeout: float) -> list[Row]:
     return [row_of(name, tj.wait_sweep(sweep.id, timeout=timeout)) for name, sweep in submitted.items()]
 
 
-def update_readme(path: Path, text: str) -> None:
+def markers(labels_per_class: int | None) -> tuple[str, str]:
+    """The comments around the table in a README, one pair per labelled subset (5, ..., all)."""
+    key = "all" if labels_per_class is None else str(labels_per_class)
+    return f"<!-- low-label:{key}:start -->", f"<!-- low-label:{key}:end -->"
+
+
+def update_readme(path: Path, text: str, labels_per_class: int | None) -> None:
+    start_mark, end_mark = markers(labels_per_class)
     readme = path.read_text()
-    start, end = readme.find(README_START), readme.find(README_END)
+    start, end = readme.find(start_mark), readme.find(end_mark)
     if start < 0 or end < start:
-        raise fail(f"{path} has no {README_START} ... {README_END} block to replace")
-    path.write_text(readme[: start + len(README_START)] + "\n" + text + "\n" + readme[end:])
+        raise fail(f"{path} has no {start_mark} ... {end_mark} block to replace")
+    path.write_text(readme[: start + len(start_mark)] + "\n" + text + "\n" + readme[end:])
 
 
 @experiment_app.command("low-label")
@@ -212,7 +218,7 @@ def low_label(
     out.print(text, markup=False)
     markdown.write_text(text + "\n")
     if readme is not None:
-        update_readme(readme, text)
+        update_readme(readme, text, study.labels_per_class)
     failed = {r.name: r.failed for r in rows if r.failed}
     if failed:
         raise fail(f"trials without a result (by seed): {failed}")

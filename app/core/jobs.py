@@ -76,7 +76,7 @@ def check_dataset_path(spec: AnyJobSpec, data_dir: Path) -> None:
         raise InvalidRequest(f"dataset.path '{spec.dataset.path}' leads outside DATA_DIR; give a folder inside it", loc)
 
 
-def _check_base_job(session: Session, scope: Scope, spec: AnyJobSpec, base_id: int) -> AnyJobSpec:
+def check_base_job(session: Session, scope: Scope, spec: AnyJobSpec, base_id: int) -> AnyJobSpec:
     """The spec, checked against its base job (and given the base's MLP widths where it left them out)."""
     loc = ("body", "model", "init", "job_id")
     # FOR SHARE (PostgreSQL): a delete of the base waits until this submit commits, then sees it waiting
@@ -199,7 +199,7 @@ def submit_job(
     check_active_limit(session, owner_id, max_active)
     base_id = spec.base_job_id
     if base_id is not None:
-        spec = _check_base_job(session, scope, spec, base_id)
+        spec = check_base_job(session, scope, spec, base_id)
     job = new_job(spec, owner_id=owner_id, now=now)
     session.add(job)
     session.flush()

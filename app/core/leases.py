@@ -56,11 +56,13 @@ def sweep_has_room() -> ColumnElement[bool]:
 
 
 def _sweep_room_held(session: Session, sweep_id: int) -> bool:
-    """Whether the sweep may start one more trial, under its row's lock: on PostgreSQL claims of one sweep's
-    trials take turns here, so two at once cannot both start the last one allowed (SQLite: one writer)."""
-    cap = session.execute(select(Sweep.max_concurrent).where(Sweep.id == sweep_id).with_for_update()).scalar()
+    """Whether the sweep may start one more trial, under its row's lock (PostgreSQL): two claims cannot both
+    start the last one. A sweep locked elsewhere is full for now: a claim never waits holding a job's row."""
+    found = session.execute(
+        select(Sweep.max_concurrent).where(Sweep.id == sweep_id).with_for_update(skip_locked=True)
+    ).first()
     running = select(func.count()).where(Job.sweep_id == sweep_id, Job.status == JobStatus.RUNNING)
-    return cap is None or (session.scalar(running) or 0) < cap
+    return found is not None and (found[0] is None or (session.scalar(running) or 0) < found[0])
 
 
 def claim_next_job(

@@ -79,15 +79,17 @@ def _count_dropped(session: Session, job: Job, size: int, lines: int, max_log_by
     session.add(marker)
 
 
-def note(session: Session, job: Job, text: str) -> None:
-    """A line the service writes into the job's log itself (stream ``system``)."""
+def note(session: Session, job: Job, text: str, *, attempt: int | None = None) -> None:
+    """A line the service writes into the job's log itself (stream ``system``), in its current attempt's
+    lines (or ``attempt``'s)."""
+    attempt = job.attempt if attempt is None else attempt
     taken = session.scalar(
         select(func.count())
         .select_from(JobLog)
-        .where(JobLog.job_id == job.id, JobLog.attempt == job.attempt, JobLog.seq <= SERVICE_SEQ_BASE)
+        .where(JobLog.job_id == job.id, JobLog.attempt == attempt, JobLog.seq <= SERVICE_SEQ_BASE)
     )
     seq = SERVICE_SEQ_BASE - (taken or 0)
-    session.add(JobLog(job_id=job.id, attempt=job.attempt, seq=seq, stream=LogStream.SYSTEM, time=utcnow(), text=text))
+    session.add(JobLog(job_id=job.id, attempt=attempt, seq=seq, stream=LogStream.SYSTEM, time=utcnow(), text=text))
 
 
 def read_lines(

@@ -10,12 +10,12 @@ message that says so, instead of a traceback.
 from __future__ import annotations
 
 import json
-import math
 from typing import TYPE_CHECKING, Annotated, Any, Literal, Self, TypedDict
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationError, field_validator
 
-from app.core.specs import AnyJobSpec, Text, escaped, parse_job_spec, storable_text
+from app.core.specs import AnyJobSpec, Text, parse_job_spec
+from app.core.specs.base import check_json
 from app.core.states import CheckpointFormat, CheckpointTag, ErrorClass, JobKind, JobStatus
 
 if TYPE_CHECKING:  # the worker imports this module; it needs no ORM
@@ -239,27 +239,9 @@ MAX_RESULT_BYTES = 64 * 1024
 """A job's result is at most this long as JSON."""
 
 
-def check_json_value(value: object, where: str = "result", depth: int = 0) -> None:
-    """Finite numbers, Unicode text without NUL, a bounded depth: PostgreSQL's JSON refuses the rest,
-    and every reader of the job would pay for the rest."""
-    if depth > MAX_RESULT_DEPTH:
-        raise ValueError(f"{where} nests deeper than {MAX_RESULT_DEPTH} levels")
-    if isinstance(value, float) and not math.isfinite(value):
-        raise ValueError(f"{where} holds {value}; send finite numbers (or null)")
-    if isinstance(value, int) and not -(2**63) <= value < 2**63:
-        raise ValueError(f"{where} holds an integer beyond 64 bits; send a float (or a string)")
-    if isinstance(value, str):
-        try:
-            storable_text(value)
-        except ValueError as exc:
-            raise ValueError(f"{where}: a string that {exc}") from None
-    if isinstance(value, dict):
-        for key, item in value.items():
-            check_json_value(key, f"{where}.{escaped(key)} (a key)", depth + 1)
-            check_json_value(item, f"{where}.{escaped(key)}", depth + 1)
-    elif isinstance(value, list):
-        for i, item in enumerate(value):
-            check_json_value(item, f"{where}[{i}]", depth + 1)
+def check_json_value(value: object, where: str = "result") -> None:
+    """A result PostgreSQL's JSON stores and readers can afford (``check_json``), at most MAX_RESULT_DEPTH deep."""
+    check_json(value, where, MAX_RESULT_DEPTH)
 
 
 class ReleaseRequest(_Model):

@@ -9,6 +9,7 @@ claim starts at most the sweep's ``max_concurrent`` at once (app/core/leases.py)
 
 from __future__ import annotations
 
+import math
 import statistics
 from dataclasses import dataclass, field, replace
 from datetime import datetime
@@ -18,8 +19,8 @@ from sqlalchemy import Select, select, update
 from sqlalchemy.orm import Session
 
 from app.core import jobs, logs
-from app.core.errors import Conflict, NotFound
-from app.core.jobs import Scope, fit_to_base, new_job
+from app.core.errors import Conflict, InvalidRequest, NotFound
+from app.core.jobs import Scope, check_base_job, fit_to_base, new_job
 from app.core.models import Job, Sweep, utcnow
 from app.core.specs import FinetuneSpec
 from app.core.specs.sweeps import SweepSpec, Trial, expand, ranking, setting_key
@@ -57,11 +58,15 @@ def create_sweep(
     trials: list[Trial],
     *,
     owner_id: int,
+    scope: Scope | None = None,
     max_active: int | None = None,
     now: datetime | None = None,
 ) -> Sweep:
-    """Store the sweep and every trial's job (``plan``'s trials) in the caller's transaction."""
+    """Store the sweep and every trial's job (``plan``'s trials) in the caller's transaction; a trial that
+    starts from a job (``model.init``) is checked against it as POST /jobs would (``scope``: whose jobs it
+    may start from; default the owner's)."""
     now = now or utcnow()
+    trials = [_with_base(session, scope or Scope(owner_id), t) for t in trials]
     jobs_needed = sum(2 if t.then is not None else 1 for t in trials)
     jobs.check_active_limit(session, owner_id, max_active, adding=jobs_needed)
     metric, higher = ranking(spec, trials[0])
@@ -89,6 +94,16 @@ def create_sweep(
             session.add(new_job(then, owner_id=owner_id, now=now, **links))
     session.flush()
     return sweep
+
+
+def _with_base(session: Session, scope: Scope, trial: Trial) -> Trial:
+    base_id = trial.spec.base_job_id
+    if base_id is None:
+        return trial
+    try:
+        return replace(trial, spec=check_base_job(session, scope, trial.spec, base_id))
+    except InvalidRequest as exc:
+        raise InvalidRequest(f"{trial.label}: {exc.message}", ("body", "base", *exc.loc[1:])) from None
 
 
 def get_sweep(session: Session, scope: Scope, sweep_id: int, *, lock: bool = False) -> Sweep:
@@ -178,7 +193,9 @@ def _value(job: Job, metric: str) -> float | None:
     if job.status != JobStatus.SUCCEEDED or not isinstance(job.result, dict):
         return None
     value = job.result.get(metric)
-    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+    if not isinstance(value, int | float) or isinstance(value, bool) or not math.isfinite(value):
+        return None
+    return float(value)
 
 
 def summarize(sweep: Sweep, members: list[Job]) -> Summary:
@@ -215,18 +232,30 @@ def _settings(trials: list[TrialResult]) -> list[dict[str, Any]]:
     for group in groups.values():
         values = [t.value for t in group if t.value is not None]
         params = {k: v for k, v in group[0].params.items() if k != "seed"}
+        mean, std = _spread(values)
         out.append(
             {
                 "params": params,
                 "trials": [t.index for t in group],
                 "count": len(values),
-                "mean": statistics.fmean(values) if values else None,
-                "std": statistics.stdev(values) if len(values) > 1 else None,
+                "mean": mean,
+                "std": std,
                 "min": min(values, default=None),
                 "max": max(values, default=None),
             }
         )
     return out
+
+
+def _spread(values: list[float]) -> tuple[float | None, float | None]:
+    """Mean and sample standard deviation (None where there are too few values, or they overflow a float)."""
+    try:
+        mean = statistics.mean(values) if values else None
+        std = statistics.stdev(values) if len(values) > 1 else None
+    except (OverflowError, ValueError):
+        return None, None
+    finite = [v for v in (mean, std) if v is not None]
+    return (mean, std) if all(math.isfinite(v) for v in finite) else (None, None)
 
 
 def _status(sweep: Sweep, counts: dict[str, int]) -> str:
@@ -244,6 +273,8 @@ def cancel_sweep(session: Session, scope: Scope, sweep_id: int, *, now: datetime
     """Queued trials cancelled at once, running ones asked to stop (their workers save and stop)."""
     now = now or utcnow()
     sweep = get_sweep(session, scope, sweep_id, lock=True)
+    if not any(j.status in ACTIVE for j in trial_jobs(session, sweep_id)):
+        raise Conflict(f"sweep {sweep_id} has no queued or running trials; there is nothing to cancel")
     queued = frozenset({JobStatus.QUEUED})
     session.execute(
         update(Job)
@@ -292,7 +323,7 @@ def retry_sweep(
             )
             .execution_options(synchronize_session=False)
         )
-        logs.note(session, job, note[:500])
+        logs.note(session, job, note[:500], attempt=job.attempt + 1)  # the attempt it starts
     sweep.cancelled_at, sweep.updated_at = None, now
     session.flush()
     return [j.id for j in again]

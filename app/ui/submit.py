@@ -24,6 +24,7 @@ from app.core.config import Settings
 from app.core.db import Database
 from app.core.errors import InvalidRequest, NotFound, TrainjobsError
 from app.core.specs import job_spec_adapter
+from app.core.specs.fields import field_name
 from app.ui import views
 from app.ui.pages import job_id_of, visible
 from app.ui.render import page
@@ -180,7 +181,7 @@ def errors_of(exc: ValidationError | TrainjobsError, text: str, index: int, bodi
         more = len(found) - MAX_ERRORS + 1
         found = [*found[: MAX_ERRORS - 1], ((), f"and {more} more errors: mend these and send it again")]
     for loc, msg in found:
-        field = views.field_name(loc)
+        field = field_name(loc)
         out.append(
             {
                 "field": f"job {index + 1}: {field}" if bodies > 1 else field,

@@ -10,7 +10,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 from app.core.models import Job, utcnow
-from app.core.specs import DATASET_NAMES, FINETUNE_ARCHS, JOB_KINDS, PRETRAIN_ARCHS
 from app.core.states import JobStatus
 
 STATUS_CLASS = {
@@ -104,22 +103,6 @@ def number(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.4g}"
     return str(value)
-
-
-UNION_TAGS = frozenset({*JOB_KINDS, *PRETRAIN_ARCHS, *FINETUNE_ARCHS, *DATASET_NAMES, "scratch", "imagenet", "job"})
-"""The kind, arch, dataset and init names pydantic puts in an error's place after the field they choose."""
-
-
-def field_name(loc: Iterable[Any]) -> str:
-    """A validation error's place as a dotted field (``model.hidden``), without pydantic's union tags."""
-    parts = [str(p) for p in loc if p != "body"]
-    kept = [
-        p
-        for i, p in enumerate(parts)
-        if not p.startswith("function-")
-        and not (p in UNION_TAGS and (i == 0 or parts[i - 1] in ("model", "dataset", "init")))
-    ]
-    return ".".join(kept) or "(the job)"
 
 
 def line_of_job(text: str, index: int) -> int:

@@ -3,6 +3,7 @@ setting, max_concurrent in the claim, cancel, retry without duplicates, delete, 
 
 from __future__ import annotations
 
+import json
 import math
 import statistics
 from typing import Any
@@ -135,8 +136,8 @@ def test_sweeps_that_cannot_work_are_refused_with_what_to_change(client: AuthedC
         (grid(parameters={"train.lr": {"distribution": "uniform", "min": 0.1, "max": 1}}), "needs values"),
         (grid(method="random"), "needs num_trials"),
         (grid(metric="val_f1"), "has no 'val_f1'"),
-        (grid(parameters={"train.seed": {"values": [1, 2]}}), "seeds or a train.seed"),
-        (grid(parameters={"train.lr": {"values": [0.1] * 600}}), "at most 1000"),
+        (grid(parameters={"train.seed": {"values": [1, 2]}}), "give seeds"),
+        (grid(parameters={"train.lr": {"values": [0.001 * i for i in range(1, 601)]}}), "at most 1000"),
         (grid(parameters={"then.train.lr": {"values": [0.1]}}), "need a then spec"),
         (grid(parameters={"train..lr": {"values": [0.1]}}), "dotted path"),
         (grid(parameters={"train.lr.deeper": {"values": [0.1]}}), "not an object"),
@@ -317,3 +318,97 @@ def test_a_then_finetune_that_does_not_fit_its_pretrain_is_a_422(client: AuthedC
     assert "trial 1" in r.json()["detail"][0]["msg"] and "encoder" in r.json()["detail"][0]["msg"]
     body["then"] = {**finetune_body(), "model": {**finetune_body()["model"], "init": {"from": "imagenet"}}}
     assert "leave it out" in client.post("/sweeps", json=body).json()["detail"][0]["msg"]
+
+
+# --- what a hostile or careless client sends ------------------------------------------------
+
+
+def test_a_sweep_cannot_start_from_another_users_job_or_one_that_does_not_fit(
+    client: AuthedClient, tokens: dict[str, str]
+) -> None:
+    with client.as_user(tokens["bob"]):
+        bobs = client.post("/jobs", json=pretrain_body()).json()["id"]
+    mine = client.post("/jobs", json=pretrain_body()).json()["id"]
+    for base_id, message in ((bobs, "does not exist"), (999_999, "does not exist")):
+        body = {"base": finetune_body(base_id), "seeds": [0, 1]}
+        r = client.post("/sweeps", json=body)
+        assert r.status_code == 422, r.text
+        assert "trial 0 (seed=0)" in r.json()["detail"][0]["msg"] and message in r.json()["detail"][0]["msg"]
+    wrong_widths = finetune_body(mine)
+    wrong_widths["model"]["bottleneck"] = 16
+    r = client.post("/sweeps", json={"base": wrong_widths, "seeds": [0]})
+    assert r.status_code == 422 and "encoder" in r.json()["detail"][0]["msg"]
+    ok = submit_sweep(client, {"base": finetune_body(mine), "seeds": [0]})
+    assert trials_of(client, ok["id"])[0]["depends_on"] == mine
+    assert client.get("/sweeps").json()["data"][0]["id"] == ok["id"]  # the refused ones stored nothing
+
+
+def test_a_grid_too_big_is_refused_before_it_is_built(client: AuthedClient) -> None:
+    values = {"values": list(range(1000))}
+    params = {"train.lr": values, "train.batch_size": values, "model.bottleneck": values, "train.epochs": values}
+    r = client.post("/sweeps", json=grid(parameters=params))  # 10^12 trials in a few kilobytes
+    assert r.status_code == 422 and "at most 1000" in r.json()["detail"][0]["msg"]
+
+
+def test_json_a_job_spec_could_never_hold_is_a_422_and_stores_nothing(client: AuthedClient) -> None:
+    deep: Any = 0.1
+    for _ in range(700):
+        deep = [deep]
+    bodies = [
+        grid(parameters={"train.lr": {"values": [deep]}}),
+        {**grid(), "base": {**finetune_body(), "train": {"lr": deep}}},
+        {**grid(), "base": {**finetune_body(), "name": "\ud800"}, "parameters": {"name": {"values": ["ok"]}}},
+        grid(parameters={"name": {"values": ["a\x00b", "\udfff"]}}),
+        grid(parameters={"train.lr": {"values": [0.1, 0.1]}}),
+        grid(parameters={"seed": {"values": [1, 2]}}),
+        grid(parameters={"then": {"values": [1]}}),
+        grid(parameters={"train.seed": {"values": [1, 2]}}, seeds=None),
+    ]
+    raw = b'{"base": {"kind": "pretrain", "x": 1e400}, "parameters": {}}'
+    assert client.post("/sweeps", content=raw, headers={"Content-Type": "application/json"}).status_code == 422
+    for body in bodies:  # as JSON text: a lone surrogate travels as its escape
+        r = client.post("/sweeps", content=json.dumps(body), headers={"Content-Type": "application/json"})
+        assert r.status_code == 422, r.text
+    assert client.get("/sweeps").json()["data"] == [] and client.get("/jobs").json()["data"] == []
+
+
+def test_a_trial_past_the_services_limits_is_named_with_its_field(
+    client: AuthedClient, settings: Settings, db: Database, tokens: dict[str, str]
+) -> None:
+    huge = [[32], [4096, 4096]]
+    body = {"base": finetune_body(), "parameters": {"model.hidden": {"values": huge}}}
+    with client_with(settings, db, tokens, max_params=1_000_000) as small:
+        r = small.post("/sweeps", json=body)
+    assert r.status_code == 422, r.text
+    assert r.json()["detail"][0]["msg"].startswith("trial 1 (model.hidden=[4096, 4096]): base: ")
+    assert "TRAINJOBS_MAX_PARAMS" in r.json()["detail"][0]["msg"]
+    r = client.post("/sweeps", json=grid(parameters={"dataset.name": {"values": ["digits", "mnist3"]}}))
+    assert r.status_code == 422 and r.json()["detail"][0]["msg"].startswith(
+        'trial 2 (dataset.name="mnist3", seed=0): base.dataset:'
+    )
+    assert r.json()["detail"][0]["loc"][:3] == ["body", "base", "dataset"]
+
+
+def test_metric_values_too_large_to_average_leave_the_mean_empty_not_the_page_broken(client: AuthedClient) -> None:
+    sweep = submit_sweep(client, grid(parameters={}, seeds=[0, 1]))
+    for _ in range(2):
+        job = claim(client)
+        assert job is not None
+        finish(client, job["id"], job["lease_token"], result={"test_accuracy": 1.5e308})
+    r = client.get(f"/sweeps/{sweep['id']}")
+    assert r.status_code == 200, r.text
+    assert r.json()["settings"][0]["count"] == 2 and r.json()["best_trial"]["value"] == 1.5e308
+
+
+def test_cancel_of_a_finished_sweep_is_a_409_and_a_retry_note_opens_the_new_attempts_log(
+    client: AuthedClient,
+) -> None:
+    sweep = submit_sweep(client, grid(parameters={}, seeds=[0]))
+    failed = run_next(client, None)
+    assert client.post(f"/sweeps/{sweep['id']}/cancel").status_code == 409
+    assert client.get(f"/sweeps/{sweep['id']}").json()["status"] == "failed"
+    assert client.post(f"/sweeps/{sweep['id']}/retry").status_code == 200
+    again = claim(client)
+    assert again is not None and again["id"] == failed["id"]
+    second = client.get(f"/jobs/{failed['id']}/logs", params={"attempt": 2}).json()["lines"]
+    assert any(f"retry of sweep {sweep['id']}" in line["text"] for line in second), second

@@ -11,6 +11,7 @@ from sqlalchemy import func, select
 from app.core import leases, sweeps
 from app.core.db import Database
 from app.core.errors import InvalidRequest
+from app.core.jobs import EVERYONE
 from app.core.models import Job
 from app.core.specs.sweeps import SweepSpec, expand, put
 from app.core.states import JobStatus
@@ -92,3 +93,27 @@ def test_a_bad_value_names_its_trial_and_field() -> None:
     with pytest.raises(InvalidRequest, match=r'trial 1 \(train.batch_size="x"\): base.train.batch_size') as caught:
         expand(spec)
     assert caught.value.loc == ("body", "base", "train", "batch_size")
+
+
+def test_a_claim_does_not_wait_for_a_sweep_another_transaction_holds_so_cancel_cannot_deadlock_it(
+    db: Database,
+) -> None:
+    """A cancel holds the sweep's row and then updates its queued jobs; a claim holds a queued job's row.
+    The claim passes the locked sweep over instead of waiting for it, so neither waits for the other."""
+    sweep_id = store(db, {"base": pretrain_body(), "seeds": [0, 1], "max_concurrent": 1})
+    claimed: list[Job | None] = []
+    with db.write() as cancel:
+        sweeps.get_sweep(cancel, EVERYONE, sweep_id, lock=True)
+        if db.engine.dialect.name == "postgresql":  # SQLite has one writer: the claim would wait its turn
+            thread = threading.Thread(target=lambda: claimed.append(claim_one(db)))
+            thread.start()
+            thread.join(timeout=20)
+            assert not thread.is_alive() and claimed == [None]  # the sweep was busy: nothing for now
+        sweeps.cancel_sweep(cancel, EVERYONE, sweep_id)
+    with db.read() as s:
+        assert {j.status for j in sweeps.trial_jobs(s, sweep_id)} == {JobStatus.CANCELLED}
+
+
+def claim_one(db: Database) -> Job | None:
+    with db.write() as s:
+        return leases.claim_next_job(s, worker_id="w", device="cpu", lease_seconds=60)

@@ -86,3 +86,43 @@ def test_two_services_on_one_postgresql_with_four_workers(
 ) -> None:
     fleet, final = run_fleet(two_apis_on_postgres, tmp_path, jobs=20, workers=4)
     assert_each_ran_once(fleet, final)
+
+
+def test_three_workers_on_two_services_start_at_most_max_concurrent_of_a_sweeps_trials(
+    two_apis_on_postgres: list[ApiServer], tmp_path: Path
+) -> None:
+    """The claim holds a sweep's max_concurrent across API processes: three workers, two services on one
+    PostgreSQL, six trials of thirty short epochs each, two at a time; the third worker takes the job beside it."""
+    sweep = {
+        "base": {**TINY_JOB, "train": {"epochs": 30, "batch_size": 16}},
+        "parameters": {"train.lr": {"values": [0.01, 0.001, 0.0001]}},
+        "seeds": [0, 1],
+        "max_concurrent": 2,
+    }
+    a, b = two_apis_on_postgres
+    with a.client(timeout=30) as http:
+        r = http.post("/sweeps", json=sweep)
+        assert r.status_code == 201, r.text
+        sweep_id = r.json()["id"]
+        other = http.post("/jobs", json={**TINY_JOB, "name": "beside", "priority": -1}).json()["id"]
+    options = ("--start-method", "forkserver")
+    fleet = [WorkerProcess((a, b)[n % 2].url, tmp_path, f"w{n}", *options, poll_seconds=0.1) for n in range(3)]
+    running_seen: list[int] = []
+    try:
+        with b.client(timeout=30) as http:
+
+            def ended() -> bool:
+                now = http.get(f"/sweeps/{sweep_id}").json()
+                running_seen.append(now["counts"]["running"])
+                return bool(now["status"] != "running")
+
+            wait_until(ended, 300, "the sweep to end", interval=0.02)
+            trials = http.get("/jobs", params={"sweep": sweep_id}).json()["data"]
+            beside = http.get(f"/jobs/{other}").json()
+    finally:
+        for w in fleet:
+            w.kill()
+    assert all(t["status"] == "succeeded" and t["attempt"] == 1 for t in trials), trials
+    assert beside["status"] == "succeeded"
+    assert max(running_seen) == 2, running_seen  # two at a time, never three, with three workers asking
+    assert len({t["worker"] for t in trials}) >= 2

@@ -160,6 +160,43 @@ def test_sigkill_of_a_worker_mid_job_resumes_elsewhere_and_ends_identical(http: 
     assert second[-1] == "succeeded", second
 
 
+def phased_finetune() -> dict[str, Any]:
+    """A linear probe for 3 epochs, then the whole net for 5 at a lower rate: one job, about 4 s."""
+    return {
+        "kind": "finetune",
+        "dataset": {"name": "digits"},
+        "model": {"arch": "mlp", "hidden": [512, 256], "bottleneck": 32},
+        "train": {
+            "batch_size": 16,
+            "seed": 3,
+            "log_every_steps": 10,
+            "phases": [{"epochs": 3, "freeze_backbone": True, "lr": 0.01}, {"epochs": 5, "lr": 0.001}],
+        },
+    }
+
+
+def test_sigkill_in_the_second_phase_resumes_in_it_and_ends_identical(http: httpx.Client, workers: Any) -> None:
+    victim = submit(http, phased_finetune())
+    a = workers("a")
+    wait_until(lambda: has_checkpoint(http, victim, 4), 120, "a checkpoint inside the second phase")
+    a.signal(signal.SIGKILL)
+    a.wait()
+    reference = submit(http, {**phased_finetune(), "priority": -1})  # uninterrupted, runs after
+    workers("b")
+    resumed = wait_status(http, victim, "succeeded", "failed")
+    assert resumed["status"] == "succeeded", resumed["error"]
+    assert resumed["attempt"] == 2 and resumed["result"]["epochs"] == 8
+    ref = wait_status(http, reference, "succeeded", "failed")
+    assert ref["status"] == "succeeded", ref["error"]
+    got, want = series_points(http, victim), series_points(http, reference)
+    assert got["test_accuracy"] == want["test_accuracy"] and got["lr"] == want["lr"]
+    a_weights, b_weights = final_weights(http, victim), final_weights(http, reference)
+    assert all(torch.equal(a_weights[k], b_weights[k]) for k in a_weights)
+    lines = [line["text"] for line in http.get(f"/jobs/{victim}/logs", params={"attempt": 2}).json()["lines"]]
+    assert any(t.startswith("resuming from its 'last' checkpoint") for t in lines), lines
+    assert not any(t.startswith(("epoch 1/", "epoch 2/", "epoch 3/")) for t in lines), lines  # not the probe again
+
+
 def test_sigterm_gives_the_job_back_without_spending_an_attempt(http: httpx.Client, workers: Any) -> None:
     victim = submit(http, training_job())
     a = workers("a")

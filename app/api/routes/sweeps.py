@@ -12,6 +12,7 @@ from app.api.auth import CurrentUser, ScopeDep
 from app.api.deps import DatabaseDep, SettingsDep, WakeupDep, plain_digits
 from app.api.routes.jobs import check_submittable, owner_filter, parse_cursor
 from app.core import checkpoints, sweeps
+from app.core.errors import InvalidRequest
 from app.core.specs.sweeps import SweepSpec
 from app.schemas import SweepDetail, SweepPublic, SweepsPublic
 
@@ -46,12 +47,20 @@ def submit_sweep(
     """Submit a sweep: every trial is checked as a job first, then all are stored in one transaction."""
     trials, _, _ = sweeps.plan(spec)
     for trial in trials:
-        for job in (trial.spec, trial.then):
-            if job is not None:
-                check_submittable(job, settings)
+        for where, job in (("base", trial.spec), ("then", trial.then)):
+            try:
+                if job is not None:
+                    check_submittable(job, settings)
+            except InvalidRequest as exc:
+                raise InvalidRequest(f"{trial.label}: {where}: {exc.message}", ("body", where, *exc.loc[1:])) from None
     with db.write() as session:
         sweep = sweeps.create_sweep(
-            session, spec, trials, owner_id=caller.user_id, max_active=settings.max_active_jobs_per_user
+            session,
+            spec,
+            trials,
+            owner_id=caller.user_id,
+            scope=caller.scope,
+            max_active=settings.max_active_jobs_per_user,
         )
         detail = SweepDetail.of_summary(sweep, sweeps.summarize(sweep, sweeps.trial_jobs(session, sweep.id)))
     wakeup.notify()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import typing
 from typing import Annotated, Any, Literal
 
@@ -32,6 +33,29 @@ Text = Annotated[str, AfterValidator(storable_text)]
 def escaped(value: str) -> str:
     """``value`` made encodable for a message: a lone surrogate becomes its escape, ``\\ud800``."""
     return value.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def check_json(value: object, where: str, max_depth: int, depth: int = 0) -> None:
+    """Finite numbers, 64-bit integers, Unicode text without NUL, at most ``max_depth`` deep: PostgreSQL's
+    JSON refuses the rest, and every reader of the row would pay for the rest. ValueError naming the place."""
+    if depth > max_depth:
+        raise ValueError(f"{where} nests deeper than {max_depth} levels")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"{where} holds {value}; send finite numbers (or null)")
+    if isinstance(value, int) and not -(2**63) <= value < 2**63:
+        raise ValueError(f"{where} holds an integer beyond 64 bits; send a float (or a string)")
+    if isinstance(value, str):
+        try:
+            storable_text(value)
+        except ValueError as exc:
+            raise ValueError(f"{where}: a string that {exc}") from None
+    if isinstance(value, dict):
+        for key, item in value.items():
+            check_json(key, f"{where}.{escaped(key)} (a key)", max_depth, depth + 1)
+            check_json(item, f"{where}.{escaped(key)}", max_depth, depth + 1)
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            check_json(item, f"{where}[{i}]", max_depth, depth + 1)
 
 
 def literal_names(union: Any, field: str) -> list[str]:

@@ -16,10 +16,11 @@ import re
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from app.core.errors import InvalidRequest
-from app.core.specs.base import Strict, Text
+from app.core.specs.base import Strict, Text, check_json
+from app.core.specs.fields import field_parts
 from app.core.specs.jobs import AnyJobSpec, FinetuneSpec, PretrainSpec, parse_job_spec
 
 MAX_TRIALS = 1000
@@ -38,10 +39,30 @@ RESULT_METRICS = {
 """What a finished job of each kind has in its result, to rank trials by."""
 
 
+MAX_DEPTH = 16
+"""A sweep's base, then and each value nest at most this deep (a job spec nests about five)."""
+
+
+def storable(value: Any, where: str) -> Any:
+    """A JSON value a trial's spec may hold (before pydantic or a copy walks it: depth first)."""
+    check_json(value, where, MAX_DEPTH)
+    return value
+
+
 class Values(Strict):
     """Try each of these values (grid: all of them; random: one drawn per trial)."""
 
     values: list[Any] = Field(min_length=1, max_length=1000)
+
+    @field_validator("values", mode="before")
+    @classmethod
+    def _storable_and_distinct(cls, value: Any) -> Any:
+        if isinstance(value, list):
+            storable(value, "values")
+            seen = [json.dumps(v, sort_keys=True) for v in value]
+            if len(set(seen)) != len(seen):
+                raise ValueError("each value once (a repeated value would run the same trials twice)")
+        return value
 
 
 class Distribution(Strict):
@@ -96,6 +117,11 @@ class SweepSpec(Strict):
     )
     mode: Literal["max", "min"] | None = Field(None, description="Default: max for accuracy-like metrics, else min.")
 
+    @field_validator("base", "then", mode="before")
+    @classmethod
+    def _storable_spec(cls, value: Any, info: ValidationInfo) -> Any:
+        return storable(value, str(info.field_name))
+
     @field_validator("parameters")
     @classmethod
     def _paths(cls, value: dict[str, Values | Distribution]) -> dict[str, Values | Distribution]:
@@ -103,6 +129,10 @@ class SweepSpec(Strict):
             parts = path.split(".")
             if len(parts) > 10 or not all(SEGMENT.match(p) for p in parts):
                 raise ValueError(f"'{path}' is not a dotted path of field names (e.g. train.lr)")
+            if path in ("seed", "then", "train.seed", "then.train.seed"):
+                raise ValueError(
+                    f"'{path}' is not a parameter: give seeds, and each setting runs (and is averaged) over them"
+                )
         return value
 
     @field_validator("seeds")
@@ -122,11 +152,15 @@ class SweepSpec(Strict):
                 raise ValueError(f"a grid needs values for every parameter; {drawn[0]} has a distribution")
         elif self.num_trials is None:
             raise ValueError("method 'random' needs num_trials")
-        if self.seeds is not None and any(p in ("train.seed", "then.train.seed") for p in self.parameters):
-            raise ValueError("give seeds or a train.seed parameter, not both")
         if self.then is None and any(p.split(".")[0] == "then" for p in self.parameters):
             raise ValueError("then.* parameters need a then spec")
         return self
+
+    def setting_count(self) -> int:
+        """How many settings ``settings`` makes, counted without making them."""
+        if self.method == "random":
+            return self.num_trials or 0
+        return math.prod(len(v.values) for v in self.parameters.values() if isinstance(v, Values))
 
     def settings(self) -> list[dict[str, Any]]:
         """Each distinct setting of the parameters, in order (grid: the product; random: the draws)."""
@@ -208,9 +242,7 @@ def _parsed(body: dict[str, Any], trial: str, where: str) -> AnyJobSpec:
         return parse_job_spec(body)
     except ValidationError as exc:
         error = exc.errors()[0]
-        loc = [p for p in error["loc"] if not str(p).startswith(("function-after", "tagged-union"))]
-        if loc and loc[0] in ("pretrain", "finetune"):
-            loc = loc[1:]  # the union's tag
+        loc = field_parts(error["loc"])
         field = ".".join(str(p) for p in loc)
         raise InvalidRequest(f"{trial}: {where}.{field}: {error['msg']}", ("body", where, *loc)) from None
     except (TypeError, ValueError) as exc:
@@ -246,16 +278,15 @@ def _trial(spec: SweepSpec, index: int, params: dict[str, Any]) -> Trial:
 
 def expand(spec: SweepSpec) -> list[Trial]:
     """Every trial of the sweep, validated; InvalidRequest names the first bad one."""
-    settings = spec.settings()
     seeds: list[int | None] = list(spec.seeds) if spec.seeds is not None else [None]
-    if len(settings) * len(seeds) > MAX_TRIALS:
+    count = spec.setting_count()
+    if count * len(seeds) > MAX_TRIALS:
         raise InvalidRequest(
-            f"this sweep has {len(settings)} settings x {len(seeds)} seeds = {len(settings) * len(seeds)} trials; "
-            f"at most {MAX_TRIALS}",
+            f"this sweep has {count} settings x {len(seeds)} seeds = {count * len(seeds)} trials; at most {MAX_TRIALS}",
             ("body", "parameters"),
         )
     trials: list[Trial] = []
-    for setting, seed in itertools.product(settings, seeds):
+    for setting, seed in itertools.product(spec.settings(), seeds):
         params = setting if seed is None else {**setting, "seed": seed}
         trials.append(_trial(spec, len(trials), params))
     return trials
