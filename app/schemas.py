@@ -99,6 +99,16 @@ class JobsPublic(BaseModel):
     next_cursor: str | None = Field(description="Pass as ?cursor= for the next (older) page; null on the last page.")
 
 
+class ArtifactPublic(BaseModel):
+    name: str = Field(description="e.g. samples-epoch-3.png")
+    size: int
+    url: str = Field(description="Where to download it.")
+
+
+class ArtifactsPublic(BaseModel):
+    data: list[ArtifactPublic]
+
+
 class MetricPointPublic(BaseModel):
     step: int
     epoch: int | None

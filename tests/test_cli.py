@@ -313,6 +313,10 @@ def test_the_low_label_study_runs_as_sweeps_and_prints_and_writes_its_table(serv
         "denoising autoencoder (`noise` 0.5) → full finetune",
         "denoising autoencoder → linear probe (`freeze_backbone`)",
         "denoising autoencoder → linear probe, then full finetune (`train.phases`)",
+        "`dcgan_discriminator` from scratch (digits at 32x32)",
+        "`dcgan_discriminator`, random weights → linear probe",
+        "DCGAN → its discriminator: linear probe",
+        "DCGAN → its discriminator: full finetune",
         "LogisticRegression",
         "SVC",
     ]
@@ -322,6 +326,6 @@ def test_the_low_label_study_runs_as_sweeps_and_prints_and_writes_its_table(serv
     text = readme.read_text()
     assert "old table" not in text and rows[0] in text and text.endswith("<!-- low-label:5:end -->\nafter\n")
     with service.client() as tj:
-        sweeps = tj.sweeps(limit=10)
+        sweeps = tj.sweeps(limit=20)
     study = [s for s in sweeps if (s.name or "").startswith("low-label")]
-    assert len(study) == 6 and all(s.status == "succeeded" and s.trial_count == 2 for s in study)
+    assert len(study) == 10 and all(s.status == "succeeded" and s.trial_count == 2 for s in study)

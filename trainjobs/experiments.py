@@ -6,7 +6,10 @@ initialisation and the order of the batches, so rows are compared seed by seed):
 - an ``mlp`` finetuned from scratch;
 - a plain and a denoising ``mlp_autoencoder`` pretrained on every training image without its label,
   each trial's finetune (``then``) starting from its own pretrain: a full finetune, a linear probe
-  (``freeze_backbone``) and, for the denoising one, a probe then a full finetune (``train.phases``).
+  (``freeze_backbone``) and, for the denoising one, a probe then a full finetune (``train.phases``);
+- a DCGAN pretrained the same way on the digits upscaled to 32x32, then its discriminator as a
+  linear probe and as a full finetune, against that discriminator from scratch and as a probe of
+  its random weights (``--no-gan`` leaves these out).
 
 It waits for the sweeps, then prints (and writes as Markdown) each row's mean test accuracy, its
 spread, and its paired difference against scratch with the seeds it was better on; beside them
@@ -33,6 +36,8 @@ from trainjobs.terminal import ServerOpt, client, err, fail, out
 
 experiment_app = typer.Typer(help="Studies run through the service as sweeps.", no_args_is_help=True)
 MLP = {"hidden": [512, 256], "bottleneck": 64}
+GAN_WIDTH = 32
+"""The DCGAN's width in the study: half the paper's 64, for a 2-core CPU (its features: 4 x 4 x 128)."""
 SCRATCH = "`mlp` from scratch"
 
 
@@ -43,6 +48,8 @@ class Study:
     seeds: list[int]
     epochs: int | None = None
     """Every phase's epochs (a quick run); None: the study's own (30 pretrain, 60 finetune, 60 + 30)."""
+    gan_rows: bool = True
+    """Add the DCGAN's rows (digits upscaled to 32x32; 15 epochs of GAN pretraining)."""
 
     def epochs_or(self, default: int) -> int:
         return self.epochs if self.epochs is not None else default
@@ -72,6 +79,21 @@ class Study:
             "train": {"schedule": "cosine", "checkpoint_every_epochs": 1000, **train},
         }
 
+    def discriminator(self, *, probe: bool) -> dict[str, Any]:
+        """A finetune of a DCGAN's discriminator (on the digits upscaled to 32x32)."""
+        body = self.finetune(probe=probe)
+        body["dataset"]["image_size"] = 32
+        body["model"] = {"arch": "dcgan_discriminator", "width": GAN_WIDTH, "freeze_backbone": probe}
+        return body
+
+    def gan(self) -> dict[str, Any]:
+        return {
+            "kind": "pretrain",
+            "dataset": {**self.dataset_spec(False), "image_size": 32},
+            "model": {"arch": "dcgan", "width": GAN_WIDTH, "latent_dim": 100},
+            "train": {"epochs": self.epochs_or(15), "batch_size": 64},
+        }
+
     def pretrain(self, noise: float) -> dict[str, Any]:
         return {
             "kind": "pretrain",
@@ -95,6 +117,17 @@ class Study:
             "base": denoising,
             "then": self.finetune(phases=True),
         }
+        if self.gan_rows:
+            rows["`dcgan_discriminator` from scratch (digits at 32x32)"] = {"base": self.discriminator(probe=False)}
+            rows["`dcgan_discriminator`, random weights → linear probe"] = {"base": self.discriminator(probe=True)}
+            rows["DCGAN → its discriminator: linear probe"] = {
+                "base": self.gan(),
+                "then": self.discriminator(probe=True),
+            }
+            rows["DCGAN → its discriminator: full finetune"] = {
+                "base": self.gan(),
+                "then": self.discriminator(probe=False),
+            }
         return {
             name: {"name": f"low-label: {name}", **body, "seeds": self.seeds, "metric": "test_accuracy"}
             for name, body in rows.items()
@@ -192,13 +225,20 @@ def low_label(
     seeds: Annotated[int, typer.Option(help="Seeds per row (each its own labelled subset).")] = 5,
     first_seed: Annotated[int, typer.Option(help="The first seed (the settings were chosen on 0-2).")] = 100,
     epochs: Annotated[int | None, typer.Option(help="Every phase's epochs, for a quick run.")] = None,
+    gan: Annotated[bool, typer.Option(help="Also the DCGAN's rows (digits only).")] = True,
     markdown: Annotated[Path, typer.Option(help="Where to write the table.")] = Path("low-label.md"),
     readme: Annotated[Path | None, typer.Option(help="Also replace the table in this README.")] = None,
     timeout: Annotated[float, typer.Option(help="Seconds to wait for each sweep.")] = 6 * 3600,
     server: ServerOpt = None,
 ) -> None:
     """Pre-training with few labels, through the service: submits one sweep per row, waits, prints the table."""
-    study = Study(dataset, labels_per_class or None, list(range(first_seed, first_seed + seeds)), epochs)
+    study = Study(
+        dataset,
+        labels_per_class or None,
+        list(range(first_seed, first_seed + seeds)),
+        epochs,
+        gan and dataset == "digits",
+    )
     with client(server) as tj:
         rows = run_study(tj, study, timeout)
     rows += baselines(study) if dataset == "digits" else []
@@ -211,6 +251,8 @@ def low_label(
         command += f" --first-seed {first_seed}"
     if epochs is not None:
         command += f" --epochs {epochs}"
+    if not gan:
+        command += " --no-gan"
     text = (
         f"{table(rows, study.seeds)}\n\n{dataset}, {labels}, seeds {study.seeds[0]}-{study.seeds[-1]} "
         f"(sweeps {sweeps}); made by `{command}`."

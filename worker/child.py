@@ -33,7 +33,7 @@ from app.core.files import link_or_copy
 from app.core.protocol import MetricPoint
 from app.core.registry import UnknownName
 from app.core.states import CheckpointFormat, CheckpointTag, ErrorClass
-from worker.messages import CheckpointReady, Done, Failed, JobPayload, Metrics, Progress, Stopped
+from worker.messages import ArtifactReady, CheckpointReady, Done, Failed, JobPayload, Metrics, Progress, Stopped
 
 TRACEBACK_LINES = 12
 
@@ -149,6 +149,11 @@ def _train(payload: JobPayload, out: Connection, stop: Event, parent: int) -> No
         )
         out.send(CheckpointReady(tag, fmt, staged, epoch, step, metric))
 
+    def on_artifact(name: str, path: Path) -> None:
+        staged = outbox / f"{next(sequence):06d}-{name}"
+        os.replace(path, staged)
+        out.send(ArtifactReady(name, staged))
+
     ctx = TrainingContext(
         device=payload.device,
         data_dir=payload.data_dir,
@@ -157,6 +162,7 @@ def _train(payload: JobPayload, out: Connection, stop: Event, parent: int) -> No
         init_from=payload.init_from,
         report_metrics=report_metrics,
         on_checkpoint=on_checkpoint,
+        on_artifact=on_artifact,
         on_progress=lambda epoch, epochs, step: out.send(Progress(epoch, epochs, step)),
         should_stop=lambda: stop.is_set() or os.getppid() != parent,
     )

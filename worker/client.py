@@ -120,6 +120,16 @@ class WorkerClient:
         )
         self._post(f"/worker/jobs/{job_id}/logs", body)
 
+    def upload_artifact(self, job_id: int, lease_token: str, name: str, path: Path) -> None:
+        """Upload a small file the job made (a GAN's samples) as its artifact ``name``."""
+        data = path.read_bytes()
+        headers = {
+            "X-Lease-Token": lease_token,
+            "X-Artifact-Sha256": hashlib.sha256(data).hexdigest(),
+            "Content-Type": "application/octet-stream",
+        }
+        self._request("PUT", f"/worker/jobs/{job_id}/artifacts/{name}", content=data, headers=headers)
+
     def upload_checkpoint(
         self,
         job_id: int,

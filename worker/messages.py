@@ -1,7 +1,7 @@
 """What crosses the pipes between a worker and its job's child process: named, typed messages.
 
-The runner hands the child one ``JobPayload``; the child answers with ``Metrics``, ``Progress`` and
-``CheckpointReady`` while it trains, then exactly one end: ``Done``, ``Stopped`` or ``Failed``.
+The runner hands the child one ``JobPayload``; the child answers with ``Metrics``, ``Progress``,
+``CheckpointReady`` and ``ArtifactReady`` while it trains, then exactly one end: ``Done``, ``Stopped`` or ``Failed``.
 They are pickled by multiprocessing, so they hold only plain values and the job's spec model.
 """
 
@@ -55,6 +55,14 @@ class CheckpointReady:
 
 
 @dataclass(frozen=True)
+class ArtifactReady:
+    """A file the job made besides its checkpoints (a GAN's samples), staged for the runner to upload, then delete."""
+
+    name: str
+    path: Path
+
+
+@dataclass(frozen=True)
 class Done:
     result: Result
 
@@ -74,5 +82,5 @@ class Failed:
     """user (the job's data, code or numbers), or oom (out of device memory)."""
 
 
-ChildMessage = Metrics | Progress | CheckpointReady
+ChildMessage = Metrics | Progress | CheckpointReady | ArtifactReady
 Ending = Done | Stopped | Failed

@@ -1,10 +1,9 @@
 """Runs one claimed job: downloads, the child process, heartbeats, relaying, and the end report.
 
-The parent never trains. It heartbeats from its own thread, relays the child's
-metrics in batches and its checkpoints as uploads, turns a cancel or a
-shutdown into a stop request, and reports how the job ended, including ends
-the child cannot report itself (a segfault, an OOM kill). If the service
-says the lease is gone, the child is killed and nothing more is written.
+The parent never trains. It heartbeats from its own thread, relays the child's metrics in batches
+and its checkpoints and artifacts as uploads, turns a cancel or a shutdown into a stop request, and
+reports how the job ended, including ends the child cannot report itself (a segfault, an OOM kill).
+If the service says the lease is gone, the child is killed and nothing more is written.
 """
 
 from __future__ import annotations
@@ -43,9 +42,7 @@ log = logging.getLogger("trainjobs.worker")
 Outcome = JobStatus | Literal["released", "lease_lost"]
 """How a job ended for this worker: finished with a status, given back, or taken away."""
 
-METRICS_BATCH = 1000
-METRICS_FLUSH_SECONDS = 1.0
-METRICS_BUFFER_MAX = 200_000
+METRICS_BATCH, METRICS_FLUSH_SECONDS, METRICS_BUFFER_MAX = 1000, 1.0, 200_000
 
 
 class Abandon(Exception):
@@ -177,6 +174,10 @@ class JobRun:
             self._buffer(message)
         elif isinstance(message, messages.Progress):
             self.progress = Progress(epoch=message.epoch, epochs=message.epochs, step=message.step)
+        elif isinstance(message, messages.ArtifactReady):
+            upload = (self.id, self.token, message.name, message.path)
+            self._retrying(f"upload of {message.name}", lambda: self.client.upload_artifact(*upload))
+            message.path.unlink(missing_ok=True)
         else:
             self._upload(message)
 

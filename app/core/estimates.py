@@ -20,6 +20,7 @@ from app.core.specs import (
     AnyDataset,
     AnyJobSpec,
     ConvAutoencoderModel,
+    DcganModel,
     DigitsDataset,
     FinetuneSpec,
     ImageFolderDataset,
@@ -28,6 +29,7 @@ from app.core.specs import (
     SyntheticDataset,
     TorchvisionDataset,
 )
+from app.core.specs.networks import dcgan_multipliers
 
 SPLITS = {"digits": (1437, 360), "cifar10": (50_000, 10_000), "cifar100": (50_000, 10_000)}
 SPLITS |= {"mnist": (60_000, 10_000), "fashion_mnist": (60_000, 10_000)}
@@ -86,10 +88,28 @@ def conv_decoder_params(features: int, shape: Shape) -> int:
     return total + width * c * 9 + c
 
 
+def dcgan_params(shape: Shape, width: int, latent_dim: int | None) -> tuple[int, int]:
+    """(parameters, feature width) of a DCGAN's discriminator without its last layer, and with
+    ``latent_dim`` its last layer and the generator too (4x4 convolutions without bias; BatchNorm)."""
+    c, size = shape[0], shape[1]
+    channels = [width * m for m in dcgan_multipliers(size)]
+    encoder = c * channels[0] * 16 + sum(a * b * 16 + 2 * b for a, b in itertools.pairwise(channels))
+    features = channels[-1] * 16
+    if latent_dim is None:
+        return encoder, features
+    ups = [*reversed(channels)]
+    generator = latent_dim * ups[0] * 16 + 2 * ups[0]
+    generator += sum(a * b * 16 + 2 * b for a, b in itertools.pairwise(ups)) + ups[-1] * c * 16
+    return encoder + channels[-1] * 16 + generator, features
+
+
 def params_of(spec: AnyJobSpec) -> int:
     shape, model = spec.dataset.input_shape(), spec.model
     if isinstance(spec, FinetuneSpec):
         classes = spec.model.num_classes or 0
+        if spec.model.arch == "dcgan_discriminator":
+            body, features = dcgan_params(shape, spec.model.dcgan_width, None)
+            return body + _linear(features, classes)
         if spec.model.arch == "mlp":
             return mlp_params(shape, spec.model.mlp_hidden, spec.model.mlp_bottleneck, False) + _linear(
                 spec.model.mlp_bottleneck, classes
@@ -101,6 +121,8 @@ def params_of(spec: AnyJobSpec) -> int:
     if isinstance(model, ConvAutoencoderModel):
         body, features = conv_backbone_params(model.backbone, shape[0], model.small_input)
         return body + conv_decoder_params(features, shape)
+    if isinstance(model, DcganModel):
+        return dcgan_params(shape, model.width, model.latent_dim)[0]
     return mlp_params(shape, SEED_MLP_HIDDEN, SEED_MLP_BOTTLENECK, True)
 
 

@@ -108,15 +108,22 @@ def fit_to_base(spec: AnyJobSpec, have: Encoder, base: str, loc: tuple[str | int
     return spec
 
 
+DERIVED = ("mlp", "dcgan_discriminator")
+"""Finetune archs whose widths, left out, come from the base job's encoder."""
+
+
 def with_base_encoder(spec: AnyJobSpec, base: Encoder) -> AnyJobSpec:
-    """A finetune's MLP that leaves out its hidden widths or bottleneck takes them from the base's encoder."""
+    """A finetune's MLP that leaves out its hidden widths or bottleneck (a discriminator its width) takes
+    them from the base's encoder."""
     model = spec.model
-    if not isinstance(model, FinetuneModel) or model.arch != "mlp" or base.arch != "mlp":
+    if not isinstance(model, FinetuneModel) or model.arch != base.arch or model.arch not in DERIVED:
         return spec
     filled: dict[str, object] = {}
-    if model.hidden is None:
+    if model.arch == "dcgan_discriminator" and model.width is None:
+        filled["width"] = base.bottleneck
+    if model.arch == "mlp" and model.hidden is None:
         filled["hidden"] = list(base.hidden)
-    if model.bottleneck is None:
+    if model.arch == "mlp" and model.bottleneck is None:
         filled["bottleneck"] = base.bottleneck
     if not filled:
         return spec

@@ -12,13 +12,13 @@ from fastapi.responses import HTMLResponse, Response, StreamingResponse
 from app.api.auth import CurrentUser
 from app.api.deps import DatabaseDep, SettingsDep
 from app.api.routes.jobs import owner_filter
-from app.core import checkpoints, jobs, logs
+from app.core import artifacts, checkpoints, jobs, logs
 from app.core.accounts import Caller
 from app.core.db import Database
 from app.core.errors import InvalidRequest, NotFound, TrainjobsError
 from app.core.models import Job
 from app.core.states import JobKind, JobStatus
-from app.schemas import CheckpointPublic, JobPublic
+from app.schemas import ArtifactPublic, CheckpointPublic, JobPublic
 from app.ui import views
 from app.ui.render import PAGE_HEADERS, not_found, page
 
@@ -129,7 +129,12 @@ def job_page(job_id: str, request: Request, db: DatabaseDep, caller: CurrentUser
                 base = (parent.id, parent.name, parent.status) if parent is not None else None
     except NotFound:
         return not_found(request, f"job {job_id}")
-    return page(request, "job.html", job=job, checkpoints=stored, children=started, base=base)
+    samples = [
+        ArtifactPublic(name=a.name, size=a.size, url=f"/jobs/{job.id}/artifacts/{a.name}")
+        for a in artifacts.list_artifacts(settings.artifacts_dir, job.id)
+        if a.media_type == "image/png"
+    ]
+    return page(request, "job.html", job=job, checkpoints=stored, children=started, base=base, samples=samples)
 
 
 @router.get("/jobs/{job_id}/log.txt")

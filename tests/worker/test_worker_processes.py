@@ -121,6 +121,34 @@ def test_pretrain_then_finetune_from_it(http: httpx.Client, workers: Any) -> Non
     assert {"test_accuracy", "train_loss", "test_loss"} <= set(series_points(http, fine))
 
 
+def test_a_dcgan_job_uploads_its_samples_and_a_finetune_starts_from_its_discriminator(
+    http: httpx.Client, workers: Any
+) -> None:
+    digits = {"name": "digits", "image_size": 32, "limit": 256}
+    gan = submit(
+        http,
+        {"kind": "pretrain", "dataset": digits, "model": {"arch": "dcgan", "width": 8}, "train": {"epochs": 2}},
+    )
+    probe = submit(
+        http,
+        {
+            "kind": "finetune",
+            "dataset": {**digits, "labels_per_class": 5},
+            "model": {"arch": "dcgan_discriminator", "init": {"from": "job", "job_id": gan}, "freeze_backbone": True},
+            "train": {"epochs": 2, "batch_size": 10, "lr": 0.01},
+        },
+    )
+    workers("w1")
+    done = wait_status(http, probe, "succeeded", "failed")
+    assert done["status"] == "succeeded", done["error"]
+    assert done["spec"]["model"]["width"] == 8  # taken from the pretrain's discriminator
+    listed = http.get(f"/jobs/{gan}/artifacts").json()["data"]
+    assert [a["name"] for a in listed] == ["samples-epoch-1.png", "samples-epoch-2.png"]
+    png = http.get(listed[-1]["url"])
+    assert png.status_code == 200 and png.content.startswith(b"\x89PNG")
+    assert {"d_loss", "g_loss", "d_real", "d_fake", "test_d_loss"} <= set(series_points(http, gan))
+
+
 def test_sigkill_of_a_worker_mid_job_resumes_elsewhere_and_ends_identical(http: httpx.Client, workers: Any) -> None:
     victim = submit(http, training_job())
     a = workers("a")

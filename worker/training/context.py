@@ -42,6 +42,8 @@ class TrainingContext:
         lambda tag, path, epoch, step, metric: None
     )
     """Called as (tag, path, epoch, step, metric) after a checkpoint file is complete on disk."""
+    on_artifact: Callable[[str, Path], None] = lambda name, path: None
+    """Called as (name, path) when a file the job makes besides checkpoints (a GAN's samples) is complete."""
     on_progress: Callable[[int, int, int], None] = lambda epoch, epochs, step: None
     """Called as (epoch, epochs, step) at log points and epoch ends."""
     should_stop: Callable[[], bool] = field(default=lambda: False)

@@ -4,8 +4,8 @@
 labels for training, test and (with ``val_fraction``) validation. Images are decoded once:
 torchvision datasets and image folders are cached as a tensor file under ``DATA_DIR/.cache``.
 
-- ``digits``: scikit-learn's 8x8 digits, values 0..16 scaled to 0..255; a fixed stratified
-  80/20 train/test split with seed 0 (1,437 / 360 images).
+- ``digits``: scikit-learn's 8x8 digits, values 0..16 scaled to 0..255 (upscaled, bilinear, to
+  ``image_size``); a fixed stratified 80/20 train/test split with seed 0 (1,437 / 360 images).
 - ``cifar10``, ``cifar100``, ``mnist``, ``fashion_mnist``: torchvision's classes reading
   ``DATA_DIR/<name>`` (their own file layout, their own checksums).
 - ``imagefolder``: ``DATA_DIR/<path>/<class>/<image>``, resized to ``image_size`` and RGB. A
@@ -140,6 +140,10 @@ def _load_digits(spec: DigitsDataset, _data_dir: Path) -> tuple[Images, Images, 
 
     digits = load_digits()
     x = torch.from_numpy(np.rint(digits.images * (255.0 / 16.0)).astype(np.uint8)).unsqueeze(1)
+    if spec.image_size != x.shape[-1]:  # bilinear upscaling, for networks made for larger images (a dcgan)
+        size = (spec.image_size, spec.image_size)
+        x = torch.nn.functional.interpolate(x.float(), size=size, mode="bilinear", align_corners=False)
+        x = x.round().clamp(0, 255).to(torch.uint8)
     train, test = _split_80_20(Images(x, torch.from_numpy(digits.target.astype(np.int64))))
     return train, test, spec.class_count()
 

@@ -269,6 +269,8 @@ def finish_epoch(run: Run, progress: Progress) -> None:
         [MetricPoint(name=name, step=progress.step, epoch=progress.epoch, value=v) for name, v in metrics.items()]
     )
     run.ctx.on_progress(progress.epoch, train.epochs, progress.step)
+    for name, path in task.epoch_artifacts(run.ctx.work_dir, progress.epoch):
+        run.ctx.on_artifact(name, path)
 
     primary = metrics[task.primary]
     tags = []
@@ -365,7 +367,7 @@ def _result(run: Run, progress: Progress) -> Result:
         "epochs": progress.epoch,
         "steps": progress.step,
     }
-    for name in ("train_loss", "test_loss", "train_accuracy", "test_accuracy", "val_loss", "val_accuracy"):
+    for name in (*run.task.logged, "test_loss", "train_accuracy", "test_accuracy", "val_loss", "val_accuracy"):
         if name in last:
             result[name] = last[name]
     if run.spec.train.early_stopping is not None:

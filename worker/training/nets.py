@@ -35,6 +35,7 @@ from app.core.specs import (
     AnyJobSpec,
     AnyPretrainModel,
     ConvAutoencoderModel,
+    DcganModel,
     FinetuneModel,
     FinetuneSpec,
     MlpAutoencoderModel,
@@ -215,6 +216,10 @@ def build_classifier(model: FinetuneModel, shape: Shape, num_classes: int) -> Cl
 
 def _pretrain_network(spec: AnyJobSpec) -> nn.Module:
     assert isinstance(spec, PretrainSpec)
+    if isinstance(spec.model, DcganModel):
+        from .dcgan import GANS  # it builds on this module
+
+        return GANS[spec.model.arch](spec.model, spec.dataset.input_shape())
     return build_autoencoder(spec.model, spec.dataset.input_shape())
 
 

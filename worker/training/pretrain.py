@@ -1,4 +1,5 @@
-"""Pretrain jobs: an autoencoder learns to reconstruct (optionally denoise) unlabelled images.
+"""Pretrain jobs: an autoencoder learns to reconstruct (optionally denoise) unlabelled images (a DCGAN's
+task, which learns to tell them from generated ones: dcgan.py).
 
 The primary metric is ``test_loss``, the reconstruction MSE on clean inputs (lower is better).
 Labels are loaded with the images but never used.
@@ -10,11 +11,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from app.core.specs import AnyJobSpec, PretrainSpec
+from app.core.specs import AnyJobSpec, DcganModel, PretrainSpec
 from app.core.states import JobKind
 
 from .context import TrainingContext
 from .data import Splits
+from .dcgan import dcgan_task
 from .nets import Autoencoder, build_model
 from .task import TASKS, Batch, Runtime, Task, make_optimizer
 
@@ -55,6 +57,8 @@ class ReconstructionTask(Task):
 @TASKS.register(JobKind.PRETRAIN)
 def reconstruction_task(spec: AnyJobSpec, ctx: TrainingContext, splits: Splits) -> Task:
     assert isinstance(spec, PretrainSpec)
+    if isinstance(spec.model, DcganModel):
+        return dcgan_task(spec, ctx, splits)
     torch.manual_seed(spec.train.seed)
     with torch.device(ctx.device):
         model = build_model(spec)

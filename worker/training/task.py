@@ -24,6 +24,7 @@ import contextlib
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, cast
 
 import torch
@@ -127,6 +128,10 @@ class Task(ABC):
     def enter_phase(self, train: TrainSpec, freeze_backbone: bool) -> None:
         """Start a phase (``phases.py``): a fresh optimizer over what it trains."""
         raise TrainingError("phases are for finetune jobs")
+
+    def epoch_artifacts(self, work_dir: Path, epoch: int) -> list[tuple[str, Path]]:
+        """Files the task makes at an epoch's end (a GAN's samples): (name, path in ``work_dir``) each."""
+        return []
 
     def improves(self, value: float, best: float | None) -> bool:
         return best is None or (value > best if self.higher_is_better else value < best)

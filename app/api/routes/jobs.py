@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 from app.api.auth import CurrentUser, ScopeDep
 from app.api.deps import DatabaseDep, SettingsDep, WakeupDep, plain_digits, quick_read
 from app.api.downloads import serve_checkpoint
-from app.core import accounts, checkpoints, estimates, jobs, logs, metrics
+from app.core import accounts, artifacts, checkpoints, estimates, jobs, logs, metrics
 from app.core.accounts import Caller
 from app.core.config import Settings
 from app.core.errors import Forbidden, InvalidRequest, NotFound
@@ -24,6 +24,8 @@ from app.core.models import Checkpoint, Job
 from app.core.specs import AnyJobSpec, JobSpec
 from app.core.states import CheckpointFormat, CheckpointTag, JobKind, JobStatus, LogStream
 from app.schemas import (
+    ArtifactPublic,
+    ArtifactsPublic,
     CheckpointPublic,
     CheckpointsPublic,
     JobPublic,
@@ -272,3 +274,34 @@ def download_checkpoint(
             return checkpoints.find_checkpoint(session, scope, job_id, tag, format)
 
     return serve_checkpoint(find, settings.artifacts_dir, request)
+
+
+@router.get("/{job_id}/artifacts", responses=_ERRORS)
+def list_artifacts(job_id: JobId, db: DatabaseDep, scope: ScopeDep, settings: SettingsDep) -> ArtifactsPublic:
+    """Files the job made besides its checkpoints: a dcgan's samples-epoch-E.png, one an epoch."""
+    with db.read() as session:
+        jobs.get_job(session, scope, job_id)
+    found = artifacts.list_artifacts(settings.artifacts_dir, job_id)
+    return ArtifactsPublic(
+        data=[ArtifactPublic(name=a.name, size=a.size, url=f"/jobs/{job_id}/artifacts/{a.name}") for a in found]
+    )
+
+
+@router.get(
+    "/{job_id}/artifacts/{name}",
+    response_class=FileResponse,
+    responses={200: {"content": {"image/png": {}}, "description": "The file."}, **_ERRORS},
+)
+def download_artifact(
+    job_id: JobId,
+    name: Annotated[str, PathParam(max_length=200)],
+    db: DatabaseDep,
+    scope: ScopeDep,
+    settings: SettingsDep,
+) -> Response:
+    """One artifact of the job (a PNG, JSON or text file)."""
+    with db.read() as session:
+        jobs.get_job(session, scope, job_id)
+    path, found = artifacts.artifact_file(settings.artifacts_dir, job_id, name)
+    headers = {"X-Content-Type-Options": "nosniff", "Cache-Control": "private, max-age=60"}
+    return FileResponse(path, media_type=found.media_type, headers=headers)

@@ -23,7 +23,7 @@ from app.api.deps import SettingsDep, WakeupDep, WorkerLane, WorkerLaneDep
 from app.api.downloads import serve_checkpoint
 from app.api.json_body import json_body, openapi_body
 from app.api.routes.jobs import JobId
-from app.core import checkpoints, leases, logs, metrics
+from app.core import artifacts, checkpoints, leases, logs, metrics
 from app.core.checkpoints import CheckpointStore, PendingUpload, UploadHeader
 from app.core.config import Settings
 from app.core.db import Database
@@ -234,6 +234,35 @@ async def upload_checkpoint(
         upload.discard()
         raise
     return CheckpointPublic.of(ckpt, worker=True)
+
+
+@router.put(
+    "/jobs/{job_id}/artifacts/{name}",
+    status_code=status.HTTP_201_CREATED,
+    responses={**_FENCED, 413: {"description": "Over 4 MiB."}, 422: {"description": "A bad name or sha256."}},
+    openapi_extra={"requestBody": {"content": {"application/octet-stream": {}}, "required": True}},
+)
+async def upload_artifact(
+    job_id: JobId,
+    name: Annotated[str, PathParam(max_length=200, description="e.g. samples-epoch-3.png")],
+    request: Request,
+    lane: WorkerLaneDep,
+    settings: SettingsDep,
+    x_lease_token: Annotated[str, Header(min_length=1, max_length=64)],
+    x_artifact_sha256: Annotated[str, Header(pattern=r"^[0-9a-fA-F]{64}$")],
+) -> dict[str, object]:
+    """Store a small file the job made besides its checkpoints (a GAN's samples); the same name replaces it."""
+    artifacts.check_name(name)
+    data = await request.body()  # at most WORKER_BODY_BYTES (app/api/limits.py)
+
+    def store() -> artifacts.Artifact:
+        with lane.db.write() as session:
+            return artifacts.store_artifact(
+                session, settings.artifacts_dir, job_id, x_lease_token, name, data, x_artifact_sha256
+            )
+
+    stored = await lane.run(store)
+    return {"name": stored.name, "size": stored.size}
 
 
 UPLOAD_BUFFER = 8 * 1024 * 1024

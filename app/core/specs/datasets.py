@@ -50,9 +50,12 @@ class DigitsDataset(_DatasetOptions):
     """scikit-learn's bundled 8x8 digits: 1,797 images, 10 classes, no download."""
 
     name: Literal["digits"]
+    image_size: Literal[8, 16, 32, 64] = Field(
+        8, description="Upscale (bilinear) to this size: 32 for a dcgan; 8 keeps the originals."
+    )
 
     def input_shape(self) -> Shape:
-        return (1, 8, 8)
+        return (1, self.image_size, self.image_size)
 
     def class_count(self) -> int:
         return 10

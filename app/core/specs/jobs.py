@@ -17,12 +17,20 @@ from app.core.specs.base import Strict, Text, literal_names
 from app.core.specs.datasets import AnyDataset, DatasetSpec
 from app.core.specs.networks import (
     ConvAutoencoderModel,
+    DcganModel,
     Encoder,
     FinetuneModel,
     PretrainModel,
     SeedMlpAutoencoderModel,
+    check_dcgan_shape,
 )
 from app.core.states import RETRY_ON_DEFAULT, ErrorClass, JobKind
+
+GAN_LR = 2e-4
+"""A DCGAN's default learning rate (Radford et al.)."""
+GAN_METRICS = ("d_loss", "g_loss", "d_real", "d_fake")
+"""What a DCGAN reports at log steps (and each epoch's mean): its two losses, and the discriminator's mean
+output on real and on generated images."""
 
 
 class EarlyStopping(Strict):
@@ -229,14 +237,31 @@ class PretrainSpec(_JobBase):
             raise ValueError("seed_mlp_autoencoder takes 3x32x32 images (cifar10/cifar100 or synthetic [3, 32, 32])")
         if isinstance(model, ConvAutoencoderModel) and min(shape[1:]) < 8:
             raise ValueError("conv_autoencoder needs images of at least 8x8")
+        if isinstance(model, DcganModel):
+            check_dcgan_shape(shape, "dcgan")
         return model
 
     def encoder(self) -> Encoder:
         return self.model.encoder(self.dataset.input_shape())
 
+    @model_validator(mode="before")
+    @classmethod
+    def _gan_defaults(cls, data: Any) -> Any:
+        """A DCGAN trains at Adam 2e-4 unless told otherwise (Radford et al.; betas are fixed at (0.5, 0.999))."""
+        if isinstance(data, dict) and isinstance(data.get("model"), dict) and data["model"].get("arch") == "dcgan":
+            train: Any = data.get("train", {})
+            if isinstance(train, dict) and "lr" not in train:
+                data = {**data, "train": {**train, "lr": GAN_LR}}
+        return data
+
     @model_validator(mode="after")
     def _early_stopping_metric(self) -> PretrainSpec:
-        check_early_stopping(self, ("train_loss",), ("loss",))
+        if isinstance(self.model, DcganModel):
+            if self.train.optimizer != "adam":
+                raise ValueError("a dcgan trains both its networks with adam; leave train.optimizer out")
+            check_early_stopping(self, GAN_METRICS, ("d_loss", "d_real", "d_fake"))
+        else:
+            check_early_stopping(self, ("train_loss",), ("loss",))
         if self.train.phases:
             raise ValueError("train.phases are for finetune jobs (a linear probe, then a full finetune)")
         return self
@@ -261,6 +286,8 @@ class FinetuneSpec(_JobBase):
             model.num_classes = known
         elif known is not None and model.num_classes < known:
             raise ValueError(f"num_classes is {model.num_classes} but dataset '{dataset.name}' has {known} classes")
+        if model.arch == "dcgan_discriminator":
+            check_dcgan_shape(dataset.input_shape(), "dcgan_discriminator")
         return model
 
     @property

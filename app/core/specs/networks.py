@@ -5,6 +5,7 @@ The builders live in worker/training/nets.py, registered under the same ``arch``
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
@@ -44,8 +45,15 @@ class Encoder:
     def conv(cls, arch: str, shape: Shape, small_input: bool) -> Encoder:
         return cls(arch, shape[0], small_input=small_input and arch == "resnet18")
 
+    @classmethod
+    def dcgan(cls, shape: Shape, width: int) -> Encoder:
+        return cls("dcgan_discriminator", shape, bottleneck=width)
+
     def describe(self) -> str:
         """A person's reading, for error messages."""
+        if self.arch == "dcgan_discriminator":
+            assert isinstance(self.inputs, tuple)
+            return f"dcgan_discriminator of width {self.bottleneck} on {'x'.join(map(str, self.inputs))} images"
         if self.arch == "mlp":
             assert isinstance(self.inputs, tuple)
             size = "x".join(map(str, self.inputs))
@@ -90,7 +98,39 @@ class ConvAutoencoderModel(Strict):
         return Encoder.conv(self.backbone, shape, self.small_input)
 
 
-AnyPretrainModel = MlpAutoencoderModel | SeedMlpAutoencoderModel | ConvAutoencoderModel
+DCGAN_SIZES = (32, 64)
+"""The square image sizes a DCGAN is built for (one upsampling stage fewer at 32)."""
+DCGAN_WIDTH = 64
+
+
+def check_dcgan_shape(shape: Shape, arch: str) -> None:
+    if shape[1] != shape[2] or shape[1] not in DCGAN_SIZES:
+        size = "x".join(map(str, shape[1:]))
+        raise ValueError(
+            f"{arch} takes square 32x32 or 64x64 images, not {size} "
+            "(digits: set dataset.image_size to 32; an image folder: image_size 32 or 64)"
+        )
+
+
+def dcgan_multipliers(size: int) -> list[int]:
+    """Channels of each of a DCGAN discriminator's strided layers, in units of ``width``: 32x32 images
+    halve to 4x4 in three layers (1, 2, 4), 64x64 in four (1, 2, 4, 8); the generator mirrors them."""
+    return [2**i for i in range(int(math.log2(size)) - 2)]
+
+
+class DcganModel(Strict):
+    """A DCGAN (Radford et al.): its discriminator, without its last layer, is the encoder a finetune
+    (arch ``dcgan_discriminator``) starts from."""
+
+    arch: Literal["dcgan"]
+    latent_dim: int = Field(100, ge=1, le=1024, description="Length of the generator's noise vector.")
+    width: int = Field(DCGAN_WIDTH, ge=4, le=512, description="Channels of the first (and last) conv layer.")
+
+    def encoder(self, shape: Shape) -> Encoder:
+        return Encoder.dcgan(shape, self.width)
+
+
+AnyPretrainModel = MlpAutoencoderModel | SeedMlpAutoencoderModel | ConvAutoencoderModel | DcganModel
 PretrainModel = Annotated[AnyPretrainModel, Field(discriminator="arch")]
 PRETRAIN_ARCHS = literal_names(AnyPretrainModel, "arch")
 
@@ -120,7 +160,7 @@ class InitSpec(Strict):
 class FinetuneModel(Strict):
     """A backbone plus a new linear head of ``num_classes``."""
 
-    arch: Literal["mlp", "small_cnn", "resnet18"]
+    arch: Literal["mlp", "small_cnn", "resnet18", "dcgan_discriminator"]
     num_classes: int | None = Field(None, ge=2, le=100_000, description="Defaults to the dataset's class count.")
     init: InitSpec = Field(default_factory=InitSpec)
     freeze_backbone: bool = Field(False, description="Train the head only (linear probe).")
@@ -131,6 +171,9 @@ class FinetuneModel(Strict):
         None, ge=1, le=65536, description=f"mlp only: feature width (default {MLP_BOTTLENECK})."
     )
     small_input: bool = Field(False, description="resnet18 only: 3x3 stride-1 stem and no max-pool.")
+    width: int | None = Field(
+        None, ge=4, le=512, description=f"dcgan_discriminator only: its first layer's channels (default {DCGAN_WIDTH})."
+    )
 
     @field_validator("init")
     @classmethod
@@ -144,6 +187,13 @@ class FinetuneModel(Strict):
     def _mlp_only(cls, value: Any, info: ValidationInfo) -> Any:
         if value is not None and info.data.get("arch") not in (None, "mlp"):
             raise ValueError(f"{info.field_name} is an option of arch 'mlp' only")
+        return value
+
+    @field_validator("width")
+    @classmethod
+    def _dcgan_only(cls, value: int | None, info: ValidationInfo) -> int | None:
+        if value is not None and info.data.get("arch") not in (None, "dcgan_discriminator"):
+            raise ValueError("width is an option of arch 'dcgan_discriminator' only")
         return value
 
     @field_validator("small_input")
@@ -161,9 +211,15 @@ class FinetuneModel(Strict):
     def mlp_bottleneck(self) -> int:
         return self.bottleneck if self.bottleneck is not None else MLP_BOTTLENECK
 
+    @property
+    def dcgan_width(self) -> int:
+        return self.width if self.width is not None else DCGAN_WIDTH
+
     def encoder(self, shape: Shape) -> Encoder:
         if self.arch == "mlp":
             return Encoder.mlp(shape, self.mlp_hidden, self.mlp_bottleneck)
+        if self.arch == "dcgan_discriminator":
+            return Encoder.dcgan(shape, self.dcgan_width)
         return Encoder.conv(self.arch, shape, self.small_input)
 
 
