@@ -23,6 +23,7 @@ from app.api.routes import accounts as accounts_routes
 from app.api.routes import events as events_routes
 from app.api.routes import health, jobs, worker
 from app.api.routes import sweeps as sweeps_routes
+from app.api.routes import workers as workers_routes
 from app.api.routes.docs import install_docs
 from app.api.shedding import LoadShedding, Turns
 from app.api.wakeup import Wakeup
@@ -146,7 +147,7 @@ def create_app(settings: Settings | None = None, db: Database | None = None) -> 
     app.add_middleware(Authenticate)
     app.add_middleware(LoadShedding, limit=settings.max_concurrency)
     app.add_middleware(CloseUnreadBodies)
-    for routes in (accounts_routes, jobs, sweeps_routes, worker, events_routes, health):
+    for routes in (accounts_routes, jobs, sweeps_routes, worker, workers_routes, events_routes, health):
         app.include_router(routes.router)
     install_docs(app)
     install_dashboard(app)

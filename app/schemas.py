@@ -56,6 +56,13 @@ class JobPublic(BaseModel):
     error_class: ErrorClass | None = Field(
         description="Why its last failed attempt failed: user, oom, crash or infra (retried per the spec's retry_on)."
     )
+    waiting_for: str | None = Field(
+        None,
+        description="GET /jobs/{id} of a queued job: what holds it back, e.g. 'no worker supports arch dcgan'.",
+    )
+    artifacts: list[str] | None = Field(
+        None, description="GET /jobs/{id}: the names of its artifacts (GET /jobs/{id}/artifacts/{name})."
+    )
     result: dict[str, Any] | None = Field(description="Final metrics, e.g. test_accuracy.")
     worker: str | None = Field(description="Worker that holds or last held the job.")
     device: str | None = Field(description="Device the job runs or ran on.")
@@ -65,8 +72,10 @@ class JobPublic(BaseModel):
     finished_at: datetime | None
 
     @classmethod
-    def of(cls, job: Job) -> JobPublic:
+    def of(cls, job: Job, waiting_for: str | None = None, artifacts: list[str] | None = None) -> JobPublic:
         return cls(
+            waiting_for=waiting_for,
+            artifacts=artifacts,
             id=job.id,
             owner=job.owner.username,
             kind=job.kind,

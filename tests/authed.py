@@ -23,7 +23,7 @@ class AuthedClient(TestClient):
     def request(self, method: str, url: Any, *args: Any, headers: Any = None, **kwargs: Any) -> Any:
         given = httpx.Headers(headers)
         if "authorization" not in given:
-            token = self.worker_token if str(url).startswith("/worker") else self.user_token
+            token = self.worker_token if str(url).startswith("/worker/") else self.user_token
             if token is not None:
                 given["Authorization"] = f"Bearer {token}"
         return super().request(method, url, *args, headers=given, **kwargs)

@@ -329,3 +329,14 @@ def test_the_low_label_study_runs_as_sweeps_and_prints_and_writes_its_table(serv
         sweeps = tj.sweeps(limit=20)
     study = [s for s in sweeps if (s.name or "").startswith("low-label")]
     assert len(study) == 10 and all(s.status == "succeeded" and s.trial_count == 2 for s in study)
+
+
+def test_workers_lists_the_worker_that_serves_this_module_with_what_it_can_run(service: Service) -> None:
+    with service.client() as tj:
+        tj.wait(tj.submit(TINY_JOB).id, timeout=120)  # the worker has claimed since it started
+    found = service.json("workers")
+    assert len(found) == 1
+    me = found[0]
+    assert me["lost"] is False and "dcgan" in me["archs"] and me["devices"][0]["name"] == "cpu"
+    assert me["succeeded_last_hour"] >= 1
+    assert "live" in service.run("workers").stdout

@@ -367,6 +367,24 @@ def delete(job_id: int, server: ServerOpt = None) -> None:
     out.print(f"deleted job {job_id}")
 
 
+@app.command("workers")
+def list_workers(server: ServerOpt = None, as_json: JsonOpt = False) -> None:
+    """Admins: the workers, their devices, what they run, and their last hour."""
+    with client(server) as tj:
+        found = tj.workers()
+    if as_json:
+        print_json(found)
+        return
+    table = Table("id", "host", "version", "devices", "running", "last seen", "ok/failed (1 h)", "state", box=None)
+    for w in found:
+        devices = ", ".join(f"{d['name']}{' (busy)' if d.get('busy') else ''}" for d in w.get("devices", []))
+        table.add_row(
+            w["id"], w["host"], w["version"], devices, ",".join(map(str, w["running"])), str(w["last_seen"])[:19],
+            f"{w['succeeded_last_hour']}/{w['failed_last_hour']}", "lost" if w["lost"] else "live",
+        )  # fmt: skip
+    out.print(table)
+
+
 # --- tokens ------------------------------------------------------------------------
 
 

@@ -299,6 +299,10 @@ class Client:
     def delete(self, job_id: int) -> None:
         self.send(Call("DELETE", f"/jobs/{job_id}"))
 
+    def workers(self) -> builtins.list[dict[str, Any]]:
+        """Admins: every worker heard from in the last day (id, host, version, devices, running, lost, ...)."""
+        return list(self.json(Call("GET", "/workers"))["data"])
+
     # --- sweeps ---------------------------------------------------------------------
 
     def submit_sweep(self, spec: dict[str, Any]) -> Sweep:

@@ -9,6 +9,7 @@ from types import FrameType
 
 from app.core.protocol import ClaimedJob, UnsupportedJob
 from app.core.states import JobStatus
+from worker.capabilities import describe
 from worker.client import LeaseGone, ProtocolError, ServiceUnavailable, WorkerClient
 from worker.process import Child, Shutdown
 from worker.runner import JobRun, Outcome
@@ -35,6 +36,8 @@ class Agent:
         self.shutdown = Shutdown()
         self.outcomes: list[Outcome] = []
         self.next_child: Child | None = None
+        self.capabilities = describe(config.device)
+        """Sent with each claim: the service hands this worker only jobs it can run."""
         """The next job's process, started while idle (WorkerConfig.prestart)."""
 
     def install_signal_handlers(self) -> None:
@@ -81,7 +84,9 @@ class Agent:
         self._prestart()
         while not self.shutdown.requested.is_set():
             try:
-                job = self.client.claim(self.config.worker_id, self.config.device, self.config.settings.poll_seconds)
+                job = self.client.claim(
+                    self.config.worker_id, self.config.device, self.config.settings.poll_seconds, self.capabilities
+                )
             except ServiceUnavailable as exc:
                 if not outage_logged:
                     log.warning("service unavailable (%s); retrying with backoff up to %.0f s", exc, MAX_BACKOFF)

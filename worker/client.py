@@ -18,6 +18,7 @@ import httpx
 from pydantic import BaseModel, ValidationError
 
 from app.core.protocol import (
+    Capabilities,
     ClaimedJob,
     ClaimEnvelope,
     ClaimRequest,
@@ -90,8 +91,10 @@ class WorkerClient:
     def _post(self, path: str, body: BaseModel, **kw: Any) -> httpx.Response:
         return self._request("POST", path, content=body.model_dump_json(), headers=JSON, **kw)
 
-    def claim(self, worker_id: str, device: str, wait_seconds: float) -> ClaimedJob | None:
-        body = ClaimRequest(worker_id=worker_id, device=device, wait_seconds=wait_seconds)
+    def claim(
+        self, worker_id: str, device: str, wait_seconds: float, capabilities: Capabilities | None = None
+    ) -> ClaimedJob | None:
+        body = ClaimRequest(worker_id=worker_id, device=device, wait_seconds=wait_seconds, capabilities=capabilities)
         r = self._post("/worker/claim", body, timeout=wait_seconds + 30)
         if r.status_code == 204:
             return None

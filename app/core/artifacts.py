@@ -18,14 +18,16 @@ from pathlib import Path
 
 from sqlalchemy.orm import Session
 
-from app.core.checkpoints import disk_full_is_507, job_dir
-from app.core.errors import InvalidRequest, NotFound, TooLarge
+from app.core.checkpoints import disk_full_is_507, job_dir, temporary_prefix
+from app.core.errors import Conflict, InvalidRequest, NotFound, TooLarge
 from app.core.files import fsync_path
 from app.core.leases import check_lease
 
 MEDIA = {".png": "image/png", ".json": "application/json", ".txt": "text/plain; charset=utf-8"}
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 MAX_ARTIFACT_BYTES = 4 * 1024 * 1024
+MAX_ARTIFACTS_PER_JOB = 1000
+"""Files one job may keep (a dcgan writes at most about a hundred sample grids, however long it runs)."""
 NUMBER = re.compile(r"(\d+)")
 
 
@@ -66,7 +68,9 @@ def store_artifact(
     where = folder(artifacts_dir, job_id)
     with disk_full_is_507("an artifact upload"):
         where.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=where, prefix=f".{name}.", delete=False) as out:
+        if not (where / name).exists() and len(list_artifacts(artifacts_dir, job_id)) >= MAX_ARTIFACTS_PER_JOB:
+            raise Conflict(f"job {job_id} has {MAX_ARTIFACTS_PER_JOB} artifacts, the most a job may keep")
+        with tempfile.NamedTemporaryFile(dir=where, prefix=temporary_prefix("upload"), delete=False) as out:
             out.write(data)
             out.flush()
             os.fsync(out.fileno())
@@ -82,20 +86,28 @@ def _order(name: str) -> list[object]:
 
 def list_artifacts(artifacts_dir: Path, job_id: int) -> list[Artifact]:
     """The job's artifacts (of a job the caller may see), by name, numbers in number order."""
-    where = folder(artifacts_dir, job_id)
+    found = []
     try:
-        entries = [e for e in os.scandir(where) if e.is_file() and not e.name.startswith(".")]
-    except FileNotFoundError:
+        with os.scandir(folder(artifacts_dir, job_id)) as entries:
+            for entry in entries:
+                if entry.name.startswith(".") or not NAME.match(entry.name) or Path(entry.name).suffix not in MEDIA:
+                    continue
+                try:
+                    if entry.is_file():
+                        found.append(Artifact(entry.name, entry.stat().st_size))
+                except OSError:  # deleted (or replaced) while listed
+                    continue
+    except OSError:  # no folder yet, or the job's folder going away
         return []
-    found = [Artifact(e.name, e.stat().st_size) for e in entries if NAME.match(e.name) and Path(e.name).suffix in MEDIA]
     return sorted(found, key=lambda a: _order(a.name))
 
 
-def artifact_file(artifacts_dir: Path, job_id: int, name: str) -> tuple[Path, Artifact]:
-    """The file of a job's artifact (of a job the caller may see); NotFound when there is none."""
+def read_artifact(artifacts_dir: Path, job_id: int, name: str) -> tuple[bytes, Artifact]:
+    """A job's artifact (of a job the caller may see), whole (at most MAX_ARTIFACT_BYTES): the file is
+    replaced by a rename, so what is read is one version of it. NotFound when there is none."""
     path = folder(artifacts_dir, job_id) / check_name(name)
     try:
-        size = path.stat().st_size
-    except FileNotFoundError:
+        data = path.read_bytes()
+    except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
         raise NotFound(f"job {job_id} has no artifact {name!r}") from None
-    return path, Artifact(name, size)
+    return data, Artifact(name, len(data))

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import itertools
 import os
 import re
 import shutil
@@ -221,7 +222,8 @@ def sweep_temporaries(artifacts_dir: Path, *, now: datetime | None = None) -> in
     """
     now = now or utcnow()
     removed = 0
-    for path in (artifacts_dir / "jobs").glob("*/.*-*"):
+    jobs = artifacts_dir / "jobs"
+    for path in itertools.chain(jobs.glob("*/.*-*"), jobs.glob("*/artifacts/.*-*")):
         found = TEMPORARY.match(path.name)
         if found is None:
             continue

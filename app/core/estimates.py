@@ -150,7 +150,8 @@ def estimate(spec: AnyJobSpec) -> Estimate:
     least = images[0] if images is not None else least_images(spec)
     used = min(least, spec.dataset.limit or least)
     steps = math.ceil(used / train.batch_size)
-    metric_points = train.epochs * (steps // train.log_every_steps + SERIES_PER_EPOCH)
+    logged, per_epoch = (4, SERIES_PER_EPOCH + 1) if isinstance(spec.model, DcganModel) else (1, SERIES_PER_EPOCH)
+    metric_points = train.epochs * (logged * (steps // train.log_every_steps) + per_epoch)
     states = {"adam": 2, "adamw": 2, "sgd": 1 if train.momentum else 0}[train.optimizer]
     memory = 4 * params * (2 + states) + (dataset_bytes or 0)
     step_bytes = 4 * train.batch_size * math.prod(shape)

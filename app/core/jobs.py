@@ -174,6 +174,8 @@ def new_job(spec: AnyJobSpec, *, owner_id: int, now: datetime, **links: Any) -> 
         priority=spec.priority,
         max_attempts=spec.max_attempts,
         init_job_id=spec.base_job_id,
+        arch=spec.model.arch,
+        dataset=spec.dataset.name,
         progress={"epoch": 0, "epochs": spec.train.epochs, "step": 0},
         created_at=now,
         updated_at=now,

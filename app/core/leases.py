@@ -14,7 +14,7 @@ import secrets
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, case, exists, func, or_, select, update
+from sqlalchemy import ColumnElement, case, exists, func, or_, select, true, update
 from sqlalchemy.orm import Session, aliased
 
 from app.core import logs
@@ -23,6 +23,7 @@ from app.core.models import Job, Sweep, utcnow
 from app.core.states import RETRY_ON_DEFAULT, ErrorClass, JobKind, JobStatus, guard
 
 QUEUED, RUNNING = frozenset({JobStatus.QUEUED}), frozenset({JobStatus.RUNNING})
+ANY_JOB = true()
 
 
 # --- claiming -------------------------------------------------------------------
@@ -73,18 +74,16 @@ def claim_next_job(
     lease_seconds: float,
     now: datetime | None = None,
     reap: bool = True,
+    can_run: ColumnElement[bool] = ANY_JOB,
 ) -> Job | None:
-    """Lease the next claimable job (highest priority, then oldest; a sweep's trial only while the sweep has
-    room under its ``max_concurrent``).
-
-    With ``reap``, expired leases are dealt with first, so no separate process is needed for that.
-    """
+    """Lease the next claimable job the worker ``can_run`` (highest priority, then oldest; a sweep's trial only
+    while the sweep has room under its ``max_concurrent``). With ``reap``, expired leases go first."""
     now = now or utcnow()
     if reap:
         reap_expired_leases(session, now=now)
     full: list[int] = []  # sweeps found full under their lock: passed over in this claim
     for _ in range(4):
-        conditions = [Job.status == JobStatus.QUEUED, runs_on_a_worker(), dependencies_met(), sweep_has_room()]
+        conditions = [Job.status == JobStatus.QUEUED, runs_on_a_worker(), dependencies_met(), sweep_has_room(), can_run]
         if full:
             conditions.append(or_(Job.sweep_id.is_(None), Job.sweep_id.not_in(full)))
         candidate = session.execute(

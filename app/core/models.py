@@ -145,6 +145,8 @@ class Job(Base):
         ForeignKey("sweeps.id", ondelete="RESTRICT", name="fk_jobs_sweep_id_sweeps"),
         doc="The sweep this job is a trial of (at most its max_concurrent trials run at once).",
     )
+    arch: Mapped[str | None] = mapped_column(String(64), doc="Its spec's model.arch: a claim matches it to a worker's.")
+    dataset: Mapped[str | None] = mapped_column(String(64), doc="Its spec's dataset.name, matched the same way.")
     trial_index: Mapped[int | None] = mapped_column(Integer, doc="Its trial's number in the sweep, from 0.")
     trial_params: Mapped[dict[str, Any] | None] = mapped_column(
         JSON, doc="The trial's parameter values by dotted path (and its seed)."
@@ -224,6 +226,21 @@ class Sweep(Base):
     owner: Mapped[User] = relationship(lazy="joined", innerjoin=True)
 
     __table_args__ = (Index("ix_sweeps_owner_id_id", "owner_id", "id"), {"sqlite_autoincrement": True})
+
+
+class Worker(Base):
+    """A worker as it last described itself (on each claim), and when it was last heard from."""
+
+    __tablename__ = "workers"
+
+    id: Mapped[str] = mapped_column(String(200), primary_key=True, doc="The worker_id it claims with.")
+    host: Mapped[str] = mapped_column(String(200))
+    version: Mapped[str] = mapped_column(String(50))
+    capabilities: Mapped[dict[str, Any]] = mapped_column(JSON, doc="Kinds, archs, datasets, devices.")
+    first_seen: Mapped[datetime] = mapped_column(default=utcnow)
+    last_seen: Mapped[datetime] = mapped_column(default=utcnow)
+
+    __table_args__ = (Index("ix_workers_last_seen", "last_seen"),)
 
 
 class MetricPoint(Base):

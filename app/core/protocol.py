@@ -65,10 +65,32 @@ class ClaimEnvelope(BaseModel):
     lease_token: str
 
 
+Name = Annotated[Text, Field(min_length=1, max_length=100)]
+
+
+class DeviceInfo(_Model):
+    name: Text = Field(min_length=1, max_length=100, description="e.g. cpu, cuda:0 (NVIDIA H200)")
+    memory_bytes: int | None = Field(None, ge=0, le=2**62)
+
+
+class Capabilities(_Model):
+    """What a worker is and what its code can run: the claim hands it only jobs it can."""
+
+    version: Text = Field(max_length=50)
+    host: Text = Field(max_length=200)
+    kinds: list[Name] = Field(max_length=20)
+    archs: list[Name] = Field(max_length=200)
+    datasets: list[Name] = Field(max_length=200)
+    devices: list[DeviceInfo] = Field(default_factory=list, max_length=64)
+
+
 class ClaimRequest(_Model):
     worker_id: Text = Field(min_length=1, max_length=200, description="e.g. host:pid")
     device: Text | None = Field(None, max_length=64, description="e.g. cuda:0, cpu")
     wait_seconds: float = Field(0.0, ge=0.0, le=300.0, description="Long poll: wait up to this long for a job.")
+    capabilities: Capabilities | None = Field(
+        None, description="Without it (an older worker) any job may be handed out; with it, only those it can run."
+    )
 
 
 class StoredCheckpoint(BaseModel):

@@ -1,5 +1,5 @@
 """The dashboard's sweeps: a list, and a sweep's page (its best setting, a table per setting and per
-trial, and a chart of the metric against each parameter, drawn by sweep.js)."""
+trial, and a chart of the metric against each parameter, drawn by sweep.js); and, for admins, the workers."""
 
 from __future__ import annotations
 
@@ -8,10 +8,11 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
 
-from app.api.auth import CurrentUser
-from app.api.deps import DatabaseDep
+from app.api.auth import AdminUser, CurrentUser
+from app.api.deps import DatabaseDep, SettingsDep
 from app.api.routes.jobs import owner_filter
-from app.core import sweeps
+from app.api.routes.workers import WorkerPublic
+from app.core import sweeps, workers
 from app.core.errors import NotFound, TrainjobsError
 from app.schemas import SweepDetail, SweepPublic
 from app.ui.pages import job_id_of
@@ -55,3 +56,11 @@ def sweep_page(sweep_id: str, request: Request, db: DatabaseDep, caller: Current
     names = list(detail.spec.get("parameters", {})) if isinstance(detail.spec.get("parameters"), dict) else []
     trials = [t.model_dump(mode="json") for t in detail.trials]
     return page(request, "sweep.html", sweep=detail, ranked=ranked, parameters=names, trials=trials)
+
+
+@router.get("/workers")
+def workers_page(request: Request, db: DatabaseDep, admin: AdminUser, settings: SettingsDep) -> Response:
+    """Admins: the workers, their devices and what they run (GET /workers)."""
+    with db.read() as session:
+        rows = [WorkerPublic.of(s) for s in workers.states(session, settings.lease_seconds)]
+    return page(request, "workers.html", rows=rows)

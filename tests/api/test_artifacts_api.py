@@ -27,6 +27,7 @@ def test_uploaded_samples_are_listed_in_epoch_order_and_downloaded_by_their_owne
     assert put(client, job_id, token, "samples-epoch-2.png", PNG + b"again").status_code == 201  # replaced
 
     listed = client.get(f"/jobs/{job_id}/artifacts").json()["data"]
+    assert client.get(f"/jobs/{job_id}").json()["artifacts"] == [a["name"] for a in listed]
     assert [a["name"] for a in listed] == ["samples-epoch-1.png", "samples-epoch-2.png", "samples-epoch-10.png"]
     assert listed[0]["url"] == f"/jobs/{job_id}/artifacts/samples-epoch-1.png"
     r = client.get(listed[1]["url"])

@@ -770,10 +770,13 @@ def test_an_unknown_kind_arch_or_dataset_is_422_naming_the_known_ones(
     cases = {
         "kind": (pretrain_body(kind="gan"), "kind must be one of: pretrain, finetune"),
         "arch": (
-            pretrain_body(model={"arch": "dcgan"}),
-            "'mlp_autoencoder', 'seed_mlp_autoencoder', 'conv_autoencoder'",
+            pretrain_body(model={"arch": "vae"}),
+            "'mlp_autoencoder', 'seed_mlp_autoencoder', 'conv_autoencoder', 'dcgan'",
         ),
-        "finetune arch": (finetune_body(model={"arch": "vit"}), "'mlp', 'small_cnn' or 'resnet18'"),
+        "finetune arch": (
+            finetune_body(model={"arch": "vit"}),
+            "'mlp', 'small_cnn', 'resnet18' or 'dcgan_discriminator'",
+        ),
         "dataset": (pretrain_body(dataset={"name": "imagenet"}), "'digits', 'cifar10'"),
     }
     for case, (body, known) in cases.items():

@@ -100,7 +100,7 @@ OPERATIONS = operations_by_label()
 
 def authenticate(case: Case[Any]) -> None:
     """Send the caller's token as a client would: alice's on the public API, the worker token to /worker/*."""
-    token = WORKER_TOKEN if case.path.startswith("/worker") else USER_TOKEN[0]
+    token = WORKER_TOKEN if case.path.startswith("/worker/") else USER_TOKEN[0]
     case.headers = {**(case.headers or {}), "Authorization": f"Bearer {token}"}
 
 

@@ -34,7 +34,17 @@ def tables(url: str) -> set[str]:
         engine.dispose()
 
 
-ALL_TABLES = {"jobs", "sweeps", "metric_points", "checkpoints", "idempotency_keys", "users", "api_tokens", "job_logs"}
+ALL_TABLES = {
+    "jobs",
+    "sweeps",
+    "workers",
+    "metric_points",
+    "checkpoints",
+    "idempotency_keys",
+    "users",
+    "api_tokens",
+    "job_logs",
+}
 
 
 def test_upgrade_downgrade_upgrade(empty_url: str) -> None:
@@ -175,4 +185,32 @@ def test_0006_keeps_every_job_and_gives_them_no_sweep(empty_url: str) -> None:
     assert "parent_id" not in columns
     downgrade(empty_url, "0005")
     assert "sweeps" not in tables(empty_url)
+    upgrade(empty_url)
+
+
+def test_0007_gives_existing_jobs_their_arch_and_dataset(empty_url: str) -> None:
+    upgrade(empty_url, "0006")
+    engine = create_engine(empty_url.replace("postgresql://", "postgresql+psycopg://"))
+    now = "2026-12-02 12:00:00"
+    spec = '{"kind": "pretrain", "model": {"arch": "mlp_autoencoder"}, "dataset": {"name": "digits"}}'
+    with engine.begin() as conn:
+        conn.execute(
+            text("INSERT INTO users (username, is_admin, is_active, created_at) VALUES ('a', true, true, :now)"),
+            {"now": now},
+        )
+        for body in (spec, "[]"):
+            conn.execute(
+                text(
+                    "INSERT INTO jobs (owner_id, kind, status, spec, priority, attempt, max_attempts,"
+                    " cancel_requested, created_at, updated_at)"
+                    " VALUES (1, 'pretrain', 'queued', :spec, 0, 0, 3, false, :now, :now)"
+                ),
+                {"spec": body, "now": now},
+            )
+    upgrade(empty_url, "0007")
+    with engine.begin() as conn:
+        rows = conn.execute(text("SELECT id, arch, dataset FROM jobs ORDER BY id")).all()
+    engine.dispose()
+    assert rows == [(1, "mlp_autoencoder", "digits"), (2, None, None)]
+    downgrade(empty_url, "0006")
     upgrade(empty_url)

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from app.core.registry import Registry
-from app.core.specs import AnyJobSpec, DcganModel, FinetuneModel, PretrainSpec, Shape
+from app.core.specs import AnyJobSpec, DcganModel, FinetuneModel, PretrainSpec, Shape, TrainSpec
 from app.core.specs.jobs import GAN_METRICS
 from app.core.specs.networks import dcgan_multipliers
 
@@ -41,6 +41,8 @@ from .task import Batch, Runtime, Task
 BETAS = (0.5, 0.999)
 SAMPLES = 64
 """Images in each epoch's sample grid (8 x 8)."""
+MAX_SAMPLE_GRIDS = 100
+"""Sample grids a run writes at most (a long one: every k-th epoch, and the last)."""
 
 
 def discriminator_body(shape: Shape, width: int) -> nn.Sequential:
@@ -118,8 +120,10 @@ class GanTask(Task):
     logged = GAN_METRICS
     model: Dcgan
 
-    def __init__(self, model: Dcgan, runtime: Runtime, lr: float, weight_decay: float, seed: int) -> None:
-        self.model, self.runtime, self.seed = model, runtime, seed
+    def __init__(self, model: Dcgan, runtime: Runtime, train: TrainSpec) -> None:
+        self.model, self.runtime, self.seed, self.epochs = model, runtime, train.seed, train.epochs
+        self.sample_every = max(1, math.ceil(train.epochs / MAX_SAMPLE_GRIDS))
+        lr, weight_decay = train.lr, train.weight_decay
         d_params = [*model.encoder.parameters(), *model.critic.parameters()]
         fused = True if runtime.device.type in ("cpu", "cuda") else None
         self.d_optimizer = torch.optim.Adam(d_params, lr=lr, betas=BETAS, weight_decay=weight_decay, fused=fused)
@@ -191,7 +195,10 @@ class GanTask(Task):
         self.g_optimizer.load_state_dict(state["g_optimizer"])
 
     def epoch_artifacts(self, work_dir: Path, epoch: int) -> list[tuple[str, Path]]:
-        """The epoch's sample grid, generated from the same noise every epoch."""
+        """The epoch's sample grid, generated from the same noise every epoch (a long run keeps about a
+        hundred: every k-th epoch, and the last)."""
+        if epoch % self.sample_every and epoch != self.epochs:
+            return []
         fixed = torch.Generator(device=self.runtime.device).manual_seed(mix_seed(self.seed, "samples"))
         was_training = self.model.training
         self.model.eval()
@@ -225,4 +232,4 @@ def dcgan_task(spec: AnyJobSpec, ctx: TrainingContext, splits: Splits) -> Task:
     torch.manual_seed(spec.train.seed)
     model = GANS[spec.model.arch](spec.model, spec.dataset.input_shape())
     runtime = Runtime.of(spec.train, ctx.device, model)
-    return GanTask(model, runtime, spec.train.lr, spec.train.weight_decay, spec.train.seed)
+    return GanTask(model, runtime, spec.train)

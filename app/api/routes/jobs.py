@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 from app.api.auth import CurrentUser, ScopeDep
 from app.api.deps import DatabaseDep, SettingsDep, WakeupDep, plain_digits, quick_read
 from app.api.downloads import serve_checkpoint
-from app.core import accounts, artifacts, checkpoints, estimates, jobs, logs, metrics
+from app.core import accounts, artifacts, checkpoints, estimates, jobs, logs, metrics, workers
 from app.core.accounts import Caller
 from app.core.config import Settings
 from app.core.errors import Forbidden, InvalidRequest, NotFound
@@ -72,7 +72,7 @@ def submit_job(
         try:
             with db.write() as session:
                 job, created = store_job(session, caller, settings, spec, idempotency_key)
-                public = JobPublic.of(job)
+                public = JobPublic.of(job, workers.waiting_for(session, job, settings.lease_seconds))
             break
         except IntegrityError:
             # Two requests with one new Idempotency-Key at once (PostgreSQL): the loser reads the winner's job.
@@ -171,10 +171,17 @@ def owner_filter(session: Session, caller: Caller, owner: str | None) -> int | N
 
 
 @router.get("/{job_id}", response_model=JobPublic, responses=_ERRORS)
-async def get_job(job_id: JobId, db: DatabaseDep, scope: ScopeDep) -> Response:
+async def get_job(job_id: JobId, db: DatabaseDep, scope: ScopeDep, settings: SettingsDep) -> Response:
     """One job: status, progress, error, result."""
+
     # The most polled endpoint: a quick read (on the event loop on SQLite), no response-model re-validation.
-    body = await quick_read(db, lambda session: JobPublic.of(jobs.get_job(session, scope, job_id)).model_dump_json())
+    def read(session: Session) -> str:
+        job = jobs.get_job(session, scope, job_id)
+        waiting = workers.waiting_for(session, job, settings.lease_seconds) if job.status == JobStatus.QUEUED else None
+        files = [a.name for a in artifacts.list_artifacts(settings.artifacts_dir, job.id)]
+        return JobPublic.of(job, waiting, files or None).model_dump_json()
+
+    body = await quick_read(db, read)
     return Response(body, media_type="application/json")
 
 
@@ -289,7 +296,7 @@ def list_artifacts(job_id: JobId, db: DatabaseDep, scope: ScopeDep, settings: Se
 
 @router.get(
     "/{job_id}/artifacts/{name}",
-    response_class=FileResponse,
+    response_class=Response,
     responses={200: {"content": {"image/png": {}}, "description": "The file."}, **_ERRORS},
 )
 def download_artifact(
@@ -302,6 +309,6 @@ def download_artifact(
     """One artifact of the job (a PNG, JSON or text file)."""
     with db.read() as session:
         jobs.get_job(session, scope, job_id)
-    path, found = artifacts.artifact_file(settings.artifacts_dir, job_id, name)
+    data, found = artifacts.read_artifact(settings.artifacts_dir, job_id, name)
     headers = {"X-Content-Type-Options": "nosniff", "Cache-Control": "private, max-age=60"}
-    return FileResponse(path, media_type=found.media_type, headers=headers)
+    return Response(data, media_type=found.media_type, headers=headers)

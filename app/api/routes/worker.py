@@ -23,7 +23,7 @@ from app.api.deps import SettingsDep, WakeupDep, WorkerLane, WorkerLaneDep
 from app.api.downloads import serve_checkpoint
 from app.api.json_body import json_body, openapi_body
 from app.api.routes.jobs import JobId
-from app.core import artifacts, checkpoints, leases, logs, metrics
+from app.core import artifacts, checkpoints, leases, logs, metrics, workers
 from app.core.checkpoints import CheckpointStore, PendingUpload, UploadHeader
 from app.core.config import Settings
 from app.core.db import Database
@@ -65,7 +65,12 @@ def _claim_once(db: Database, settings: Settings, body: ClaimRequest, reap: bool
     with db.write() as session:
         for _ in range(CLAIMS_PER_CALL):
             job = leases.claim_next_job(
-                session, worker_id=body.worker_id, device=body.device, lease_seconds=settings.lease_seconds, reap=reap
+                session,
+                worker_id=body.worker_id,
+                device=body.device,
+                lease_seconds=settings.lease_seconds,
+                reap=reap,
+                can_run=workers.can_run(body.capabilities),
             )
             if job is None:
                 return None
@@ -91,6 +96,12 @@ def _claim_once(db: Database, settings: Settings, body: ClaimRequest, reap: bool
     return None
 
 
+def _record_worker(db: Database, body: ClaimRequest) -> None:
+    assert body.capabilities is not None
+    with db.write() as session:
+        workers.record(session, body.worker_id, body.capabilities)
+
+
 CLAIMS_PER_CALL = 10
 """Jobs one claim may look at (each that cannot run is failed with its reason) before it answers 204."""
 
@@ -112,6 +123,8 @@ async def claim_job(
     """Lease the next job; with wait_seconds, wait for one to be submitted (long poll)."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + min(body.wait_seconds, settings.claim_max_wait_seconds)
+    if body.capabilities is not None:
+        await lane.run(_record_worker, lane.db, body)
     while True:
         event = wakeup.current()  # taken before looking, so a submission while we look is not missed
         claimed = await lane.run(_claim_once, lane.db, settings, body, request.app.state.reap_gate.is_open())
@@ -132,9 +145,11 @@ async def heartbeat(
 
     def beat() -> bool:
         with lane.db.write() as session:
-            return leases.heartbeat(
+            cancel = leases.heartbeat(
                 session, job_id, body.lease_token, lease_seconds=settings.lease_seconds, progress=progress
             )
+            workers.seen_by_job(session, job_id)
+            return cancel
 
     return HeartbeatResponse(cancel_requested=await lane.run(beat))
 

@@ -259,6 +259,8 @@ class PretrainSpec(_JobBase):
         if isinstance(self.model, DcganModel):
             if self.train.optimizer != "adam":
                 raise ValueError("a dcgan trains both its networks with adam; leave train.optimizer out")
+            if self.train.compile:
+                raise ValueError("train.compile is not supported for a dcgan yet; leave it false")
             check_early_stopping(self, GAN_METRICS, ("d_loss", "d_real", "d_fake"))
         else:
             check_early_stopping(self, ("train_loss",), ("loss",))
@@ -383,6 +385,16 @@ def parse_job_spec(body: Any) -> PretrainSpec | FinetuneSpec:
     return job_spec_adapter.validate_python(body)
 
 
+QUIET_DEFAULTS = {("dataset", "image_size"): 8, ("model", "width"): None}
+"""Fields added after specs were first stored, left out at their defaults: a spec stored before them is
+stored the same way still (its idempotency hash unchanged), and a worker from before them still reads it."""
+
+
 def spec_to_json(spec: PretrainSpec | FinetuneSpec) -> dict[str, Any]:
-    """The spec as stored and shown: every default filled in, ``from`` under its JSON name."""
-    return spec.model_dump(mode="json", by_alias=True)
+    """The spec as stored and shown: every default filled in (but ``QUIET_DEFAULTS``), ``from`` under its
+    JSON name."""
+    body = spec.model_dump(mode="json", by_alias=True)
+    for (part, field), default in QUIET_DEFAULTS.items():
+        if field in body[part] and body[part][field] == default:
+            del body[part][field]
+    return body
