@@ -13,6 +13,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.table import Table
+from rich.text import Text
 
 from trainjobs import credentials
 from trainjobs.cli_sweeps import sweep_app
@@ -180,9 +181,17 @@ def list_jobs(
         return
     table = Table("id", "name", "kind", "status", "progress", "best", "duration", "worker", box=None)
     for j in found:
-        table.add_row(
-            str(j.id), j.name or "", j.kind, j.status, progress_text(j), best_metric(j), duration(j), j.worker or ""
-        )
+        cells = [
+            str(j.id),
+            j.name or "",
+            j.kind,
+            j.status,
+            progress_text(j),
+            best_metric(j),
+            duration(j),
+            j.worker or "",
+        ]
+        table.add_row(*(Text(c) for c in cells))  # a name may hold [brackets]: text, not markup
     out.print(table)
 
 
@@ -378,10 +387,11 @@ def list_workers(server: ServerOpt = None, as_json: JsonOpt = False) -> None:
     table = Table("id", "host", "version", "devices", "running", "last seen", "ok/failed (1 h)", "state", box=None)
     for w in found:
         devices = ", ".join(f"{d['name']}{' (busy)' if d.get('busy') else ''}" for d in w.get("devices", []))
-        table.add_row(
+        cells = [
             w["id"], w["host"], w["version"], devices, ",".join(map(str, w["running"])), str(w["last_seen"])[:19],
             f"{w['succeeded_last_hour']}/{w['failed_last_hour']}", "lost" if w["lost"] else "live",
-        )  # fmt: skip
+        ]  # fmt: skip
+        table.add_row(*(Text(str(c)) for c in cells))  # text, not markup: an id may hold [brackets]
     out.print(table)
 
 

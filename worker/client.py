@@ -69,6 +69,8 @@ class WorkerClient:
     def __init__(self, api_url: str, token: str | None = None, timeout: float = 30.0) -> None:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self.http = httpx.Client(base_url=api_url.rstrip("/"), headers=headers, timeout=timeout)
+        self.service_ignores_capabilities = False
+        """Set once an older service refused them: claims go on without."""
 
     def close(self) -> None:
         self.http.close()
@@ -94,8 +96,16 @@ class WorkerClient:
     def claim(
         self, worker_id: str, device: str, wait_seconds: float, capabilities: Capabilities | None = None
     ) -> ClaimedJob | None:
+        if self.service_ignores_capabilities:
+            capabilities = None
         body = ClaimRequest(worker_id=worker_id, device=device, wait_seconds=wait_seconds, capabilities=capabilities)
-        r = self._post("/worker/claim", body, timeout=wait_seconds + 30)
+        try:
+            r = self._post("/worker/claim", body, timeout=wait_seconds + 30)
+        except ProtocolError as exc:
+            if capabilities is None or "capabilities" not in str(exc):
+                raise
+            self.service_ignores_capabilities = True  # an older service: claim as before
+            return self.claim(worker_id, device, wait_seconds)
         if r.status_code == 204:
             return None
         try:

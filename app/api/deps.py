@@ -35,6 +35,7 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
 from app.api.wakeup import Wakeup
+from app.core import workers
 from app.core.config import Settings
 from app.core.db import Database
 
@@ -107,3 +108,11 @@ DatabaseDep = Annotated[Database, Depends(get_db)]
 WorkerLaneDep = Annotated[WorkerLane, Depends(get_worker_lane)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 WakeupDep = Annotated[Wakeup, Depends(get_wakeup)]
+
+
+def fleet_of(request: Request) -> workers.Fleet:
+    """This app's memory of its workers (when their descriptions were written; the live ones)."""
+    found: workers.Fleet | None = getattr(request.app.state, "fleet", None)
+    if found is None:
+        found = request.app.state.fleet = workers.Fleet()
+    return found

@@ -12,7 +12,7 @@ import json
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import ValidationError
 from sqlalchemy import ColumnElement, Select, delete, func, select, true, update
@@ -20,10 +20,12 @@ from sqlalchemy.orm import Session
 
 from app.core.errors import Conflict, IdempotencyConflict, InvalidRequest, JobNotFound, LimitExceeded
 from app.core.leases import fail_dependents
-from app.core.models import Checkpoint, IdempotencyKey, Job, JobLog, MetricPoint, User, utcnow
+from app.core.models import Checkpoint, IdempotencyKey, Job, JobLog, MetricPoint, Sweep, User, utcnow
 from app.core.specs import AnyJobSpec, ImageFolderDataset, parse_job_spec, spec_to_json
 from app.core.specs.networks import Encoder, FinetuneModel
 from app.core.states import ACTIVE, TERMINAL, JobKind, JobStatus, guard
+
+R = TypeVar("R", Job, Sweep)
 
 
 @dataclass(frozen=True)
@@ -257,10 +259,14 @@ def list_jobs(
         stmt = stmt.where(Job.kind == kind)
     if before_id is not None:
         stmt = stmt.where(Job.id < before_id)
-    jobs = list(session.scalars(stmt))
-    if len(jobs) > limit:
-        return jobs[:limit], jobs[limit - 1].id
-    return jobs, None
+    return paged(list(session.scalars(stmt)), limit)
+
+
+def paged(rows: list[R], limit: int) -> tuple[list[R], int | None]:
+    """A page of rows read with ``limit + 1``, and the id to pass as the next cursor (None at the end)."""
+    if len(rows) > limit:
+        return rows[:limit], rows[limit - 1].id
+    return rows, None
 
 
 # --- cancelling and deleting ---------------------------------------------------------

@@ -200,6 +200,7 @@ class Job(Base):
         Index("ix_jobs_owner_status_id", "owner_id", "status", "id"),
         Index("ix_jobs_init_job_id", "init_job_id"),
         Index("ix_jobs_sweep_id_status", "sweep_id", "status"),
+        Index("ix_jobs_lease_owner_finished_at", "lease_owner", "finished_at"),
         # Never hand a deleted job's id to a new job: links to /jobs/{id} must not change meaning.
         {"sqlite_autoincrement": True},
     )
@@ -234,9 +235,11 @@ class Worker(Base):
     __tablename__ = "workers"
 
     id: Mapped[str] = mapped_column(String(200), primary_key=True, doc="The worker_id it claims with.")
-    host: Mapped[str] = mapped_column(String(200))
-    version: Mapped[str] = mapped_column(String(50))
-    capabilities: Mapped[dict[str, Any]] = mapped_column(JSON, doc="Kinds, archs, datasets, devices.")
+    host: Mapped[str | None] = mapped_column(String(200))
+    version: Mapped[str | None] = mapped_column(String(50))
+    capabilities: Mapped[dict[str, Any] | None] = mapped_column(
+        JSON, doc="Kinds, archs, datasets, devices; None: an older worker that says nothing (it runs anything)."
+    )
     first_seen: Mapped[datetime] = mapped_column(default=utcnow)
     last_seen: Mapped[datetime] = mapped_column(default=utcnow)
 

@@ -73,8 +73,11 @@ class DeviceInfo(_Model):
     memory_bytes: int | None = Field(None, ge=0, le=2**62)
 
 
-class Capabilities(_Model):
-    """What a worker is and what its code can run: the claim hands it only jobs it can."""
+class Capabilities(BaseModel):
+    """What a worker is and what its code can run: the claim hands it only jobs it can. Fields a newer
+    worker adds are ignored, so it can talk to this service."""
+
+    model_config = ConfigDict(extra="ignore")
 
     version: Text = Field(max_length=50)
     host: Text = Field(max_length=200)

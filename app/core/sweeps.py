@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session
 
 from app.core import jobs, logs
 from app.core.errors import Conflict, InvalidRequest, NotFound
-from app.core.jobs import Scope, check_base_job, fit_to_base, new_job
+from app.core.jobs import Scope, check_base_job, fit_to_base, new_job, paged
 from app.core.models import Job, Sweep, utcnow
 from app.core.specs import FinetuneSpec
 from app.core.specs.sweeps import SweepSpec, Trial, expand, ranking, setting_key
@@ -123,10 +123,7 @@ def list_sweeps(
         stmt = stmt.where(Sweep.owner_id == owner_id)
     if before_id is not None:
         stmt = stmt.where(Sweep.id < before_id)
-    found = list(session.scalars(stmt))
-    if len(found) > limit:
-        return found[:limit], found[limit - 1].id
-    return found, None
+    return paged(list(session.scalars(stmt)), limit)
 
 
 def trial_jobs(session: Session, sweep_id: int) -> list[Job]:

@@ -4,11 +4,16 @@ job, why no worker takes it (``waiting_for``)."""
 
 from __future__ import annotations
 
+import json
+import math
+import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import ColumnElement, and_, func, select, true, update
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from app.core.models import Job, Sweep, Worker, utcnow
@@ -16,33 +21,24 @@ from app.core.protocol import Capabilities
 from app.core.states import JobKind, JobStatus
 
 LIVE_FOR = 1
-"""A worker not heard from for this many lease lengths is lost (an idle one claims every poll_seconds)."""
+"""A worker not heard from for this many lease lengths is lost (an idle one claims every poll_seconds;
+its description is rewritten at least every quarter lease)."""
 
 
-def record(session: Session, worker_id: str, capabilities: Capabilities, *, now: datetime | None = None) -> None:
-    """Upsert the worker's description and mark it seen."""
+def record(session: Session, worker_id: str, capabilities: Capabilities | None, *, now: datetime | None = None) -> None:
+    """Upsert the worker's description (None: an older worker that says nothing, which may run anything)
+    and mark it seen: one statement, so two first claims of one worker at once cannot collide."""
     now = now or utcnow()
-    found = session.get(Worker, worker_id)
-    described = capabilities.model_dump(mode="json")
-    if found is None:
-        session.add(
-            Worker(
-                id=worker_id,
-                host=capabilities.host,
-                version=capabilities.version,
-                capabilities=described,
-                first_seen=now,
-                last_seen=now,
-            )
-        )
-    else:
-        found.host, found.version, found.capabilities, found.last_seen = (
-            capabilities.host,
-            capabilities.version,
-            described,
-            now,
-        )
-    session.flush()
+    values = {
+        "host": capabilities.host if capabilities else None,
+        "version": capabilities.version if capabilities else None,
+        "capabilities": capabilities.model_dump(mode="json") if capabilities else None,
+        "last_seen": now,
+    }
+    dialect = session.get_bind().dialect.name
+    insert = sqlite_insert if dialect == "sqlite" else postgresql_insert
+    stmt = insert(Worker).values(id=worker_id, first_seen=now, **values)
+    session.execute(stmt.on_conflict_do_update(index_elements=[Worker.id], set_=values))
 
 
 def seen_by_job(session: Session, job_id: int, *, now: datetime | None = None) -> None:
@@ -64,12 +60,44 @@ def can_run(capabilities: Capabilities | None) -> ColumnElement[bool]:
     )
 
 
-def live(session: Session, lease_seconds: float, now: datetime) -> list[Worker]:
-    since = now - timedelta(seconds=LIVE_FOR * lease_seconds)
-    return list(session.scalars(select(Worker).where(Worker.last_seen >= since).order_by(Worker.id).limit(1000)))
+class Fleet:
+    """Per API process: when each worker's description was last written, so an idle worker's claims every
+    few seconds write it only when it changed or a quarter of the lease has passed (``due``); and the
+    distinct descriptions of the live workers, read again only after such a write or ``seconds`` (``live``:
+    GET /jobs/{id} asks for every queued job, and a fleet has a few kinds of worker)."""
+
+    def __init__(self, seconds: float = 2.0) -> None:
+        self.seconds = seconds
+        self.written: dict[str, tuple[int, float]] = {}
+        self.generation, self.read = 0, (-1, -math.inf)
+        self.found: list[Worker] = []
+
+    def due(self, worker_id: str, capabilities: Capabilities | None, lease_seconds: float) -> bool:
+        digest = hash(capabilities.model_dump_json()) if capabilities else 0
+        seen, now = self.written.get(worker_id), time.monotonic()
+        if seen is not None and seen[0] == digest and now - seen[1] < lease_seconds / 4:
+            return False
+        if len(self.written) > 10_000:
+            self.written.clear()
+        self.written[worker_id] = (digest, now)
+        self.generation += 1
+        return True
+
+    def live(self, session: Session, lease_seconds: float, now: datetime) -> list[Worker]:
+        generation, at = self.read
+        if generation == self.generation and time.monotonic() - at < self.seconds:
+            return self.found
+        since = now - timedelta(seconds=LIVE_FOR * lease_seconds)
+        rows = session.scalars(select(Worker.capabilities).where(Worker.last_seen >= since).limit(1000))
+        kinds = {json.dumps(caps, sort_keys=True): caps for caps in rows}
+        self.found = [Worker(id="", capabilities=caps) for caps in kinds.values()]
+        self.read = (self.generation, time.monotonic())
+        return self.found
 
 
-def waiting_for(session: Session, job: Job, lease_seconds: float, *, now: datetime | None = None) -> str | None:
+def waiting_for(
+    session: Session, job: Job, lease_seconds: float, *, fleet: Fleet | None = None, now: datetime | None = None
+) -> str | None:
     """Why a queued job is not running yet, when something other than its turn holds it back."""
     if job.status != JobStatus.QUEUED:
         return None
@@ -78,7 +106,7 @@ def waiting_for(session: Session, job: Job, lease_seconds: float, *, now: dateti
         base = session.get(Job, job.init_job_id)
         if base is not None and base.status != JobStatus.SUCCEEDED:
             return f"its base job {base.id} to succeed (it is {base.status})"
-    workers = live(session, lease_seconds, now)
+    workers = (fleet or Fleet(0)).live(session, lease_seconds, now)
     if not workers:
         return "no worker is connected"
     reason = _unsupported(job, workers)
@@ -101,7 +129,9 @@ def _unsupported(job: Job, workers: list[Worker]) -> str | None:
     wanted = {"kind": job.kind.value, "arch": job.arch, "dataset": job.dataset}
 
     def lacks(worker: Worker) -> set[str]:
-        caps = worker.capabilities if isinstance(worker.capabilities, dict) else {}
+        if not isinstance(worker.capabilities, dict):
+            return set()  # an older worker that says nothing takes any job
+        caps = worker.capabilities
         return {f for f, v in wanted.items() if v is not None and v not in (caps.get(f"{f}s") or [])}
 
     lacking = [lacks(w) for w in workers]
@@ -122,7 +152,7 @@ class WorkerState:
     failed_last_hour: int
 
     def devices(self) -> list[dict[str, Any]]:
-        listed = self.worker.capabilities.get("devices") or []
+        listed = (self.worker.capabilities or {}).get("devices") or []
         return [{**d, "busy": bool(self.running) and not self.lost} for d in listed if isinstance(d, dict)]
 
 

@@ -8,7 +8,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
 
-from app.api.auth import AdminUser, CurrentUser
+from app.api.auth import CurrentUser
 from app.api.deps import DatabaseDep, SettingsDep
 from app.api.routes.jobs import owner_filter
 from app.api.routes.workers import WorkerPublic
@@ -59,8 +59,10 @@ def sweep_page(sweep_id: str, request: Request, db: DatabaseDep, caller: Current
 
 
 @router.get("/workers")
-def workers_page(request: Request, db: DatabaseDep, admin: AdminUser, settings: SettingsDep) -> Response:
-    """Admins: the workers, their devices and what they run (GET /workers)."""
+def workers_page(request: Request, db: DatabaseDep, caller: CurrentUser, settings: SettingsDep) -> Response:
+    """Admins: the workers, their devices and what they run (GET /workers); anyone else: not found."""
+    if not caller.is_admin:
+        return not_found(request, "the workers page")
     with db.read() as session:
         rows = [WorkerPublic.of(s) for s in workers.states(session, settings.lease_seconds)]
     return page(request, "workers.html", rows=rows)

@@ -22,9 +22,9 @@ def upgrade() -> None:
     op.create_table(
         "workers",
         sa.Column("id", sa.String(length=200), primary_key=True),
-        sa.Column("host", sa.String(length=200), nullable=False),
-        sa.Column("version", sa.String(length=50), nullable=False),
-        sa.Column("capabilities", sa.JSON(), nullable=False),
+        sa.Column("host", sa.String(length=200), nullable=True),
+        sa.Column("version", sa.String(length=50), nullable=True),
+        sa.Column("capabilities", sa.JSON(), nullable=True),
         sa.Column("first_seen", sa.DateTime(timezone=True), nullable=False),
         sa.Column("last_seen", sa.DateTime(timezone=True), nullable=False),
     )
@@ -32,6 +32,7 @@ def upgrade() -> None:
     # Plain columns, no table rebuild: jobs keep their ids and rows; existing jobs get theirs from the spec.
     op.add_column("jobs", sa.Column("arch", sa.String(length=64), nullable=True))
     op.add_column("jobs", sa.Column("dataset", sa.String(length=64), nullable=True))
+    op.create_index("ix_jobs_lease_owner_finished_at", "jobs", ["lease_owner", "finished_at"], unique=False)
     if op.get_bind().dialect.name == "sqlite":
         op.execute(
             "UPDATE jobs SET arch = substr(json_extract(spec, '$.model.arch'), 1, 64),"
@@ -45,6 +46,7 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    op.drop_index("ix_jobs_lease_owner_finished_at", table_name="jobs")
     with rebuild_table("jobs") as batch:
         batch.drop_column("dataset")
         batch.drop_column("arch")

@@ -14,7 +14,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from app.api.auth import CurrentUser, ScopeDep
-from app.api.deps import DatabaseDep, SettingsDep, WakeupDep, plain_digits, quick_read
+from app.api.deps import DatabaseDep, SettingsDep, WakeupDep, fleet_of, plain_digits, quick_read
 from app.api.downloads import serve_checkpoint
 from app.core import accounts, artifacts, checkpoints, estimates, jobs, logs, metrics, workers
 from app.core.accounts import Caller
@@ -72,7 +72,7 @@ def submit_job(
         try:
             with db.write() as session:
                 job, created = store_job(session, caller, settings, spec, idempotency_key)
-                public = JobPublic.of(job, workers.waiting_for(session, job, settings.lease_seconds))
+                public = JobPublic.of(job)
             break
         except IntegrityError:
             # Two requests with one new Idempotency-Key at once (PostgreSQL): the loser reads the winner's job.
@@ -171,14 +171,19 @@ def owner_filter(session: Session, caller: Caller, owner: str | None) -> int | N
 
 
 @router.get("/{job_id}", response_model=JobPublic, responses=_ERRORS)
-async def get_job(job_id: JobId, db: DatabaseDep, scope: ScopeDep, settings: SettingsDep) -> Response:
+async def get_job(job_id: JobId, db: DatabaseDep, scope: ScopeDep, settings: SettingsDep, request: Request) -> Response:
     """One job: status, progress, error, result."""
 
     # The most polled endpoint: a quick read (on the event loop on SQLite), no response-model re-validation.
+    fleet = fleet_of(request)
+
     def read(session: Session) -> str:
         job = jobs.get_job(session, scope, job_id)
-        waiting = workers.waiting_for(session, job, settings.lease_seconds) if job.status == JobStatus.QUEUED else None
-        files = [a.name for a in artifacts.list_artifacts(settings.artifacts_dir, job.id)]
+        queued = job.status == JobStatus.QUEUED
+        waiting = workers.waiting_for(session, job, settings.lease_seconds, fleet=fleet) if queued else None
+        files = (
+            [a.name for a in artifacts.list_artifacts(settings.artifacts_dir, job.id)] if job.arch == "dcgan" else []
+        )
         return JobPublic.of(job, waiting, files or None).model_dump_json()
 
     body = await quick_read(db, read)

@@ -19,7 +19,7 @@ from fastapi import Path as PathParam
 from pydantic import BaseModel, ValidationError
 
 from app.api.auth import require_worker
-from app.api.deps import SettingsDep, WakeupDep, WorkerLane, WorkerLaneDep
+from app.api.deps import SettingsDep, WakeupDep, WorkerLane, WorkerLaneDep, fleet_of
 from app.api.downloads import serve_checkpoint
 from app.api.json_body import json_body, openapi_body
 from app.api.routes.jobs import JobId
@@ -61,8 +61,12 @@ _FENCED: dict[int | str, dict[str, str]] = {
 }
 
 
-def _claim_once(db: Database, settings: Settings, body: ClaimRequest, reap: bool) -> Response | None:
+def _claim_once(
+    db: Database, settings: Settings, body: ClaimRequest, reap: bool, fleet: workers.Fleet
+) -> Response | None:
     with db.write() as session:
+        if fleet.due(body.worker_id, body.capabilities, settings.lease_seconds):
+            workers.record(session, body.worker_id, body.capabilities)
         for _ in range(CLAIMS_PER_CALL):
             job = leases.claim_next_job(
                 session,
@@ -96,12 +100,6 @@ def _claim_once(db: Database, settings: Settings, body: ClaimRequest, reap: bool
     return None
 
 
-def _record_worker(db: Database, body: ClaimRequest) -> None:
-    assert body.capabilities is not None
-    with db.write() as session:
-        workers.record(session, body.worker_id, body.capabilities)
-
-
 CLAIMS_PER_CALL = 10
 """Jobs one claim may look at (each that cannot run is failed with its reason) before it answers 204."""
 
@@ -123,11 +121,10 @@ async def claim_job(
     """Lease the next job; with wait_seconds, wait for one to be submitted (long poll)."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + min(body.wait_seconds, settings.claim_max_wait_seconds)
-    if body.capabilities is not None:
-        await lane.run(_record_worker, lane.db, body)
     while True:
         event = wakeup.current()  # taken before looking, so a submission while we look is not missed
-        claimed = await lane.run(_claim_once, lane.db, settings, body, request.app.state.reap_gate.is_open())
+        gate, fleet = request.app.state.reap_gate.is_open(), fleet_of(request)
+        claimed = await lane.run(_claim_once, lane.db, settings, body, gate, fleet)
         if claimed is not None:
             return claimed
         remaining = deadline - loop.time()

@@ -38,6 +38,7 @@ class WorkerPublic(BaseModel):
     @classmethod
     def of(cls, state: WorkerState) -> WorkerPublic:
         caps, w = state.worker.capabilities or {}, state.worker
+        said = state.worker.capabilities is not None
 
         def names(key: str) -> list[str]:
             value = caps.get(key)
@@ -46,7 +47,7 @@ class WorkerPublic(BaseModel):
         return cls(
             id=printable(w.id) or "",
             host=printable(w.host) or "",
-            version=printable(w.version) or "",
+            version=printable(w.version) or ("" if said else "(older: says nothing; may run anything)"),
             kinds=names("kinds"),
             archs=names("archs"),
             datasets=names("datasets"),
