@@ -301,8 +301,18 @@ def test_the_low_label_study_runs_as_sweeps_and_prints_and_writes_its_table(serv
     readme.write_text("# x\n<!-- low-label:5:start -->\nold table\n<!-- low-label:5:end -->\nafter\n")
     table = service.root / "low-label.md"
     done = service.run(
-        "experiment", "low-label", "--seeds", "2", "--epochs", "1", "--markdown", str(table), "--readme", str(readme)
-    )
+        "experiment",
+        "low-label",
+        "--seeds",
+        "2",
+        "--epochs",
+        "1",
+        "--no-gan",
+        "--markdown",
+        str(table),
+        "--readme",
+        str(readme),
+    )  # fmt: skip  (the GAN's rows: tests/test_experiments.py plans them; a dcgan job runs in test_worker_processes)
     assert done.returncode == 0, done.stderr
     rows = [line for line in table.read_text().splitlines() if line.startswith("| ")][1:]
     names = [row.split(" | ")[0].removeprefix("| ") for row in rows]
@@ -313,22 +323,18 @@ def test_the_low_label_study_runs_as_sweeps_and_prints_and_writes_its_table(serv
         "denoising autoencoder (`noise` 0.5) → full finetune",
         "denoising autoencoder → linear probe (`freeze_backbone`)",
         "denoising autoencoder → linear probe, then full finetune (`train.phases`)",
-        "`dcgan_discriminator` from scratch (digits at 32x32)",
-        "`dcgan_discriminator`, random weights → linear probe",
-        "DCGAN → its discriminator: linear probe",
-        "DCGAN → its discriminator: full finetune",
         "LogisticRegression",
         "SVC",
     ]
     assert all("%" in row for row in rows)
     assert all("/2 seeds better" in row for row in rows[1:])
-    assert "seeds 100-101" in table.read_text() and "--seeds 2 --epochs 1" in table.read_text()
+    assert "seeds 100-101" in table.read_text() and "--seeds 2 --epochs 1 --no-gan" in table.read_text()
     text = readme.read_text()
     assert "old table" not in text and rows[0] in text and text.endswith("<!-- low-label:5:end -->\nafter\n")
     with service.client() as tj:
         sweeps = tj.sweeps(limit=20)
     study = [s for s in sweeps if (s.name or "").startswith("low-label")]
-    assert len(study) == 10 and all(s.status == "succeeded" and s.trial_count == 2 for s in study)
+    assert len(study) == 6 and all(s.status == "succeeded" and s.trial_count == 2 for s in study)
 
 
 def test_workers_lists_the_worker_that_serves_this_module_with_what_it_can_run(service: Service) -> None:

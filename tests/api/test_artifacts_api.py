@@ -11,6 +11,7 @@ from tests.authed import AuthedClient
 from tests.conftest import pretrain_body
 
 PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 100
+DCGAN = {**pretrain_body(), "dataset": {"name": "digits", "image_size": 32}, "model": {"arch": "dcgan", "width": 8}}
 
 
 def put(client: AuthedClient, job_id: int, token: str, name: str, data: bytes = PNG, sha: str | None = None):  # type: ignore[no-untyped-def]
@@ -21,7 +22,7 @@ def put(client: AuthedClient, job_id: int, token: str, name: str, data: bytes = 
 def test_uploaded_samples_are_listed_in_epoch_order_and_downloaded_by_their_owner_only(
     client: AuthedClient, tokens: dict[str, str], settings: Settings
 ) -> None:
-    job_id, token = start(client, pretrain_body())
+    job_id, token = start(client, DCGAN)
     for epoch in (1, 2, 10):
         assert put(client, job_id, token, f"samples-epoch-{epoch}.png", PNG + bytes([epoch])).status_code == 201
     assert put(client, job_id, token, "samples-epoch-2.png", PNG + b"again").status_code == 201  # replaced

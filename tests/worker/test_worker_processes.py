@@ -189,10 +189,10 @@ def test_sigkill_of_a_worker_mid_job_resumes_elsewhere_and_ends_identical(http: 
 
 
 def phased_finetune() -> dict[str, Any]:
-    """A linear probe for 3 epochs, then the whole net for 5 at a lower rate: one job, about 4 s."""
+    """A linear probe for 3 epochs, then the whole net for 5 at a lower rate: one job, about 2 s."""
     return {
         "kind": "finetune",
-        "dataset": {"name": "digits"},
+        "dataset": {"name": "digits", "limit": 480},
         "model": {"arch": "mlp", "hidden": [512, 256], "bottleneck": 32},
         "train": {
             "batch_size": 16,
