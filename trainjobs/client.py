@@ -142,10 +142,27 @@ class Pages:
         return [Job.model_validate(item) for item in items]
 
 
-def sweeps_call(owner: str | None, limit: int | None, seen: int, cursor: str | None) -> Call:
-    """``GET /sweeps``: the next page of at most 500, or of what is left of ``limit``."""
-    size = 500 if limit is None else max(1, min(500, limit - seen))
-    return Call("GET", "/sweeps", params={"owner": owner, "limit": size, "cursor": cursor})
+class SweepPages:
+    """``GET /sweeps`` a page at a time (both clients): the next call (pages of at most 500, or of what is
+    left of ``limit``), and the sweeps a page holds."""
+
+    def __init__(self, owner: str | None, limit: int | None) -> None:
+        self.owner, self.limit = owner, limit
+        self.found: builtins.list[Sweep] = []
+        self.cursor: str | None = None
+        self.done = False
+
+    def next_call(self) -> Call | None:
+        if self.done:
+            return None
+        size = 500 if self.limit is None else max(1, min(500, self.limit - len(self.found)))
+        return Call("GET", "/sweeps", params={"owner": self.owner, "limit": size, "cursor": self.cursor})
+
+    def take(self, page: dict[str, Any]) -> None:
+        self.found += [Sweep.model_validate(s) for s in page["data"]]
+        self.cursor = page.get("next_cursor")
+        self.done = not self.cursor or (self.limit is not None and len(self.found) >= self.limit)
+        self.found = self.found[: self.limit]
 
 
 def logs_call(
@@ -315,14 +332,10 @@ class Client:
 
     def sweeps(self, *, owner: str | None = None, limit: int | None = 50) -> builtins.list[Sweep]:
         """Your sweeps (an admin's: ``owner=NAME`` or ``*``), newest first: the first ``limit`` (None: all)."""
-        found: builtins.list[Sweep] = []
-        cursor: str | None = None
-        while True:
-            page = self.json(sweeps_call(owner, limit, len(found), cursor))
-            found += [Sweep.model_validate(s) for s in page["data"]]
-            cursor = page.get("next_cursor")
-            if not cursor or (limit is not None and len(found) >= limit):
-                return found[:limit]
+        pages = SweepPages(owner, limit)
+        while (call := pages.next_call()) is not None:
+            pages.take(self.json(call))
+        return pages.found
 
     def wait_sweep(self, sweep_id: int, timeout: float | None = None, poll: float = 2.0) -> Sweep:
         """The sweep once no trial is queued or running; ``TimeoutError`` after ``timeout`` seconds."""
@@ -550,14 +563,10 @@ class AsyncClient:
             raise TimeoutError(f"sweep {sweep_id} is still running after {timeout:g} s") from None
 
     async def sweeps(self, *, owner: str | None = None, limit: int | None = 50) -> builtins.list[Sweep]:
-        found: builtins.list[Sweep] = []
-        cursor: str | None = None
-        while True:
-            page = await self.json(sweeps_call(owner, limit, len(found), cursor))
-            found += [Sweep.model_validate(s) for s in page["data"]]
-            cursor = page.get("next_cursor")
-            if not cursor or (limit is not None and len(found) >= limit):
-                return found[:limit]
+        pages = SweepPages(owner, limit)
+        while (call := pages.next_call()) is not None:
+            pages.take(await self.json(call))
+        return pages.found
 
     async def delete_sweep(self, sweep_id: int) -> None:
         await self.send(Call("DELETE", f"/sweeps/{sweep_id}"))
