@@ -21,14 +21,13 @@ from trainjobs.client import Client
 from trainjobs.errors import TrainjobsError, ValidationError, field_of
 from trainjobs.experiments import experiment_app
 from trainjobs.models import Job
-from trainjobs.terminal import JsonOpt, ServerOpt, client, err, fail, out, print_json, read_spec, set_path
+from trainjobs.terminal import EXIT_CODES, JsonOpt, ServerOpt, client, err, fail, out, print_json, read_spec, set_path
 
 app = typer.Typer(help="Run PyTorch training jobs on a trainjobs service.", no_args_is_help=True, add_completion=False)
 tokens_app = typer.Typer(help="Your API tokens.", no_args_is_help=True)
 app.add_typer(tokens_app, name="tokens")
 app.add_typer(sweep_app, name="sweep")
 app.add_typer(experiment_app, name="experiment")
-EXIT_CODES = {"succeeded": 0, "failed": 1, "cancelled": 2}
 SEED_PIPELINE = (
     {"kind": "pretrain", "preset": "seed", "name": "seed-pretrain"},
     {"kind": "finetune", "preset": "seed", "name": "seed-finetune", "model": {"arch": "mlp", "num_classes": 10}},

@@ -10,10 +10,9 @@ import typer
 from rich.table import Table
 
 from trainjobs.models import Setting, Sweep
-from trainjobs.terminal import JsonOpt, ServerOpt, client, err, out, print_json, read_spec, set_path
+from trainjobs.terminal import EXIT_CODES, JsonOpt, ServerOpt, client, err, out, print_json, read_spec, set_path
 
 sweep_app = typer.Typer(help="Sweeps: one job over a grid or random draws of its fields, for every seed.")
-EXIT_CODES = {"succeeded": 0, "failed": 1, "cancelled": 2}
 
 
 def fmt(value: float | None) -> str:

@@ -19,6 +19,8 @@ err = Console(stderr=True, highlight=False)
 
 ServerOpt = Annotated[str | None, typer.Option("--server", help="Default: TRAINJOBS_SERVER, then `trainjobs login`'s.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON (for scripts).")]
+EXIT_CODES = {"succeeded": 0, "failed": 1, "cancelled": 2}
+"""A command that follows a job (or a sweep) to its end exits with its status's code."""
 
 
 def client(server: str | None = None) -> Client:

@@ -30,7 +30,7 @@ ANY_JOB = true()
 
 
 def runs_on_a_worker() -> ColumnElement[bool]:
-    """Not a parent: a job of a kind that workers train (a sweep, say, is never handed out)."""
+    """A job of a kind that workers train (``JobKind.runs_on_worker``); which worker may take it is ``can_run``."""
     return Job.kind.in_(sorted(kind for kind in JobKind if kind.runs_on_worker))
 
 

@@ -68,7 +68,7 @@ class JobKind(StrEnum):
 
     @property
     def runs_on_worker(self) -> bool:
-        """Whether a worker trains jobs of this kind; a parent kind (a sweep, say) is never handed out."""
+        """Whether workers train jobs of this kind (every kind today; a sweep is not a job but a table of its own)."""
         return self in WORKER_KINDS
 
 

@@ -143,6 +143,7 @@ def test_sweeps_that_cannot_work_are_refused_with_what_to_change(client: AuthedC
         (grid(parameters={"train.lr.deeper": {"values": [0.1]}}), "not an object"),
         (grid(parameters={"train.no_such": {"values": [1]}}), "trial 0"),
         (grid(seeds=[1, 1]), "each seed once"),
+        (grid(seeds=[0, 2**40]), "less than or equal to 2147483647"),
         (grid(then=finetune_body()), "base must be a pretrain"),
     ]
     for body, message in cases:

@@ -14,7 +14,7 @@ import math
 import random
 import re
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_validator
 
@@ -107,7 +107,7 @@ class SweepSpec(Strict):
         description="Dotted paths into base (e.g. train.lr; then.train.lr for then), each with values or a distribution.",
     )
     num_trials: int | None = Field(None, ge=1, le=MAX_TRIALS, description="Random sweeps: settings drawn.")
-    seeds: list[int] | None = Field(
+    seeds: list[Annotated[int, Field(ge=0, le=2**31 - 1)]] | None = Field(
         None, min_length=1, max_length=100, description="Run each setting once per seed (train.seed)."
     )
     random_seed: int = Field(0, ge=0, le=2**63 - 1, description="Seeds the random draws: same seed, same trials.")
