@@ -34,6 +34,12 @@ def stored_progress(value: object) -> Progress | None:
         return None
 
 
+class NodePublic(BaseModel):
+    node: int = Field(description="0 hosts the job's rendezvous; rank 0 runs on any node.")
+    worker: str
+    taken: bool = Field(description="False while the worker's next claim has yet to take the node it was offered.")
+
+
 class JobPublic(BaseModel):
     """A job as the API shows it."""
 
@@ -63,6 +69,9 @@ class JobPublic(BaseModel):
     artifacts: list[str] | None = Field(
         None, description="GET /jobs/{id}: the names of its artifacts (GET /jobs/{id}/artifacts/{name})."
     )
+    nodes: list[NodePublic] | None = Field(
+        None, description="GET /jobs/{id} of a running multi-node job: the worker holding each of its nodes."
+    )
     result: dict[str, Any] | None = Field(description="Final metrics, e.g. test_accuracy.")
     worker: str | None = Field(description="Worker that holds or last held the job.")
     device: str | None = Field(description="Device the job runs or ran on.")
@@ -72,10 +81,17 @@ class JobPublic(BaseModel):
     finished_at: datetime | None
 
     @classmethod
-    def of(cls, job: Job, waiting_for: str | None = None, artifacts: list[str] | None = None) -> JobPublic:
+    def of(
+        cls,
+        job: Job,
+        waiting_for: str | None = None,
+        artifacts: list[str] | None = None,
+        nodes: list[NodePublic] | None = None,
+    ) -> JobPublic:
         return cls(
             waiting_for=waiting_for,
             artifacts=artifacts,
+            nodes=nodes,
             id=job.id,
             owner=job.owner.username,
             kind=job.kind,

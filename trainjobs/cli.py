@@ -383,11 +383,14 @@ def list_workers(server: ServerOpt = None, as_json: JsonOpt = False) -> None:
     if as_json:
         print_json(found)
         return
-    table = Table("id", "host", "version", "devices", "running", "last seen", "ok/failed (1 h)", "state", box=None)
+    table = Table(
+        "id", "host", "version", "devices", "free", "running", "last seen", "ok/failed (1 h)", "state", box=None
+    )
     for w in found:
         devices = ", ".join(f"{d['name']}{' (busy)' if d.get('busy') else ''}" for d in w.get("devices", []))
         cells = [
-            w["id"], w["host"], w["version"], devices, ",".join(map(str, w["running"])), str(w["last_seen"])[:19],
+            w["id"], w["host"], w["version"], devices, f"{w.get('free', '?')}/{len(w.get('devices', []))}",
+            ",".join(map(str, w["running"])), str(w["last_seen"])[:19],
             f"{w['succeeded_last_hour']}/{w['failed_last_hour']}", "lost" if w["lost"] else "live",
         ]  # fmt: skip
         table.add_row(*(Text(str(c)) for c in cells))  # text, not markup: an id may hold [brackets]

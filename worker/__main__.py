@@ -1,4 +1,5 @@
-"""``trainjobs-worker`` / ``python -m worker``: run jobs from a trainjobs service on one device.
+"""``trainjobs-worker`` / ``python -m worker``: run jobs from a trainjobs service on one device, or on the GPUs
+``--gpus`` names.
 
 Every option's default comes from ``WorkerSettings`` (the ``TRAINJOBS_*`` variables or ``.env``).
 """
@@ -14,7 +15,7 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from app.core.protocol import summarize
-from worker.agent import Agent, default_worker_id, resolve_device
+from worker.agent import Agent, default_worker_id, resolve_device, resolve_gpus
 from worker.client import WorkerClient
 from worker.settings import WorkerConfig, WorkerSettings, insecure_reason
 
@@ -26,13 +27,34 @@ def positive(text: str) -> int:
     return value
 
 
+def add_device_options(p: argparse.ArgumentParser, defaults: WorkerSettings) -> None:
+    """Where jobs run: one device, or the GPUs it manages; and how the nodes of a multi-node job meet."""
+    p.add_argument("--device", default=defaults.device, help="auto|cpu|cuda|cuda:N|mps (TRAINJOBS_DEVICE; %(default)s)")
+    p.add_argument(
+        "--gpus",
+        default=defaults.gpus,
+        help="GPUs this worker manages, 0,1,2,3 or all: a job on each free GPU, an N-GPU job on N (TRAINJOBS_GPUS)",
+    )
+    p.add_argument(
+        "--node-address",
+        default=defaults.node_address,
+        help="this machine's address as other nodes of a multi-node job reach it (TRAINJOBS_NODE_ADDRESS)",
+    )
+    p.add_argument(
+        "--rendezvous-port",
+        type=positive,
+        default=defaults.rendezvous_port,
+        help="port where node 0 of a multi-node job serves its rendezvous (TRAINJOBS_RENDEZVOUS_PORT; a free one)",
+    )
+
+
 def parse_args(argv: list[str] | None, defaults: WorkerSettings) -> argparse.Namespace:
     p = argparse.ArgumentParser(
-        prog="trainjobs-worker", description="Run trainjobs jobs on one device (one worker per GPU)."
+        prog="trainjobs-worker", description="Run trainjobs jobs on one device, or on several GPUs (--gpus)."
     )
     p.add_argument("--api", default=defaults.api_url, help="service URL (TRAINJOBS_API_URL; %(default)s)")
     p.add_argument("--token", default=None, help="worker token (TRAINJOBS_WORKER_TOKEN)")
-    p.add_argument("--device", default=defaults.device, help="auto|cpu|cuda|cuda:N|mps (TRAINJOBS_DEVICE; %(default)s)")
+    add_device_options(p, defaults)
     p.add_argument("--worker-id", default=defaults.worker_id, help="default host:pid (TRAINJOBS_WORKER_ID)")
     p.add_argument("--max-jobs", type=int, default=None, help="exit after this many jobs")
     p.add_argument(
@@ -96,6 +118,9 @@ def settings_from(args: argparse.Namespace, defaults: WorkerSettings) -> WorkerS
             "start_method": args.start_method,
             "prestart": args.prestart,
             "log_level": args.log_level,
+            "gpus": args.gpus,
+            "node_address": args.node_address,
+            "rendezvous_port": args.rendezvous_port,
             "allow_insecure_http": args.allow_insecure_http,
         }
     )
@@ -115,7 +140,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
-    config = WorkerConfig.of(settings, settings.worker_id or default_worker_id(), resolve_device(settings.device))
+    worker_id = settings.worker_id or default_worker_id()
+    if settings.gpus:
+        devices = resolve_gpus(settings.gpus)
+        config = WorkerConfig.of(settings, worker_id, "cuda:" + ",".join(d.split(":")[1] for d in devices), devices)
+    else:
+        config = WorkerConfig.of(settings, worker_id, resolve_device(settings.device))
     if settings.start_method == "forkserver":
         # torch._dynamo: every optimizer imports it on first use, about 3 s of CPU a job otherwise.
         multiprocessing.set_forkserver_preload(["torch", "torch._dynamo", "worker.child", "worker.training"])

@@ -1,15 +1,22 @@
-"""The worker's main loop: claim a job (long poll), run it, repeat; stop cleanly on SIGTERM/SIGINT."""
+"""The worker's main loop: claim a job (long poll) while a device is free, run each in a thread of its own,
+repeat; stop cleanly on SIGTERM/SIGINT.
+
+A worker manages its devices (``Slots``): one CPU (or MPS, or one GPU), or the GPUs ``--gpus`` names. Each
+claim says how many are free, and the service hands out only a job that fits them: single-GPU jobs run
+side by side, an N-GPU job takes N GPUs, and a worker whose devices are all busy does not claim.
+"""
 
 from __future__ import annotations
 
 import logging
 import multiprocessing as mp
 import signal
+import threading
 from types import FrameType
 
-from app.core.protocol import ClaimedJob, UnsupportedJob
+from app.core.protocol import Capabilities, ClaimedJob, UnsupportedJob
 from app.core.states import JobStatus
-from worker.capabilities import describe
+from worker.capabilities import Inventory
 from worker.client import LeaseGone, ProtocolError, ServiceUnavailable, WorkerClient
 from worker.process import Child, Shutdown
 from worker.runner import JobRun, Outcome
@@ -18,6 +25,42 @@ from worker.settings import WorkerConfig
 log = logging.getLogger("trainjobs.worker")
 
 MAX_BACKOFF = 10.0
+
+
+class Slots:
+    """The worker's devices, free or running a job: taken when a job starts, given back when it ends."""
+
+    def __init__(self, devices: tuple[str, ...]) -> None:
+        self.devices = devices
+        self.busy: set[str] = set()
+        self.changed = threading.Condition()
+
+    def free(self) -> int:
+        with self.changed:
+            return len(self.devices) - len(self.busy)
+
+    def take(self, count: int) -> list[str] | None:
+        """``count`` free devices (in order), now busy; None if there are fewer."""
+        with self.changed:
+            free = [d for d in self.devices if d not in self.busy]
+            if len(free) < count:
+                return None
+            self.busy.update(free[:count])
+            return free[:count]
+
+    def taken(self) -> set[str]:
+        with self.changed:
+            return set(self.busy)
+
+    def give(self, devices: list[str]) -> None:
+        with self.changed:
+            self.busy.difference_update(devices)
+            self.changed.notify_all()
+
+    def wait_for_one(self, timeout: float) -> None:
+        with self.changed:
+            if len(self.busy) >= len(self.devices):
+                self.changed.wait(timeout)
 
 
 class Agent:
@@ -35,10 +78,14 @@ class Agent:
         self.once = once
         self.shutdown = Shutdown()
         self.outcomes: list[Outcome] = []
+        self.slots = Slots(config.devices)
+        self.inventory = Inventory.of(config.devices)
+        """Sent with each claim and heartbeat: the service hands this worker only jobs it can run and fit."""
         self.next_child: Child | None = None
-        self.capabilities = describe(config.device)
-        """Sent with each claim: the service hands this worker only jobs it can run."""
         """The next job's process, started while idle (WorkerConfig.prestart)."""
+        self.started = 0
+        self.runs: list[threading.Thread] = []
+        self.lock = threading.Lock()
 
     def install_signal_handlers(self) -> None:
         def handler(signum: int, _frame: FrameType | None) -> None:
@@ -56,36 +103,58 @@ class Agent:
 
     def run(self) -> int:
         """Serve jobs until told to stop (or --once / --max-jobs); returns the exit code."""
-        log.info("worker %s on %s serving %s", self.config.worker_id, self.config.device, self.client.http.base_url)
+        log.info(
+            "worker %s on %s serving %s",
+            self.config.worker_id,
+            ", ".join(self.config.devices),
+            self.client.http.base_url,
+        )
         try:
             return self._serve()
         finally:
-            if self.next_child is not None:
-                self.next_child.discard()
-                self.next_child = None
+            for thread in self.runs:
+                thread.join()
+            with self.lock:
+                if self.next_child is not None:
+                    self.next_child.discard()
+                    self.next_child = None
+
+    def capabilities(self) -> Capabilities:
+        """This worker now: what it runs and which of its devices are free."""
+        return self.inventory.capabilities(self.slots.taken())
 
     def _prestart(self) -> None:
-        if (
-            not self.config.settings.prestart
-            or self.once
-            or self.next_child is not None
-            or self.shutdown.requested.is_set()
-        ):
-            return
-        try:
-            self.next_child = Child(mp.get_context(self.config.settings.start_method))
-        except OSError as exc:  # out of memory or file descriptors: the job will start its own process
-            log.warning("could not start the next job's process ahead (%s); going on without", exc)
-            return
-        log.info("started the next job's process ahead: pid %s", self.next_child.pid)
+        with self.lock:
+            if (
+                not self.config.settings.prestart
+                or self.once
+                or self.next_child is not None
+                or self.shutdown.requested.is_set()
+            ):
+                return
+            try:
+                self.next_child = Child(mp.get_context(self.config.settings.start_method))
+            except OSError as exc:  # out of memory or file descriptors: the job will start its own process
+                log.warning("could not start the next job's process ahead (%s); going on without", exc)
+                return
+            log.info("started the next job's process ahead: pid %s", self.next_child.pid)
+
+    def _done_claiming(self) -> bool:
+        return self.max_jobs is not None and self.started >= self.max_jobs
 
     def _serve(self) -> int:
         delay, outage_logged = 0.5, False
         self._prestart()
-        while not self.shutdown.requested.is_set():
+        while not self.shutdown.requested.is_set() and not self._done_claiming():
+            if self.slots.free() == 0:
+                self.slots.wait_for_one(1.0)
+                continue
             try:
                 job = self.client.claim(
-                    self.config.worker_id, self.config.device, self.config.settings.poll_seconds, self.capabilities
+                    self.config.worker_id,
+                    self.config.device,
+                    self.config.settings.poll_seconds,
+                    self.capabilities(),
                 )
             except ServiceUnavailable as exc:
                 if not outage_logged:
@@ -98,8 +167,7 @@ class Agent:
                 log.error("job %s: %s", exc.job_id, exc)
                 self._fail_unreadable(exc)
                 self.outcomes.append(JobStatus.FAILED)
-                if self.max_jobs is not None and len(self.outcomes) >= self.max_jobs:
-                    break
+                self.started += 1
                 continue
             except ProtocolError as exc:
                 log.error("the service refused this worker: %s", exc)
@@ -114,27 +182,44 @@ class Agent:
             if self.shutdown.requested.is_set():
                 self._give_back(job.id, job.lease_token)
                 break
-            self.outcomes.append(self._run(job))
-            if self.max_jobs is not None and len(self.outcomes) >= self.max_jobs:
-                break
-            self._prestart()
-        log.info("worker %s stopped after %s job(s)", self.config.worker_id, len(self.outcomes))
+            self._start(job)
+        log.info("worker %s stopped claiming after %s job(s)", self.config.worker_id, self.started)
         return 0
 
-    def _run(self, job: ClaimedJob) -> Outcome:
-        run = JobRun(self.client, job, self.config, self.shutdown, prestarted=self.next_child)
-        self.next_child = None
+    def _start(self, job: ClaimedJob) -> None:
+        """Run ``job`` on the devices it needs, in a thread of its own (the next claim goes on meanwhile)."""
+        devices = self.slots.take(_devices_needed(job, self.inventory.gpus))
+        if devices is None:  # more than the claim said was free (an older service): another worker takes it
+            log.warning("job %s needs more devices than are free here; giving it back", job.id)
+            self._give_back(job.id, job.lease_token)
+            return
+        self.started += 1
+        with self.lock:
+            prestarted, self.next_child = self.next_child, None
+        run = JobRun(self.client, job, self.config, self.shutdown, prestarted, devices, self.capabilities)
+        thread = threading.Thread(target=self._run, args=(run, devices), name=f"job-{job.id}")
+        self.runs = [t for t in self.runs if t.is_alive()] + [thread]
+        thread.start()
+
+    def _run(self, run: JobRun, devices: list[str]) -> None:
         try:
-            return run.run()
+            outcome = run.run()
         except (ServiceUnavailable, ProtocolError) as exc:
             log.error(
                 "job %s: could not report to the service (%s); its lease will expire and it will be retried",
-                job.id,
+                run.id,
                 exc,
             )
-            return "lease_lost"
+            outcome = "lease_lost"
         finally:
-            self.next_child = run.prestarted  # unused when the job ended before its training started
+            with self.lock:  # a process started ahead that its job never used serves the next
+                if run.prestarted is not None and self.next_child is None:
+                    self.next_child = run.prestarted
+                elif run.prestarted is not None:
+                    run.prestarted.discard()
+            self.slots.give(devices)
+        self.outcomes.append(outcome)
+        self._prestart()
 
     def _fail_unreadable(self, exc: UnsupportedJob) -> None:
         try:
@@ -147,6 +232,13 @@ class Agent:
             self.client.release(job_id, token)
         except (ServiceUnavailable, ProtocolError, LeaseGone) as exc:
             log.warning("job %s: could not give it back (%s); its lease will expire", job_id, exc)
+
+
+def _devices_needed(job: ClaimedJob, gpus: int) -> int:
+    """Devices of this worker a node of ``job`` takes: its GPUs on a GPU worker; the one device elsewhere."""
+    resources = job.spec.get("resources")
+    wanted = resources.get("gpus", 1) if isinstance(resources, dict) else 1
+    return max(1, int(wanted)) if gpus and isinstance(wanted, int) else 1
 
 
 def default_worker_id() -> str:
@@ -177,3 +269,17 @@ def resolve_device(requested: str) -> str:
     elif requested == "mps" and not torch.backends.mps.is_available():
         raise SystemExit("trainjobs-worker: --device mps: MPS is not available on this machine")
     return requested
+
+
+def resolve_gpus(requested: str) -> list[str]:
+    """``all`` or ``0,1,3``: the CUDA devices a worker manages, checked against those present."""
+    import torch
+
+    present = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if present == 0:
+        raise SystemExit(f"trainjobs-worker: --gpus {requested}: no CUDA device on this machine")
+    indices = list(range(present)) if requested == "all" else [int(i) for i in requested.split(",")]
+    missing = [i for i in indices if i >= present]
+    if missing or len(set(indices)) != len(indices):
+        raise SystemExit(f"trainjobs-worker: --gpus {requested}: this machine has CUDA devices 0..{present - 1}")
+    return [f"cuda:{i}" for i in indices]

@@ -10,7 +10,10 @@ once. It touches no GPU before its job arrives. It dies with the parent (Linux
 every byte of GPU memory it held goes back to the driver.
 
 It receives one ``JobPayload`` and sends the messages of worker/messages.py: ``Metrics``,
-``Progress`` and ``CheckpointReady`` while it trains, then one of ``Done``, ``Stopped``, ``Failed``.
+``Progress`` and ``CheckpointReady`` while it trains, then one of ``Done``, ``Stopped``, ``Failed``. A job
+of several ranks is started from here by torch.distributed's launcher (worker/launch.py), each rank in
+a process of its own that trains with ``train``; the child leads a process group, so the worker ends
+it together with every rank.
 """
 
 from __future__ import annotations
@@ -24,16 +27,32 @@ import signal
 import sys
 import time
 import traceback
+from collections.abc import Callable
 from multiprocessing.connection import Connection
 from multiprocessing.synchronize import Event
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from app.core.errors import first_line
 from app.core.files import link_or_copy
-from app.core.protocol import MetricPoint
+from app.core.protocol import MetricPoint, Result
 from app.core.registry import UnknownName
 from app.core.states import CheckpointFormat, CheckpointTag, ErrorClass
-from worker.messages import ArtifactReady, CheckpointReady, Done, Failed, JobPayload, Metrics, Progress, Stopped
+from worker.messages import (
+    ArtifactReady,
+    CheckpointReady,
+    Done,
+    Ending,
+    Failed,
+    JobPayload,
+    Metrics,
+    Progress,
+    Stopped,
+)
+
+if TYPE_CHECKING:
+    from worker.training import TrainingContext
+    from worker.training.distributed import Ranks
 
 TRACEBACK_LINES = 12
 
@@ -97,9 +116,11 @@ def epoch_line(points: list[MetricPoint], epochs: int) -> str | None:
 
 
 def run_child(inbox: Connection, out: Connection, stop: Event, stdout: Connection, stderr: Connection) -> None:
-    """Entry point of the child process: preload, wait for the job's payload, train."""
+    """Entry point of the child process: preload, wait for the job's payload, train (or start its ranks)."""
     redirect_output(stdout, stderr)
     die_with_parent()
+    with contextlib.suppress(OSError):
+        os.setpgid(0, 0)  # a group of its own: the worker ends it with every rank it started (Child.discard)
     parent = os.getppid()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C in a terminal reaches the whole group: the parent decides
     try:
@@ -117,19 +138,40 @@ def run_child(inbox: Connection, out: Connection, stop: Event, stdout: Connectio
         if broken is not None:
             out.send(Failed(describe(broken), traceback_tail(broken)))
             return
-        _train(payload, out, stop, parent)
+        if payload.visible_devices is not None:  # before anything touches CUDA
+            os.environ["CUDA_VISIBLE_DEVICES"] = payload.visible_devices
+        if payload.launch is not None:
+            from worker.launch import launch_ranks
+
+            launch_ranks(payload, out, stop)
+        else:
+            train(payload, out, stop, parent)
     finally:
         out.close()
 
 
-def _train(payload: JobPayload, out: Connection, stop: Event, parent: int) -> None:
+def train(payload: JobPayload, out: Connection, stop: Event, parent: int, ranks: Ranks | None = None) -> Ending | None:
+    """Train the job in this process, one of its ``ranks``: rank 0 alone reports (metrics, checkpoints, the
+    end), any rank its own failure. Returns the end it came to."""
     import torch
 
-    from worker.training import DoesNotFit, StopRequested, TrainingContext, run_training
-    from worker.training.errors import OutOfMemory
+    from worker.training import run_training
+    from worker.training.distributed import Ranks
 
+    ranks = ranks or Ranks()
     if payload.threads:
         torch.set_num_threads(payload.threads)
+    ctx = _context(payload, out, stop, parent, ranks)
+    ending = _run(lambda: run_training(payload.spec, ctx), ranks)
+    if ranks.chief or isinstance(ending, Failed):
+        out.send(ending)
+    return ending
+
+
+def _context(payload: JobPayload, out: Connection, stop: Event, parent: int, ranks: Ranks) -> TrainingContext:
+    """The run's context: rank 0's callbacks relay to the worker; the other ranks' report nothing."""
+    from worker.training import TrainingContext
+
     outbox = payload.work_dir / "outbox"
     outbox.mkdir(parents=True, exist_ok=True)
     sequence = itertools.count()
@@ -160,24 +202,36 @@ def _train(payload: JobPayload, out: Connection, stop: Event, parent: int) -> No
         work_dir=payload.work_dir / "run",
         resume_from=payload.resume_from,
         init_from=payload.init_from,
-        report_metrics=report_metrics,
-        on_checkpoint=on_checkpoint,
-        on_artifact=on_artifact,
-        on_progress=lambda epoch, epochs, step: out.send(Progress(epoch, epochs, step)),
-        should_stop=lambda: stop.is_set() or os.getppid() != parent,
+        should_stop=ranks.agreed_stop(lambda: stop.is_set() or os.getppid() != parent, payload.device),
+        ranks=ranks,
     )
+    if ranks.chief:
+        ctx.report_metrics, ctx.on_checkpoint, ctx.on_artifact = report_metrics, on_checkpoint, on_artifact
+        ctx.on_progress = lambda epoch, epochs, step: out.send(Progress(epoch, epochs, step))
     ctx.work_dir.mkdir(parents=True, exist_ok=True)
+    return ctx
+
+
+def _run(training: Callable[[], Result], ranks: Ranks) -> Ending:
+    """How the training ended, as the message that says so; another rank's failure seen here is re-raised."""
+    import torch
+
+    from worker.training import DoesNotFit, StopRequested
+    from worker.training.distributed import peer_lost
+    from worker.training.errors import OutOfMemory
+
     try:
-        result = run_training(payload.spec, ctx)
+        result = training()
     except StopRequested:
-        out.send(Stopped())
+        return Stopped()
     except DoesNotFit as exc:  # found before anything ran: the reason is all there is
-        out.send(Failed(str(exc), error_class=ErrorClass.OOM))
+        return Failed(str(exc), error_class=ErrorClass.OOM)
     except (OutOfMemory, torch.OutOfMemoryError) as exc:  # in the loop, or loading data, model, checkpoint
-        out.send(Failed(describe(exc), traceback_tail(exc), ErrorClass.OOM))
+        return Failed(describe(exc), traceback_tail(exc), ErrorClass.OOM)
     except UnknownName as exc:  # a name the spec allows and this worker's registries lack: no traceback to read
-        out.send(Failed(f"this worker cannot run this job (upgrade it to the service's version): {exc}"))
+        return Failed(f"this worker cannot run this job (upgrade it to the service's version): {exc}")
     except Exception as exc:
-        out.send(Failed(describe(exc), traceback_tail(exc)))
-    else:
-        out.send(Done(result))
+        if ranks.distributed and peer_lost(exc):
+            raise  # another rank's failure, which that rank (or the launcher) reports
+        return Failed(describe(exc), traceback_tail(exc))
+    return Done(result)

@@ -32,6 +32,8 @@ from app.core.protocol import (
     MetricsBatch,
     Progress,
     ReleaseRequest,
+    Rendezvous,
+    RendezvousRequest,
     Result,
     UnsupportedJob,
     checkpoint_path,
@@ -117,10 +119,38 @@ class WorkerClient:
                 raise ProtocolError(f"POST /worker/claim: the answer is not a claimed job: {summarize(exc)}") from None
             raise UnsupportedJob(envelope.id, envelope.lease_token, summarize(exc)) from None
 
-    def heartbeat(self, job_id: int, lease_token: str, progress: Progress | None) -> bool:
-        body = HeartbeatRequest(lease_token=lease_token, progress=progress)
-        r = self._post(f"/worker/jobs/{job_id}/heartbeat", body)
+    def heartbeat(
+        self,
+        job_id: int,
+        lease_token: str,
+        progress: Progress | None,
+        *,
+        node: int | None = None,
+        worker_id: str | None = None,
+        capabilities: Capabilities | None = None,
+    ) -> bool:
+        """Renew the lease (the node's, of a multi-node job), saying what this worker is now; whether a cancel was
+        asked for. An older service that refuses the description gets heartbeats without it from then on."""
+        if self.service_ignores_capabilities:
+            worker_id = capabilities = None
+        body = HeartbeatRequest(
+            lease_token=lease_token, progress=progress, node=node, worker_id=worker_id, capabilities=capabilities
+        )
+        path = f"/worker/jobs/{job_id}/heartbeat"
+        try:
+            r = self._request("POST", path, content=body.model_dump_json(exclude_none=True), headers=JSON)
+        except ProtocolError as exc:
+            if capabilities is None or ("capabilities" not in str(exc) and "worker_id" not in str(exc)):
+                raise
+            self.service_ignores_capabilities = True
+            return self.heartbeat(job_id, lease_token, progress, node=node)
         return HeartbeatResponse.model_validate_json(r.content).cancel_requested
+
+    def rendezvous(self, job_id: int, lease_token: str, node: int, address: str | None) -> Rendezvous:
+        """Where a multi-node job's ranks meet: node 0 publishes ``address``, the others read it (None: not yet)."""
+        body = RendezvousRequest(lease_token=lease_token, node=node, address=address)
+        r = self._post(f"/worker/jobs/{job_id}/rendezvous", body)
+        return Rendezvous.model_validate_json(r.content)
 
     def send_metrics(self, job_id: int, lease_token: str, points: Sequence[MetricIn]) -> None:
         # Not validated here (the service does it); pydantic-core encodes 1,000 points in a third of json's time.

@@ -115,9 +115,10 @@ class Captured:
 class JobLog:
     """One attempt's lines, numbered, waiting to go to the service."""
 
-    def __init__(self) -> None:
+    def __init__(self, first_seq: int = 0) -> None:
         self.pending: deque[dict[str, Any]] = deque()
-        self.next_seq = 0
+        self.next_seq = first_seq
+        """Each node of a multi-node job numbers its lines from its own base, so none is taken for another's."""
         self.dropped = 0
         self.lock = threading.Lock()
 

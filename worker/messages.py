@@ -1,7 +1,8 @@
 """What crosses the pipes between a worker and its job's child process: named, typed messages.
 
 The runner hands the child one ``JobPayload``; the child answers with ``Metrics``, ``Progress``,
-``CheckpointReady`` and ``ArtifactReady`` while it trains, then exactly one end: ``Done``, ``Stopped`` or ``Failed``.
+``CheckpointReady`` and ``ArtifactReady`` while it trains, then an end: ``Done``, ``Stopped`` or ``Failed`` (on a node of
+a multi-node job without rank 0, ``MemberDone``; the first end that arrives counts).
 They are pickled by multiprocessing, so they hold only plain values and the job's spec model.
 """
 
@@ -16,6 +17,23 @@ from app.core.states import CheckpointFormat, CheckpointTag, ErrorClass
 
 
 @dataclass(frozen=True)
+class Launch:
+    """How this node's ranks of a job of several ranks start (worker/launch.py)."""
+
+    ranks_per_node: int
+    nodes: int = 1
+    node: int = 0
+    rendezvous: str | None = None
+    """host:port of the job's c10d rendezvous (node 0 hosts it); None: one node, a rendezvous of its own."""
+    run_id: str = ""
+    """The same on every node of the job (and new at each attempt)."""
+    node_address: str | None = None
+    """This machine's address as the other nodes reach it."""
+    collective_timeout: float = 600.0
+    """Seconds a collective may wait for the other ranks before it fails (no hung NCCL calls)."""
+
+
+@dataclass(frozen=True)
 class JobPayload:
     """Everything the child needs to train one job."""
 
@@ -26,6 +44,10 @@ class JobPayload:
     resume_from: Path | None = None
     init_from: Path | None = None
     threads: int | None = None
+    visible_devices: str | None = None
+    """CUDA_VISIBLE_DEVICES of the job (the GPUs the worker gave it); then ``device`` is counted among those."""
+    launch: Launch | None = None
+    """A job of several ranks (resources); None: one process trains it."""
 
 
 @dataclass(frozen=True)
@@ -73,14 +95,20 @@ class Stopped:
 
 
 @dataclass(frozen=True)
+class MemberDone:
+    """This node's ranks ended well, and rank 0 (the job's report) ran on another node of the job."""
+
+
+@dataclass(frozen=True)
 class Failed:
     reason: str
     """One line: what went wrong and what to change."""
     traceback: str = ""
     """The traceback's last lines; empty for a failure that needs none (a job this worker cannot run)."""
     error_class: ErrorClass = ErrorClass.USER
-    """user (the job's data, code or numbers), or oom (out of device memory)."""
+    """user (the job's data, code or numbers), oom (out of device memory), crash (a rank died), infra (another
+    node of the job was lost)."""
 
 
 ChildMessage = Metrics | Progress | CheckpointReady | ArtifactReady
-Ending = Done | Stopped | Failed
+Ending = Done | Stopped | Failed | MemberDone

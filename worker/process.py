@@ -63,10 +63,14 @@ class Child:
             self.inbox.close()
 
     def discard(self) -> None:
-        """End a child that has no job, or whose job is over for this worker: it has nothing to save."""
+        """End a child that has no job, or whose job is over for this worker, and every process it started (the
+        ranks of a distributed job, in its process group): it has nothing to save."""
         self.inbox.close()
-        if self.process.is_alive():
-            self.process.kill()
+        try:
+            os.killpg(self.pid, signal.SIGKILL)  # the child leads its group (child.run_child)
+        except (ProcessLookupError, PermissionError):  # not yet a group of its own, or gone with all of it
+            if self.process.is_alive():
+                self.process.kill()
         self.process.join()
         self.messages.close()
 

@@ -8,45 +8,41 @@ If the service says the lease is gone, the child is killed and nothing more is w
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import multiprocessing as mp
 import shutil
 import threading
 import time
-from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
 from app.core.protocol import (
     MAX_ERROR_CHARS,
+    Capabilities,
     CheckpointRef,
     ClaimedJob,
     FinishStatus,
-    MetricIn,
     Progress,
     Result,
     UnsupportedJob,
 )
 from app.core.states import CheckpointFormat, CheckpointTag, ErrorClass, JobStatus
 from worker import messages
-from worker.client import LeaseGone, ProtocolError, ServiceUnavailable, StorageFull, UnstorableResult, WorkerClient
-from worker.logs import Captured, JobLog
-from worker.messages import CheckpointReady, Done, Ending, Failed, JobPayload, Metrics, Stopped
+from worker.client import LeaseGone, ProtocolError, ServiceUnavailable, UnstorableResult, WorkerClient
+from worker.gang import launch_of, meet, placement
+from worker.messages import CheckpointReady, Done, Ending, Failed, JobPayload, MemberDone, Metrics, Stopped
 from worker.process import Child, Shutdown, describe_exit, exit_class, oom_kills
+from worker.relay import Abandon, Relay
 from worker.settings import WorkerConfig
 
 log = logging.getLogger("trainjobs.worker")
 
-Outcome = JobStatus | Literal["released", "lease_lost"]
-"""How a job ended for this worker: finished with a status, given back, or taken away."""
-
-METRICS_BATCH, METRICS_FLUSH_SECONDS, METRICS_BUFFER_MAX = 1000, 1.0, 200_000
-
-
-class Abandon(Exception):
-    """The job cannot go on for a reason outside it (the service cannot store its checkpoints)."""
+Outcome = JobStatus | Literal["released", "lease_lost", "member"]
+"""How a job ended for this worker: finished with a status, given back, taken away, or (a node without rank 0
+of a multi-node job) its part done and the job ended by another node."""
 
 
 class JobRun:
@@ -57,8 +53,13 @@ class JobRun:
         config: WorkerConfig,
         shutdown: Shutdown,
         prestarted: Child | None = None,
+        devices: list[str] | None = None,
+        describe: Callable[[], Capabilities] | None = None,
     ) -> None:
         self.client, self.job, self.config, self.shutdown = client, job, config, shutdown
+        self.devices = devices or [config.device]
+        self.describe = describe
+        """What the worker is now, sent with each heartbeat."""
         self.id, self.token, self.settings = job.id, job.lease_token, config.settings
         self.dir = config.work_dir / f"job-{self.id}-attempt-{job.attempt}"
         self.mp: Any = mp.get_context(self.settings.start_method)  # typeshed's BaseContext lacks Process
@@ -67,13 +68,10 @@ class JobRun:
         self.stop: Any = None
         self.lease_lost, self.ended, self.cancel_requested = threading.Event(), threading.Event(), threading.Event()
         self.progress: Progress | None = None
-        self.log = JobLog()
-        self.output: Captured | None = None
-        self.last_log_flush = time.monotonic()
-        self.metrics: deque[MetricIn] = deque()
-        self.dropped_metrics = 0
-        self.last_flush = time.monotonic()
-        self._outage_logged = self._non_finite_logged = False
+        self.relay = Relay(
+            client, job.id, job.lease_token, self.settings, shutdown, self.lease_lost, first_seq=job.first_log_seq
+        )
+        self.log = self.relay.log
         self.stored: dict[CheckpointFormat, dict[CheckpointTag, str]] = {}
         """format -> tag -> sha256 of what this run uploaded: one file saved as best and last goes once."""
 
@@ -89,7 +87,7 @@ class JobRun:
             log.warning("job %s: lease lost (%s); writing nothing more", self.id, exc)
             return "lease_lost"
         except Abandon as exc:  # the child is gone already (_run's finally)
-            return self._end(JobStatus.FAILED, error=str(exc))
+            return self._end(JobStatus.FAILED, error=str(exc), cls=exc.error_class)
         finally:
             self.ended.set()
             beats.join(timeout=5)
@@ -102,8 +100,17 @@ class JobRun:
             return self._end(JobStatus.FAILED, error=str(exc))
         resume = self._download(self.job.resume_checkpoint, "resume.pt")
         init = self._download(self.job.init_checkpoint, "init.pt")
+        device, visible = placement(self.devices)
         payload = JobPayload(
-            spec, self.config.device, self.settings.data_dir, self.dir, resume, init, self.settings.threads
+            spec,
+            device,
+            self.settings.data_dir,
+            self.dir,
+            resume,
+            init,
+            self.settings.threads,
+            visible,
+            launch_of(self.job, spec, self.settings, self._meet() if self.job.node is not None else None),
         )
         child, self.prestarted, kills = self.prestarted, None, oom_kills()
         ahead = child is not None and child.hand(payload)
@@ -114,7 +121,7 @@ class JobRun:
             child = Child(self.mp)
             child.hand(payload)  # if it died already, its exit code is reported below
         assert child is not None
-        self.stop, self.output = child.stop, child.output
+        self.stop, self.relay.output = child.stop, child.output
         self._note_start(child.pid)
         log.info(
             "job %s: attempt %s of %s started child pid %s%s on %s%s",
@@ -160,41 +167,30 @@ class JobRun:
             try:
                 if reader.poll(0.2):
                     message = reader.recv()
-                    if isinstance(message, Done | Stopped | Failed):
-                        final = message
+                    if isinstance(message, Done | Stopped | Failed | MemberDone):
+                        final = final or message  # the first end: a rank's own failure before the launcher's word
                     else:
                         self._handle(message)
             except (EOFError, OSError):
                 return final, killed
-            self._flush_metrics(force=False)
-            self._flush_logs(force=False)
+            self.relay.flush_metrics(force=False)
+            self.relay.flush_logs(force=False)
 
     def _handle(self, message: messages.ChildMessage) -> None:
         if isinstance(message, Metrics):
-            self._buffer(message)
+            self.relay.buffer(message)
         elif isinstance(message, messages.Progress):
             self.progress = Progress(epoch=message.epoch, epochs=message.epochs, step=message.step)
         elif isinstance(message, messages.ArtifactReady):
             upload = (self.id, self.token, message.name, message.path)
-            self._retrying(f"upload of {message.name}", lambda: self.client.upload_artifact(*upload))
+            self.relay.retrying(f"upload of {message.name}", lambda: self.client.upload_artifact(*upload))
             message.path.unlink(missing_ok=True)
         else:
             self._upload(message)
 
-    def _buffer(self, message: Metrics) -> None:
-        points = [p for p in message.points if math.isfinite(p["value"])]
-        if len(points) < len(message.points) and not self._non_finite_logged:
-            log.warning("job %s: dropped metric points that are not finite numbers (NaN or infinity)", self.id)
-            self._non_finite_logged = True
-        self.metrics.extend(MetricIn.model_construct(**p, time=message.time) for p in points)
-        overflow = len(self.metrics) - METRICS_BUFFER_MAX
-        for _ in range(max(0, overflow)):
-            self.metrics.popleft()
-            self.dropped_metrics += 1
-
     def _upload(self, ready: CheckpointReady) -> None:
-        self._flush_metrics(force=True)
-        self._flush_logs(force=True)  # what led up to this checkpoint is stored before it
+        self.relay.flush_metrics(force=True)
+        self.relay.flush_logs(force=True)  # what led up to this checkpoint is stored before it
         metric = ready.metric if ready.metric is not None and math.isfinite(ready.metric) else None
         stored = self.stored.setdefault(ready.format, {})
 
@@ -211,13 +207,22 @@ class JobRun:
                 stored=stored,
             )
 
-        self._retrying(f"upload of the '{ready.tag}' checkpoint", upload)
+        self.relay.retrying(f"upload of the '{ready.tag}' checkpoint", upload)
         ready.path.unlink(missing_ok=True)
 
     def _heartbeat_loop(self) -> None:
         while not self.ended.wait(self.job.heartbeat_seconds):
             try:
-                if self.client.heartbeat(self.id, self.token, self.progress) and not self.cancel_requested.is_set():
+                caps = self.describe() if self.describe else None
+                cancel = self.client.heartbeat(
+                    self.id,
+                    self.token,
+                    self.progress,
+                    node=self.job.node,
+                    worker_id=self.config.worker_id,
+                    capabilities=caps,
+                )
+                if cancel and not self.cancel_requested.is_set():
                     log.info("job %s: cancel requested; stopping at the next step", self.id)
                     self.cancel_requested.set()
             except LeaseGone:
@@ -227,29 +232,6 @@ class JobRun:
                 log.debug("job %s: heartbeat failed: %s", self.id, exc)
 
     # --- talking to the service ----------------------------------------------------
-
-    def _flush_metrics(self, *, force: bool) -> None:
-        if not self.metrics:
-            return
-        due = force or len(self.metrics) >= METRICS_BATCH or time.monotonic() - self.last_flush >= METRICS_FLUSH_SECONDS
-        if not due:
-            return
-        while self.metrics:
-            batch = [self.metrics[i] for i in range(min(METRICS_BATCH, len(self.metrics)))]
-            try:
-                self.client.send_metrics(self.id, self.token, batch)
-            except ServiceUnavailable as exc:
-                self._outage(exc)
-                return  # keep them buffered; the next flush tries again
-            for _ in batch:
-                self.metrics.popleft()
-        self._recovered()
-        self.last_flush = time.monotonic()
-        if self.dropped_metrics:
-            log.warning(
-                "job %s: the service was away too long; %s metric points were dropped", self.id, self.dropped_metrics
-            )
-            self.dropped_metrics = 0
 
     def _note_start(self, pid: int) -> None:
         job, config = self.job, self.config
@@ -263,73 +245,12 @@ class JobRun:
             ref = job.init_checkpoint
             self.log.system(f"starting from job {ref.job_id}'s '{ref.tag}' checkpoint (epoch {ref.epoch})")
 
-    def _flush_logs(self, *, force: bool) -> None:
-        if self.output is not None:
-            for stream, at, text in self.output.take():
-                self.log.add(stream, text, at)
-        due = force or len(self.log.pending) >= 1000 or time.monotonic() - self.last_log_flush >= 1.0
-        if not due:
-            return
-        while batch := self.log.batch():
-            try:
-                self.client.send_logs(self.id, self.token, batch)
-            except ServiceUnavailable as exc:
-                self._outage(exc)
-                return  # kept; the next flush sends them again (the service stores each seq once)
-            except ProtocolError as exc:  # refused as it is: the job goes on without these lines
-                log.warning("job %s: the service refused %s log line(s): %s", self.id, len(batch), exc)
-            self.log.sent(len(batch))
-        if self.log.dropped:
-            dropped, self.log.dropped = self.log.dropped, 0
-            self.log.system(f"{dropped} line(s) of output were dropped while the service was away")
-        self.last_log_flush = time.monotonic()
-
-    def _retrying(self, what: str, call: Callable[[], object]) -> None:
-        """Call until it succeeds; LeaseGone propagates; an immediate shutdown gives up.
-
-        A full disk at the service (507) is retried for ``storage_retry_seconds``, then the job is
-        given up with that reason (``Abandon``): training never goes on silently with nowhere to save.
-        """
-        delay, full_since = 0.5, None
-        while True:
-            try:
-                call()
-                self._recovered()
-                return
-            except StorageFull as exc:
-                if full_since is None:
-                    full_since = time.monotonic()
-                    limit = self.settings.storage_retry_seconds
-                    log.warning(
-                        "job %s: no room at the service for the %s (%s); retrying for %.0f s", self.id, what, exc, limit
-                    )
-                waited = time.monotonic() - full_since
-                if waited > self.settings.storage_retry_seconds:
-                    raise Abandon(f"the {what} failed for {waited:.0f} s: {exc}") from None
-            except ServiceUnavailable as exc:
-                self._outage(exc)
-            if self.lease_lost.is_set():
-                raise LeaseGone(f"lease lost while retrying the {what}")
-            if self.shutdown.immediate.wait(delay):
-                raise ServiceUnavailable(f"gave up the {what}: shutting down")
-            delay = min(delay * 2, 5.0)
-
-    def _outage(self, exc: Exception) -> None:
-        if not self._outage_logged:
-            log.warning("job %s: service unavailable (%s); training goes on, retrying", self.id, exc)
-            self._outage_logged = True
-
-    def _recovered(self) -> None:
-        if self._outage_logged:
-            log.info("job %s: service reachable again", self.id)
-            self._outage_logged = False
-
     def _download(self, ref: CheckpointRef | None, name: str) -> Path | None:
         if ref is None:
             return None
         dest = self.dir / name
         try:
-            self._retrying(
+            self.relay.retrying(
                 f"download of {ref.url}", lambda: self.client.download(ref.url, dest, ref.sha256, self.token)
             )
         except ProtocolError as exc:  # gone since the claim (it named only files that existed)
@@ -351,10 +272,10 @@ class JobRun:
     ) -> Outcome:
         error = error[:MAX_ERROR_CHARS] if error is not None else None
         self.log.system(f"{status}" + (f" ({cls})" if cls else "") + (f": {error.splitlines()[0]}" if error else ""))
-        self._retrying("log upload", self._flush_logs_or_raise)
+        self.relay.retrying("log upload", self.relay.flush_logs_or_raise)
         progress = self.progress
         try:
-            self._retrying(
+            self.relay.retrying(
                 "finish",
                 lambda: self.client.finish(
                     self.id, self.token, status, error=error, error_class=cls, result=result, progress=progress
@@ -362,7 +283,7 @@ class JobRun:
             )
         except UnstorableResult as exc:
             status, error, result = JobStatus.FAILED, f"the job's result cannot be stored: {exc}", None
-            self._retrying("finish", lambda: self.client.finish(self.id, self.token, status, error=error))
+            self.relay.retrying("finish", lambda: self.client.finish(self.id, self.token, status, error=error))
         if status == JobStatus.FAILED:
             log.warning("job %s: failed: %s", self.id, (error or "").split("\n")[0])
         else:
@@ -370,29 +291,50 @@ class JobRun:
         return status
 
     def _report(self, final: Ending | None, killed: str | None, exitcode: int | None, kills: int | None) -> Outcome:
-        self._retrying("metrics upload", self._flush_or_raise)
+        self.relay.retrying("metrics upload", self.relay.flush_or_raise)
         if isinstance(final, Done) and killed is None:
             return self._end(JobStatus.SUCCEEDED, result=final.result)
         if isinstance(final, Failed):
             error = f"{final.reason}\n\n{final.traceback}" if final.traceback else final.reason
             return self._end(JobStatus.FAILED, error=error, cls=final.error_class)
+        if isinstance(final, MemberDone) and killed is None:
+            return self._await_end()
         stopped = isinstance(final, Stopped)
         if self.cancel_requested.is_set() and (stopped or killed == "grace"):
             return self._end(JobStatus.CANCELLED)
-        if self.shutdown.requested.is_set() and (stopped or killed is not None):
+        # A node of a multi-node job stops when another node's worker shuts down: all go back together.
+        if (self.shutdown.requested.is_set() and (stopped or killed is not None)) or (
+            stopped and self.job.node is not None
+        ):
             self.log.system(f"released: worker {self.config.worker_id} is shutting down; another resumes the job")
-            self._retrying("log upload", self._flush_logs_or_raise)
-            self._retrying("release", lambda: self.client.release(self.id, self.token))
+            self.relay.retrying("log upload", self.relay.flush_logs_or_raise)
+            self.relay.retrying("release", lambda: self.client.release(self.id, self.token))
             log.info("job %s: given back to the queue for another worker to resume", self.id)
             return "released"
         return self._end(JobStatus.FAILED, error=describe_exit(exitcode), cls=exit_class(exitcode, kills))
 
-    def _flush_or_raise(self) -> None:
-        self._flush_metrics(force=True)
-        if self.metrics:
-            raise ServiceUnavailable("metrics still buffered")
+    def _meet(self) -> str:
+        """Where this multi-node job's ranks meet (gang.meet), waiting for node 0 at most two leases."""
+        try:
+            return meet(
+                self.client, self.job, self.settings, self.lease_lost, time.monotonic() + 2 * self.job.lease_seconds
+            )
+        except TimeoutError as exc:
+            raise Abandon(str(exc), ErrorClass.INFRA) from None
 
-    def _flush_logs_or_raise(self) -> None:
-        self._flush_logs(force=True)
-        if self.log.pending:
-            raise ServiceUnavailable("log lines still buffered")
+    def _await_end(self) -> Outcome:
+        """This node's ranks are done, and rank 0 ran on another node: hold the node (heartbeating) until that
+        node has ended the job, so the job's lease does not run out under it."""
+        self.log.system(f"node {self.job.node}: its ranks are done; the node of rank 0 ends the job")
+        with contextlib.suppress(LeaseGone):  # it may have ended already
+            self.relay.retrying("log upload", self.relay.flush_logs_or_raise)
+        while not self.lease_lost.is_set() and not self.shutdown.immediate.is_set():
+            try:
+                self.client.heartbeat(self.id, self.token, None, node=self.job.node)
+            except LeaseGone:
+                break
+            except (ServiceUnavailable, ProtocolError) as exc:
+                log.debug("job %s: heartbeat failed: %s", self.id, exc)
+            self.lease_lost.wait(1.0)
+        log.info("job %s: node %s done; the job ended on another node", self.id, self.job.node)
+        return "member"

@@ -39,6 +39,26 @@ class WorkerSettings(BaseSettings):
     storage_retry_seconds: float = Field(
         300.0, ge=0, description="How long a checkpoint upload the service has no room for is retried."
     )
+    gpus: str | None = Field(
+        None,
+        pattern=r"^(all|[0-9]{1,2}(,[0-9]{1,2})*)$",
+        description="GPUs this worker manages (0,1,2,3 or all): a job on each free one, an N-GPU job on N.",
+    )
+    node_address: str | None = Field(
+        None,
+        max_length=255,
+        description="This machine's address as the other nodes of a multi-node job reach it "
+        "(default: the one it reaches the service from).",
+    )
+    rendezvous_port: int | None = Field(
+        None,
+        ge=1,
+        le=65535,
+        description="Port node 0 of a multi-node job serves its rendezvous on (default: a free one).",
+    )
+    collective_timeout_seconds: float = Field(
+        600.0, gt=0, description="How long a rank waits in a collective for the others before the job fails."
+    )
 
 
 LOOPBACK_NAMES = {"localhost", "localhost.localdomain"}
@@ -70,9 +90,14 @@ class WorkerConfig:
     settings: WorkerSettings
     worker_id: str
     device: str
+    """As its claims name it: cpu, cuda:1, or cuda:0,1,2,3 for a worker of several GPUs."""
     work_dir: Path
+    devices: tuple[str, ...] = ()
+    """The devices it runs jobs on (one each, or a job's GPUs): ``device`` alone, or each of ``--gpus``."""
 
     @classmethod
-    def of(cls, settings: WorkerSettings, worker_id: str, device: str) -> WorkerConfig:
+    def of(
+        cls, settings: WorkerSettings, worker_id: str, device: str, devices: list[str] | None = None
+    ) -> WorkerConfig:
         safe_id = re.sub(r"[^A-Za-z0-9_.-]", "_", worker_id)
-        return cls(settings, worker_id, device, settings.work_dir / safe_id)
+        return cls(settings, worker_id, device, settings.work_dir / safe_id, tuple(devices or [device]))

@@ -88,6 +88,9 @@ class Settings(BaseSettings):
     claim_poll_seconds: float = Field(
         1.0, gt=0, description="Re-check interval of a waiting claim (other API processes)."
     )
+    gang_seconds: float = Field(
+        30.0, gt=0, description="How long workers offered a node of a multi-node job have to take it."
+    )
     reap_interval_seconds: float = Field(5.0, gt=0, description="How often expired leases are looked for.")
     idempotency_hours: float = Field(24.0, gt=0, description="How long an Idempotency-Key is remembered.")
 

@@ -178,6 +178,8 @@ def new_job(spec: AnyJobSpec, *, owner_id: int, now: datetime, **links: Any) -> 
         init_job_id=spec.base_job_id,
         arch=spec.model.arch,
         dataset=spec.dataset.name,
+        gpus=spec.resources.gpus_per_node,
+        nodes=spec.resources.nodes,
         progress={"epoch": 0, "epochs": spec.train.epochs, "step": 0},
         created_at=now,
         updated_at=now,

@@ -14,56 +14,20 @@ import secrets
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, case, exists, func, or_, select, true, update
-from sqlalchemy.orm import Session, aliased
+from sqlalchemy import ColumnElement, case, or_, select, update
+from sqlalchemy.orm import Session
 
-from app.core import logs
+from app.core import gangs, logs
+from app.core.claimable import dependencies_met, runs_on_a_worker, sweep_has_room, sweep_room_held
 from app.core.errors import InvalidRequest, JobNotFound, LeaseLost
-from app.core.models import Job, Sweep, utcnow
-from app.core.states import RETRY_ON_DEFAULT, ErrorClass, JobKind, JobStatus, guard
+from app.core.models import Job, utcnow
+from app.core.protocol import Capabilities
+from app.core.states import RETRY_ON_DEFAULT, ErrorClass, JobStatus, guard
 
 QUEUED, RUNNING = frozenset({JobStatus.QUEUED}), frozenset({JobStatus.RUNNING})
-ANY_JOB = true()
 
 
 # --- claiming -------------------------------------------------------------------
-
-
-def runs_on_a_worker() -> ColumnElement[bool]:
-    """A job of a kind that workers train (``JobKind.runs_on_worker``); which worker may take it is ``can_run``."""
-    return Job.kind.in_(sorted(kind for kind in JobKind if kind.runs_on_worker))
-
-
-def dependencies_met() -> ColumnElement[bool]:
-    """The job it waits for (a finetune's base pretrain job), if any, has succeeded."""
-    base = aliased(Job)
-    return or_(
-        Job.init_job_id.is_(None),
-        exists().where(base.id == Job.init_job_id, base.status == JobStatus.SUCCEEDED),
-    )
-
-
-def sweep_has_room() -> ColumnElement[bool]:
-    """Not a trial of a sweep that has its ``max_concurrent`` trials running already."""
-    running = aliased(Job)
-    count = (
-        select(func.count())
-        .select_from(running)
-        .where(running.sweep_id == Sweep.id, running.status == JobStatus.RUNNING)
-        .scalar_subquery()
-    )
-    full = exists().where(Sweep.id == Job.sweep_id, Sweep.max_concurrent.is_not(None), Sweep.max_concurrent <= count)
-    return or_(Job.sweep_id.is_(None), ~full)
-
-
-def _sweep_room_held(session: Session, sweep_id: int) -> bool:
-    """Whether the sweep may start one more trial, under its row's lock (PostgreSQL): two claims cannot both
-    start the last one. A sweep locked elsewhere is full for now: a claim never waits holding a job's row."""
-    found = session.execute(
-        select(Sweep.max_concurrent).where(Sweep.id == sweep_id).with_for_update(skip_locked=True)
-    ).first()
-    running = select(func.count()).where(Job.sweep_id == sweep_id, Job.status == JobStatus.RUNNING)
-    return found is not None and (found[0] is None or (session.scalar(running) or 0) < found[0])
 
 
 def claim_next_job(
@@ -74,20 +38,28 @@ def claim_next_job(
     lease_seconds: float,
     now: datetime | None = None,
     reap: bool = True,
-    can_run: ColumnElement[bool] = ANY_JOB,
+    can_run: ColumnElement[bool] | None = None,
+    capabilities: Capabilities | None = None,
+    gang_seconds: float = 30.0,
 ) -> Job | None:
     """Lease the next claimable job the worker ``can_run`` (highest priority, then oldest; a sweep's trial only
-    while the sweep has room under its ``max_concurrent``). With ``reap``, expired leases go first."""
+    while the sweep has room under its ``max_concurrent``; a multi-node job only with workers for all its other
+    nodes, offered them in the same transaction: gangs.py). With ``reap``, expired leases go first."""
     now = now or utcnow()
     if reap:
         reap_expired_leases(session, now=now)
     full: list[int] = []  # sweeps found full under their lock: passed over in this claim
-    for _ in range(4):
-        conditions = [Job.status == JobStatus.QUEUED, runs_on_a_worker(), dependencies_met(), sweep_has_room(), can_run]
+    passed: list[int] = []  # multi-node jobs without enough free workers now
+    for _ in range(8):
+        conditions = [Job.status == JobStatus.QUEUED, runs_on_a_worker(), dependencies_met(), sweep_has_room()]
+        if can_run is not None:
+            conditions.append(can_run)
         if full:
             conditions.append(or_(Job.sweep_id.is_(None), Job.sweep_id.not_in(full)))
+        if passed:
+            conditions.append(Job.id.not_in(passed))
         candidate = session.execute(
-            select(Job.id, Job.sweep_id)
+            select(Job.id, Job.sweep_id, Job.nodes, Job.gpus, Job.kind, Job.arch, Job.dataset)
             .where(*conditions)
             .order_by(Job.priority.desc(), Job.created_at, Job.id)
             .limit(1)
@@ -95,10 +67,21 @@ def claim_next_job(
         ).first()
         if candidate is None:
             return None
-        if candidate.sweep_id is not None and not _sweep_room_held(session, candidate.sweep_id):
+        if candidate.sweep_id is not None and not sweep_room_held(session, candidate.sweep_id):
             full.append(candidate.sweep_id)
             continue
-        return _lease(session, candidate.id, worker_id, device, lease_seconds, now)
+        if candidate.nodes == 1:
+            return _lease(session, candidate.id, worker_id, device, lease_seconds, now)
+        others = gangs.members(session, candidate, worker_id, capabilities, now=now, live_seconds=lease_seconds)
+        if others is None:
+            passed.append(candidate.id)
+            continue
+        job = _lease(session, candidate.id, worker_id, device, lease_seconds, now)
+        cuda = capabilities is not None and capabilities.gpus > 0
+        gangs.offer(
+            session, job, worker_id, others, cuda=cuda, now=now, lease_seconds=lease_seconds, gang_seconds=gang_seconds
+        )
+        return job
     return None
 
 
@@ -181,19 +164,24 @@ def heartbeat(
     *,
     lease_seconds: float,
     progress: dict[str, Any] | None = None,
+    node: int | None = None,
     now: datetime | None = None,
 ) -> bool:
-    """Extend the lease; returns whether a cancel was requested. Raises LeaseLost."""
+    """Extend the lease (of a multi-node job: the ``node``'s; the job's runs out with the first of its nodes');
+    returns whether a cancel was requested. Raises LeaseLost."""
     now = now or utcnow()
     values: dict[str, Any] = {"lease_expires_at": now + timedelta(seconds=lease_seconds), "updated_at": now}
     if progress is not None:
         values["progress"] = progress
     row = session.execute(
-        update(Job).where(*fenced(job_id, lease_token)).values(**values).returning(Job.cancel_requested)
+        update(Job).where(*fenced(job_id, lease_token)).values(**values).returning(Job.cancel_requested, Job.nodes)
     ).first()
     if row is None:
         raise _lease_lost(session, job_id)
-    return bool(row[0])
+    if node is not None or row.nodes > 1:
+        earliest = gangs.beat(session, job_id, node or 0, now=now, lease_seconds=lease_seconds)
+        session.execute(update(Job).where(Job.id == job_id).values(lease_expires_at=earliest))
+    return bool(row.cancel_requested)
 
 
 # --- ending -------------------------------------------------------------------------
@@ -211,6 +199,8 @@ def _end_lease(session: Session, job_id: int, lease_token: str, *targets: JobSta
     ).scalar_one_or_none()
     if job is None:
         raise _lease_lost(session, job_id)
+    if job.nodes > 1:
+        gangs.dissolve(session, job_id)
     return job
 
 
@@ -372,6 +362,13 @@ def reap_expired_leases(session: Session, *, now: datetime | None = None) -> lis
     ).all()
     changed: list[tuple[int, JobStatus]] = []
     for job in expired:
+        missing = gangs.untaken(session, job.id) if job.nodes > 1 else []
+        if missing:  # a multi-node job that never got all its nodes: given back, no attempt spent
+            if gangs.give_back(session, job, missing, now=now):
+                changed.append((job.id, JobStatus.QUEUED))
+            continue
+        if job.nodes > 1:
+            gangs.dissolve(session, job.id)
         status, error = _fate(job)
         done = session.execute(
             update(Job)

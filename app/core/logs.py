@@ -24,6 +24,22 @@ SERVICE_SEQ_BASE = -1_000_000
 """Lines the service writes itself (a lease that expired) number down from here, apart from the worker's."""
 
 
+NODE_SEQ_SPAN = 1 << 40
+"""Each node of a multi-node job numbers its lines from ``node * NODE_SEQ_SPAN``: none is taken for another's."""
+
+
+def first_seq(session: Session, job_id: int, attempt: int, node: int = 0) -> int:
+    """Where a run of the job (one node of it) numbers its lines from: after those its attempt stored already (a
+    run given back at a worker's shutdown keeps its attempt; the next run's lines must not be taken for its)."""
+    base = node * NODE_SEQ_SPAN
+    last = session.scalar(
+        select(func.max(JobLog.seq)).where(
+            JobLog.job_id == job_id, JobLog.attempt == attempt, JobLog.seq >= base, JobLog.seq < base + NODE_SEQ_SPAN
+        )
+    )
+    return base if last is None else int(last) + 1
+
+
 def append_lines(session: Session, job: Job, lines: list[dict[str, Any]], *, max_log_bytes: int) -> int:
     """Store ``lines`` (seq, stream, time, text) under the job's current attempt; returns how many were new."""
     if not lines:

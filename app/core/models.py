@@ -1,4 +1,5 @@
-"""SQLAlchemy 2.0 models: users and their API tokens, jobs, sweeps, metric points, checkpoints, idempotency keys.
+"""SQLAlchemy 2.0 models: users and their API tokens, jobs (and their nodes), sweeps, workers, metric points,
+checkpoints, idempotency keys.
 
 The relationships are many-to-one and always joined (``lazy="joined"``): a job (a sweep) comes with
 its owner's name, a token with its user, in the same query, so no request does surprise I/O.
@@ -147,6 +148,10 @@ class Job(Base):
     )
     arch: Mapped[str | None] = mapped_column(String(64), doc="Its spec's model.arch: a claim matches it to a worker's.")
     dataset: Mapped[str | None] = mapped_column(String(64), doc="Its spec's dataset.name, matched the same way.")
+    gpus: Mapped[int] = mapped_column(
+        Integer, default=1, server_default="1", doc="GPUs a worker needs free for a node of it (0: CPU ranks)."
+    )
+    nodes: Mapped[int] = mapped_column(Integer, default=1, server_default="1", doc="Workers that run it together.")
     trial_index: Mapped[int | None] = mapped_column(Integer, doc="Its trial's number in the sweep, from 0.")
     trial_params: Mapped[dict[str, Any] | None] = mapped_column(
         JSON, doc="The trial's parameter values by dotted path (and its seed)."
@@ -240,10 +245,30 @@ class Worker(Base):
     capabilities: Mapped[dict[str, Any] | None] = mapped_column(
         JSON, doc="Kinds, archs, datasets, devices; None: an older worker that says nothing (it runs anything)."
     )
+    gpus: Mapped[int] = mapped_column(Integer, default=0, server_default="0", doc="Its CUDA devices.")
+    free: Mapped[int] = mapped_column(
+        Integer, default=0, server_default="0", doc="Its devices free (a CPU worker: 1 when idle), as last said."
+    )
     first_seen: Mapped[datetime] = mapped_column(default=utcnow)
     last_seen: Mapped[datetime] = mapped_column(default=utcnow)
 
     __table_args__ = (Index("ix_workers_last_seen", "last_seen"),)
+
+
+class JobNode(Base):
+    """A node of a running multi-node job: the worker that holds it (all of a job's nodes are handed out in
+    one claim, or none), until when, and on node 0 the rendezvous address every rank joins."""
+
+    __tablename__ = "job_nodes"
+
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
+    node: Mapped[int] = mapped_column(Integer, primary_key=True, doc="0 hosts the rendezvous.")
+    worker_id: Mapped[str] = mapped_column(String(200))
+    taken_at: Mapped[datetime | None] = mapped_column(doc="None: offered to the worker, not taken yet.")
+    lease_expires_at: Mapped[datetime]
+    address: Mapped[str | None] = mapped_column(String(300), doc="host:port of the rendezvous (node 0).")
+
+    __table_args__ = (Index("ix_job_nodes_worker_id", "worker_id"),)
 
 
 class MetricPoint(Base):

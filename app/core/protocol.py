@@ -68,9 +68,11 @@ class ClaimEnvelope(BaseModel):
 Name = Annotated[Text, Field(min_length=1, max_length=100)]
 
 
-class DeviceInfo(_Model):
+class DeviceInfo(BaseModel):
+    model_config = ConfigDict(extra="ignore")
     name: Text = Field(min_length=1, max_length=100, description="e.g. cpu, cuda:0 (NVIDIA H200)")
     memory_bytes: int | None = Field(None, ge=0, le=2**62)
+    busy: bool | None = Field(None, description="Running a job now (None: an older worker that does not say).")
 
 
 class Capabilities(BaseModel):
@@ -85,6 +87,13 @@ class Capabilities(BaseModel):
     archs: list[Name] = Field(max_length=200)
     datasets: list[Name] = Field(max_length=200)
     devices: list[DeviceInfo] = Field(default_factory=list, max_length=64)
+    gpus: int = Field(0, ge=0, le=64, description="CUDA devices it manages (0: a CPU or MPS worker).")
+    free: int | None = Field(
+        None, ge=0, le=64, description="Devices free now (a CPU worker: 1 when idle); None: an older worker."
+    )
+    distributed: bool = Field(
+        False, description="Runs jobs of several ranks or nodes (resources); an older worker runs one device."
+    )
 
 
 class ClaimRequest(_Model):
@@ -142,6 +151,10 @@ class ClaimedJob(BaseModel):
     heartbeat_seconds: float
     resume_checkpoint: CheckpointRef | None = Field(description="This job's last checkpoint: continue from it.")
     init_checkpoint: CheckpointRef | None = Field(description="The base pretrain job's checkpoint (init from job).")
+    node: int | None = Field(
+        None, description="A multi-node job: the node this worker runs (0 publishes the rendezvous); else None."
+    )
+    first_log_seq: int = Field(0, ge=0, description="Number this run's log lines from here (its attempt's so far).")
 
     @classmethod
     def of(
@@ -151,8 +164,10 @@ class ClaimedJob(BaseModel):
         *,
         lease_seconds: float,
         heartbeat_seconds: float,
+        node: int | None = None,
+        first_log_seq: int = 0,
     ) -> ClaimedJob:
-        """The claim's answer: the job, its lease, and the checkpoints it resumes / starts from."""
+        """The claim's answer: the job, its lease, the checkpoints it resumes / starts from, its node."""
         assert job.lease_token is not None
         resume, init = starts
         return cls(
@@ -166,6 +181,8 @@ class ClaimedJob(BaseModel):
             heartbeat_seconds=heartbeat_seconds,
             resume_checkpoint=CheckpointRef.of(resume),
             init_checkpoint=CheckpointRef.of(init),
+            node=node,
+            first_log_seq=first_log_seq,
         )
 
     def job_spec(self) -> AnyJobSpec:
@@ -176,13 +193,34 @@ class ClaimedJob(BaseModel):
             raise UnsupportedJob(self.id, self.lease_token, summarize(exc, skip=1)) from None
 
 
+NodeNumber = Field(None, ge=0, le=63, description="A multi-node job: the node this worker holds.")
+
+
 class HeartbeatRequest(_Model):
     lease_token: Text = LeaseToken
     progress: Progress | None = None
+    node: int | None = NodeNumber
+    worker_id: Text | None = Field(None, min_length=1, max_length=200, description="The worker_id it claims with.")
+    capabilities: Capabilities | None = Field(None, description="What the worker is now (its devices busy or free).")
 
 
 class HeartbeatResponse(BaseModel):
     cancel_requested: bool
+
+
+class RendezvousRequest(_Model):
+    lease_token: Text = LeaseToken
+    node: int = Field(ge=0, le=63, description="The node asking: 0 publishes the address, the others read it.")
+    address: Text | None = Field(
+        None, min_length=3, max_length=300, pattern=r"^[A-Za-z0-9.:\[\]_-]+:[0-9]{1,5}$", description="host:port"
+    )
+
+
+class Rendezvous(BaseModel):
+    nodes: int = Field(description="Nodes of the job.")
+    address: str | None = Field(
+        description="host:port where every rank joins the job's c10d rendezvous; None: not yet."
+    )
 
 
 class MetricPoint(TypedDict):

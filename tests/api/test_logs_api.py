@@ -122,3 +122,18 @@ def start_again(client: AuthedClient, job_id: int) -> str:
     assert r.status_code == 200 and r.json()["id"] == job_id, r.text
     token: str = r.json()["lease_token"]
     return token
+
+
+def test_a_run_after_a_give_back_numbers_its_lines_after_the_first_runs(client: AuthedClient) -> None:
+    """A job given back at a worker's shutdown keeps its attempt: the next run's lines must not be taken for
+    the first run's (stored once by job, attempt and seq) and dropped."""
+    from tests.api.helpers import claim
+
+    job_id, lease = start(client, TINY_JOB)
+    send(client, job_id, lease, lines("first run", "saved at step 7"))
+    assert client.post(f"/worker/jobs/{job_id}/release", json={"lease_token": lease}).status_code == 200
+    again = claim(client, "w2")
+    assert again is not None and again["attempt"] == 1 and again["first_log_seq"] == 2
+    send(client, job_id, again["lease_token"], lines("resuming", first=again["first_log_seq"]))
+    texts = [line["text"] for line in client.get(f"/jobs/{job_id}/logs").json()["lines"]]
+    assert texts == ["first run", "saved at step 7", "resuming"]

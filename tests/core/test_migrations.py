@@ -44,6 +44,7 @@ ALL_TABLES = {
     "users",
     "api_tokens",
     "job_logs",
+    "job_nodes",
 }
 
 

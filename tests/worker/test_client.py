@@ -91,7 +91,7 @@ def test_points_that_are_not_finite_are_dropped_before_sending(tmp_path: Path) -
     run = JobRun(Recording(), job, config, Shutdown())  # type: ignore[arg-type]
     values = [0.5, float("nan"), float("inf"), 0.25]
     run._handle(Metrics([{"name": "loss", "step": i, "epoch": None, "value": v} for i, v in enumerate(values)], 1.7e9))
-    run._flush_metrics(force=True)
+    run.relay.flush_metrics(force=True)
     assert [(p.step, p.value, p.time) for p in sent] == [(0, 0.5, 1.7e9), (3, 0.25, 1.7e9)]
 
 

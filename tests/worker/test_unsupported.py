@@ -88,7 +88,7 @@ def test_a_name_the_spec_allows_but_no_registry_serves_fails_without_a_traceback
     monkeypatch.delitem(LOADERS._entries, "synthetic")
     receive, send = Pipe(duplex=False)
     payload = JobPayload(parse_job_spec(json.loads(json.dumps(TINY_JOB))), "cpu", tmp_path / "data", tmp_path / "work")
-    child._train(payload, send, Event(), os.getppid())
+    child.train(payload, send, Event(), os.getppid())
     failed = receive.recv()
     assert isinstance(failed, Failed) and failed.traceback == ""
     assert failed.reason == (

@@ -14,6 +14,8 @@ from pathlib import Path
 
 from app.core.protocol import MetricPoint
 
+from .distributed import Ranks
+
 __all__ = ["MetricPoint", "StopRequested", "TrainingContext"]
 from app.core.states import CheckpointTag
 
@@ -47,4 +49,6 @@ class TrainingContext:
     on_progress: Callable[[int, int, int], None] = lambda epoch, epochs, step: None
     """Called as (epoch, epochs, step) at log points and epoch ends."""
     should_stop: Callable[[], bool] = field(default=lambda: False)
-    """Polled once per step; True makes the loop save and raise StopRequested."""
+    """Polled once per step; True makes the loop save and raise StopRequested (on every rank at once)."""
+    ranks: Ranks = field(default_factory=Ranks)
+    """Where this process stands among the job's ranks (distributed.py); one process by default."""

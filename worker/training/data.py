@@ -288,19 +288,20 @@ def _write_cache(path: Path, train: Images, test: Images) -> None:
 # --- batches on the device ------------------------------------------------------------
 
 
-def steps_per_epoch(num_images: int, batch_size: int) -> int:
-    """Batches per epoch; a last batch of a single image is dropped (BatchNorm cannot train on it)."""
+def steps_per_epoch(num_images: int, batch_size: int, ranks: int = 1) -> int:
+    """Batches per epoch; a last batch of fewer than 2 images a rank is dropped (BatchNorm cannot train on one
+    image; one process drops a last batch of a single image)."""
     steps = math.ceil(num_images / batch_size)
-    return steps - 1 if num_images % batch_size == 1 and steps > 1 else steps
+    return steps - 1 if 0 < num_images % batch_size < 2 * ranks and steps > 1 else steps
 
 
 def epoch_batches(
-    data: Images, batch_size: int, seed: int, epoch: int, start: int = 0
+    data: Images, batch_size: int, seed: int, epoch: int, start: int = 0, ranks: int = 1
 ) -> Iterator[tuple[Tensor, Tensor]]:
-    """The epoch's shuffled batches (uint8 images, labels), from batch ``start`` on."""
+    """The epoch's shuffled batches (uint8 images, labels), from batch ``start`` on; the same on every rank."""
     order = torch.randperm(len(data), generator=torch.Generator().manual_seed(mix_seed(seed, epoch)))
     order = order.to(data.x.device)
-    for i in range(start, steps_per_epoch(len(data), batch_size)):
+    for i in range(start, steps_per_epoch(len(data), batch_size, ranks)):
         index = order[i * batch_size : (i + 1) * batch_size]
         yield data.x[index], data.y[index]
 

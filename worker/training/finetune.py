@@ -43,6 +43,8 @@ class ClassificationTask(Task):
         self.frozen_encoder = freeze_backbone
         trainable = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = make_optimizer(trainable, train, self.runtime.device)
+        if self.runtime.ranks.distributed:  # DDP syncs what was trainable when it was built
+            self.forward = self.runtime.compiled(self.model)
 
     def train_mode(self) -> None:
         self.model.train()
@@ -54,7 +56,7 @@ class ClassificationTask(Task):
             out = self.forward(self.runtime.prepare(batch.x))
         loss = F.cross_entropy(out.float(), batch.labels)
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()  # type: ignore[no-untyped-call]
+        batch.backward(loss)
         self.optimizer.step()
         correct = (out.detach().argmax(1) == batch.labels).sum()
         return {"train_loss": loss.detach() * len(batch), "train_accuracy": correct}
@@ -89,7 +91,7 @@ def classification_task(spec: AnyJobSpec, ctx: TrainingContext, splits: Splits) 
         load_encoder(model.encoder, ctx.init_from)
     if spec.model.freeze_backbone:
         model.encoder.requires_grad_(False)
-    runtime = Runtime.of(spec.train, ctx.device, model)
+    runtime = Runtime.of(spec.train, ctx.device, model, ranks=ctx.ranks)
     trainable = [p for p in model.parameters() if p.requires_grad]
     return ClassificationTask(
         model, runtime, make_optimizer(trainable, spec.train, runtime.device), spec.model.freeze_backbone

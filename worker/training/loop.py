@@ -97,7 +97,7 @@ def fit(spec: AnyJobSpec, ctx: TrainingContext, task: Task, splits: Splits) -> R
         splits.val.to(device) if splits.val is not None else None,
         splits.num_classes,
     )
-    per_epoch = steps_per_epoch(len(data.train), spec.train.batch_size)
+    per_epoch = steps_per_epoch(len(data.train), spec.train.batch_size, ctx.ranks.world)
     for optimizer in task.optimizers():
         for group in optimizer.param_groups:
             group.setdefault("initial_lr", group["lr"])
@@ -178,8 +178,9 @@ def train_one_epoch(run: Run, progress: Progress) -> None:
     augment = run.spec.dataset.augment == "flip_crop"
     task.train_mode()
     started = time.perf_counter()
+    ranks = run.ctx.ranks
     for images, labels in epoch_batches(
-        run.data.train, train.batch_size, train.seed, progress.epoch, progress.step_in_epoch
+        run.data.train, train.batch_size, train.seed, progress.epoch, progress.step_in_epoch, ranks.world
     ):
         if run.ctx.should_stop():
             progress.epoch_seconds += time.perf_counter() - started
@@ -191,7 +192,8 @@ def train_one_epoch(run: Run, progress: Progress) -> None:
         batch = Batch(normalize(images), labels, train.seed, progress.epoch, step)
         if augment:
             batch.x = flip_crop(batch.x, batch.rng())
-        progress.record(step, task.train_step(batch), len(batch))
+        batch.shard(ranks)  # the whole batch is drawn and augmented alike on every rank; each trains on its rows
+        progress.record(step, task.train_step(batch), batch.size)
         if step % train.log_every_steps == 0 and progress.step_in_epoch < run.steps_per_epoch:
             _log_window(run, progress)
     if task.runtime.device.type == "cuda":
@@ -211,7 +213,8 @@ def check_finite(run: Run, progress: Progress) -> dict[str, list[float]]:
     logged = run.task.logged
     if not progress.window:
         return {name: [] for name in logged}
-    flat: list[float] = torch.stack([w.values[name] for w in progress.window for name in logged]).tolist()
+    stacked = torch.stack([w.values[name] for w in progress.window for name in logged])
+    flat: list[float] = run.ctx.ranks.all_sum(stacked).tolist()
     sums = {name: flat[i :: len(logged)] for i, name in enumerate(logged)}
     for i, w in enumerate(progress.window):
         for name in logged:
@@ -234,23 +237,29 @@ def _log_window(run: Run, progress: Progress) -> None:
 
 @torch.no_grad()
 def evaluate(run: Run, images: Images) -> dict[str, float]:
-    """The mean of each of the task's evaluation metrics over ``images``, without augmentation or noise."""
-    task = run.task
+    """The mean of each of the task's evaluation metrics over ``images``, without augmentation or noise; each
+    rank of a distributed job evaluates every world-th image (all of them, when there are fewer than ranks)."""
+    task, ranks = run.task, run.ctx.ranks
     task.eval_mode()
+    shard, count = images, len(images)
+    if ranks.distributed and len(images) >= ranks.world:
+        shard = Images(images.x[ranks.rank :: ranks.world], images.y[ranks.rank :: ranks.world])
+    elif ranks.distributed:
+        count *= ranks.world
     sums: dict[str, Tensor] = {}
     batch = 2 * run.spec.train.batch_size
-    for i in range(0, len(images), batch):
-        x, labels = normalize(images.x[i : i + batch]), images.y[i : i + batch]
+    for i in range(0, len(shard), batch):
+        x, labels = normalize(shard.x[i : i + batch]), shard.y[i : i + batch]
         for name, value in task.eval_step(x, labels).items():
             sums[name] = sums[name] + value if name in sums else value
-    return {name: total.item() / len(images) for name, total in sums.items()}
+    return {name: total / count for name, total in ranks.sums(sums).items()}
 
 
 def finish_epoch(run: Run, progress: Progress) -> None:
     """Evaluate, report the epoch's metrics, and write the checkpoints that are due."""
     train, task = run.spec.train, run.task
     check_finite(run, progress)
-    metrics = {name: total.item() / progress.epoch_samples for name, total in progress.epoch_sums.items()}
+    metrics = {name: total / progress.epoch_samples for name, total in run.ctx.ranks.sums(progress.epoch_sums).items()}
     for name in task.logged:
         if not math.isfinite(metrics[name]):
             raise _nan_error(name, progress.epoch, progress.step, metrics[name])
@@ -292,8 +301,11 @@ def finish_epoch(run: Run, progress: Progress) -> None:
 def save_checkpoint(run: Run, progress: Progress, tags: list[CheckpointTag], metric: float | None) -> None:
     """Write ``<tag>.pt`` (resumable) and ``<tag>.safetensors`` (weights) for each tag, then announce them.
 
-    Tags due at the same step share one write: the other names are hard links to the same file.
+    Tags due at the same step share one write: the other names are hard links to the same file. Rank 0
+    alone writes (every rank holds the same weights).
     """
+    if not run.ctx.ranks.chief:
+        return
     spec = run.spec.model_dump(mode="json", by_alias=True)
     state = run.task.state_dict()
     rng: dict[str, Any] = {"torch": torch.get_rng_state()}

@@ -39,12 +39,12 @@ class ReconstructionTask(Task):
     def train_step(self, batch: Batch) -> dict[str, Tensor]:
         x = target = batch.x
         if self.noise > 0:
-            x = x + self.noise * torch.randn(x.shape, generator=batch.rng(), device=x.device)
+            x = x + self.noise * batch.noise()
         with self.runtime.autocast():
             out = self.forward(self.runtime.prepare(x))
         loss = F.mse_loss(out.float(), target)
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()  # type: ignore[no-untyped-call]
+        batch.backward(loss)
         self.optimizer.step()
         return {"train_loss": loss.detach() * len(batch)}
 
@@ -63,6 +63,6 @@ def reconstruction_task(spec: AnyJobSpec, ctx: TrainingContext, splits: Splits) 
     with torch.device(ctx.device):
         model = build_model(spec)
     assert isinstance(model, Autoencoder)
-    runtime = Runtime.of(spec.train, ctx.device, model)
+    runtime = Runtime.of(spec.train, ctx.device, model, ranks=ctx.ranks)
     optimizer = make_optimizer(model.parameters(), spec.train, runtime.device)
     return ReconstructionTask(model, runtime, optimizer, spec.model.noise)

@@ -23,7 +23,7 @@ from __future__ import annotations
 import contextlib
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
 
@@ -35,31 +35,38 @@ from app.core.specs import AnyJobSpec, TrainSpec
 
 from .context import TrainingContext
 from .data import Splits, step_generator
+from .distributed import ParallelForward, Ranks, sync_batchnorm
 from .errors import TrainingError
 from .nets import is_conv
 
 
 @dataclass(frozen=True)
 class Runtime:
-    """How a run uses its device: placement, bf16 autocast, memory format, compilation."""
+    """How a run uses its device: placement, bf16 autocast, memory format, compilation, and the other ranks."""
 
     device: torch.device
     bf16: bool
     channels_last: bool
     compile: bool
+    ranks: Ranks = field(default_factory=Ranks)
 
     @classmethod
-    def of(cls, train: TrainSpec, device: str, *models: nn.Module) -> Runtime:
-        """Move ``models`` to the device (NHWC for conv nets where that is faster) and say how to feed them."""
+    def of(cls, train: TrainSpec, device: str, *models: nn.Module, ranks: Ranks | None = None) -> Runtime:
+        """Move ``models`` to the device (NHWC for conv nets where that is faster; BatchNorm synchronised across
+        ranks) and say how to feed them."""
         dev = torch.device(device)
         if dev.type == "cuda":
             torch.backends.cudnn.benchmark = True
         channels_last = any(use_channels_last(train, dev, m) for m in models)
+        ranks = ranks or Ranks()
         for model in models:
             model.to(dev)
             if channels_last:
                 model.to(memory_format=torch.channels_last)
-        return cls(dev, dev.type == "cuda" and train.precision == "auto", channels_last, train.compile)
+            if ranks.distributed:  # before any optimizer holds the parameters
+                sync_batchnorm(model, dev)
+        bf16 = dev.type == "cuda" and train.precision == "auto"
+        return cls(dev, bf16, channels_last, train.compile, ranks)
 
     def autocast(self) -> contextlib.AbstractContextManager[Any]:
         if self.bf16:
@@ -71,6 +78,10 @@ class Runtime:
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
     def compiled(self, model: nn.Module) -> Callable[[Tensor], Tensor]:
+        """The model's forward: compiled if asked, through DDP on more than one rank (build it again when the
+        trainable parameters change)."""
+        if self.ranks.distributed:
+            return ParallelForward(model, self.device, self.compile)
         return cast(Callable[[Tensor], Tensor], torch.compile(model) if self.compile else model)
 
 
@@ -80,12 +91,34 @@ def use_channels_last(train: TrainSpec, device: torch.device, model: nn.Module) 
 
 
 class Batch:
-    """One training batch: normalised (and augmented) images, labels, and the step's random generator."""
+    """One training batch: normalised (and augmented) images, labels, and the step's random generator; on a
+    rank of a distributed job, that rank's rows of the whole batch (``shard``)."""
 
     def __init__(self, x: Tensor, labels: Tensor, seed: int, epoch: int, step: int) -> None:
         self.x, self.labels = x, labels
         self._key = (seed, epoch, step)
         self._generator: torch.Generator | None = None
+        self.size = int(labels.shape[0])
+        """Images in the whole batch, over all ranks."""
+        self.rows, self.scale = slice(None), 1.0
+
+    def shard(self, ranks: Ranks) -> Batch:
+        """Keep this rank's rows; its loss is then scaled so DDP's average is the whole batch's gradient."""
+        if ranks.distributed:
+            self.rows = ranks.rows(self.size)
+            self.x, self.labels = self.x[self.rows], self.labels[self.rows]
+            self.scale = ranks.world * len(self) / self.size
+        return self
+
+    def backward(self, loss: Tensor) -> None:
+        """Backpropagate this rank's mean loss, weighted by its share of the batch."""
+        (loss * self.scale if self.scale != 1.0 else loss).backward()  # type: ignore[no-untyped-call]
+
+    def noise(self) -> Tensor:
+        """Standard normal noise for each image, drawn for the whole batch (so every rank draws what one process
+        would) by the step's generator."""
+        whole = torch.randn((self.size, *self.x.shape[1:]), generator=self.rng(), device=self.x.device)
+        return whole[self.rows]
 
     def rng(self) -> torch.Generator:
         """The step's generator, seeded by (seed, epoch, step): made on first use, then the same one."""

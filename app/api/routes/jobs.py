@@ -16,7 +16,8 @@ from sqlalchemy.orm import Session
 from app.api.auth import CurrentUser, ScopeDep
 from app.api.deps import DatabaseDep, SettingsDep, WakeupDep, fleet_of, plain_digits, quick_read
 from app.api.downloads import serve_checkpoint
-from app.core import accounts, artifacts, checkpoints, estimates, jobs, logs, metrics, workers
+from app.api.errors import printable
+from app.core import accounts, artifacts, checkpoints, estimates, gangs, jobs, logs, metrics, workers
 from app.core.accounts import Caller
 from app.core.config import Settings
 from app.core.errors import Forbidden, InvalidRequest, NotFound
@@ -33,6 +34,7 @@ from app.schemas import (
     LogLinePublic,
     LogsPublic,
     MetricsPublic,
+    NodePublic,
 )
 
 router = APIRouter(prefix="/jobs", tags=["jobs"], responses={401: {"description": "No token, or not a valid one."}})
@@ -184,7 +186,12 @@ async def get_job(job_id: JobId, db: DatabaseDep, scope: ScopeDep, settings: Set
         files = (
             [a.name for a in artifacts.list_artifacts(settings.artifacts_dir, job.id)] if job.arch == "dcgan" else []
         )
-        return JobPublic.of(job, waiting, files or None).model_dump_json()
+        nodes = None
+        if job.nodes > 1 and job.status == JobStatus.RUNNING:
+            nodes = [
+                NodePublic(node=n, worker=printable(w) or "", taken=t) for n, w, t in gangs.listing(session, job.id)
+            ]
+        return JobPublic.of(job, waiting, files or None, nodes).model_dump_json()
 
     body = await quick_read(db, read)
     return Response(body, media_type="application/json")

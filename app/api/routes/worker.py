@@ -16,17 +16,15 @@ from typing import Annotated
 import anyio
 from fastapi import APIRouter, Depends, Header, Query, Request, Response, status
 from fastapi import Path as PathParam
-from pydantic import BaseModel, ValidationError
 
 from app.api.auth import require_worker
+from app.api.claims import claim_once, json_answer
 from app.api.deps import SettingsDep, WakeupDep, WorkerLane, WorkerLaneDep, fleet_of
 from app.api.downloads import serve_checkpoint
 from app.api.json_body import json_body, openapi_body
 from app.api.routes.jobs import JobId
-from app.core import artifacts, checkpoints, leases, logs, metrics, workers
+from app.core import artifacts, checkpoints, gangs, leases, logs, metrics, workers
 from app.core.checkpoints import CheckpointStore, PendingUpload, UploadHeader
-from app.core.config import Settings
-from app.core.db import Database
 from app.core.errors import InvalidRequest, TooLarge
 from app.core.models import Checkpoint
 from app.core.protocol import (
@@ -40,8 +38,10 @@ from app.core.protocol import (
     MetricsAccepted,
     MetricsBatch,
     ReleaseRequest,
+    Rendezvous,
+    RendezvousRequest,
 )
-from app.core.states import CheckpointFormat, CheckpointTag, JobStatus
+from app.core.states import CheckpointFormat, CheckpointTag
 from app.schemas import CheckpointPublic, JobPublic
 
 
@@ -61,55 +61,6 @@ _FENCED: dict[int | str, dict[str, str]] = {
 }
 
 
-def _claim_once(
-    db: Database, settings: Settings, body: ClaimRequest, reap: bool, fleet: workers.Fleet
-) -> Response | None:
-    with db.write() as session:
-        if fleet.due(body.worker_id, body.capabilities, settings.lease_seconds):
-            workers.record(session, body.worker_id, body.capabilities)
-        for _ in range(CLAIMS_PER_CALL):
-            job = leases.claim_next_job(
-                session,
-                worker_id=body.worker_id,
-                device=body.device,
-                lease_seconds=settings.lease_seconds,
-                reap=reap,
-                can_run=workers.can_run(body.capabilities),
-            )
-            if job is None:
-                return None
-            assert job.lease_token is not None
-            try:
-                starts = checkpoints.starting_points(session, job, settings.artifacts_dir)
-            except checkpoints.NoStartingPoint as exc:  # it can never run: end it, try the next
-                leases.finish_job(
-                    session, job.id, job.lease_token, status=JobStatus.FAILED, error=str(exc), retry=False
-                )
-                reap = False
-                continue
-            try:
-                claimed = ClaimedJob.of(
-                    job, starts, lease_seconds=settings.lease_seconds, heartbeat_seconds=settings.heartbeat_seconds
-                )
-            except ValidationError:  # a stored row no submit made (a hand-edit): it would block the queue
-                error = "the job's stored spec cannot be read (it was changed outside the service); submit it again"
-                leases.finish_job(session, job.id, job.lease_token, status=JobStatus.FAILED, error=error, retry=False)
-                reap = False
-                continue
-            return json_answer(claimed)
-    return None
-
-
-CLAIMS_PER_CALL = 10
-"""Jobs one claim may look at (each that cannot run is failed with its reason) before it answers 204."""
-
-
-def json_answer(model: BaseModel, status_code: int = status.HTTP_200_OK) -> Response:
-    """The answer's bytes, made while the transaction is open: a write is never committed and then
-    followed by an answer that fails to encode."""
-    return Response(model.model_dump_json(), status_code=status_code, media_type="application/json")
-
-
 @router.post(
     "/claim",
     response_model=ClaimedJob,
@@ -124,7 +75,7 @@ async def claim_job(
     while True:
         event = wakeup.current()  # taken before looking, so a submission while we look is not missed
         gate, fleet = request.app.state.reap_gate.is_open(), fleet_of(request)
-        claimed = await lane.run(_claim_once, lane.db, settings, body, gate, fleet)
+        claimed = await lane.run(claim_once, lane.db, settings, body, gate, fleet)
         if claimed is not None:
             return claimed
         remaining = deadline - loop.time()
@@ -135,20 +86,44 @@ async def claim_job(
 
 @router.post("/jobs/{job_id}/heartbeat", responses=_FENCED)
 async def heartbeat(
-    job_id: JobId, body: HeartbeatRequest, lane: WorkerLaneDep, settings: SettingsDep
+    job_id: JobId, body: HeartbeatRequest, request: Request, lane: WorkerLaneDep, settings: SettingsDep
 ) -> HeartbeatResponse:
-    """Renew the lease and report progress; the answer says whether a cancel was requested."""
+    """Renew the lease (a node's, of a multi-node job) and report progress and what the worker is now; the
+    answer says whether a cancel was requested."""
     progress = body.progress.model_dump() if body.progress else None
+    fleet = fleet_of(request)
 
     def beat() -> bool:
         with lane.db.write() as session:
-            cancel = leases.heartbeat(
-                session, job_id, body.lease_token, lease_seconds=settings.lease_seconds, progress=progress
+            said, caps = body.worker_id, body.capabilities  # its row first, as a claim locks it: no lock cycles
+            if said is not None and caps is not None and fleet.due(said, caps, settings.lease_seconds):
+                workers.record(session, said, caps)
+            else:
+                workers.seen_by_job(session, job_id, said)
+            return leases.heartbeat(
+                session,
+                job_id,
+                body.lease_token,
+                lease_seconds=settings.lease_seconds,
+                progress=progress,
+                node=body.node,
             )
-            workers.seen_by_job(session, job_id)
-            return cancel
 
     return HeartbeatResponse(cancel_requested=await lane.run(beat))
+
+
+@router.post("/jobs/{job_id}/rendezvous", responses=_FENCED)
+async def rendezvous(job_id: JobId, body: RendezvousRequest, lane: WorkerLaneDep) -> Rendezvous:
+    """A multi-node job's rendezvous: node 0 publishes the host:port where every rank joins; the other nodes
+    read it (None until node 0 has)."""
+
+    def meet() -> Rendezvous:
+        with lane.db.write() as session:
+            leases.check_lease(session, job_id, body.lease_token)
+            nodes, address = gangs.rendezvous(session, job_id, body.node, body.address)
+            return Rendezvous(nodes=nodes, address=address)
+
+    return await lane.run(meet)
 
 
 @router.post(

@@ -28,7 +28,9 @@ class WorkerPublic(BaseModel):
     archs: list[str]
     datasets: list[str]
     devices: list[DevicePublic]
-    running: list[int] = Field(description="Its jobs running now.")
+    gpus: int = Field(description="Its CUDA devices (0: a CPU or MPS worker).")
+    free: int = Field(description="Its devices free, as it last said (a worker not heard from: 0).")
+    running: list[int] = Field(description="Its jobs running now (a node of a multi-node job too).")
     lost: bool = Field(description="Not heard from for longer than the lease (TRAINJOBS_LEASE_SECONDS).")
     first_seen: datetime
     last_seen: datetime
@@ -52,6 +54,8 @@ class WorkerPublic(BaseModel):
             archs=names("archs"),
             datasets=names("datasets"),
             devices=[DevicePublic.model_validate(d) for d in state.devices()],
+            gpus=w.gpus,
+            free=0 if state.lost else sum(not d["busy"] for d in state.devices()),
             running=state.running,
             lost=state.lost,
             first_seen=w.first_seen,

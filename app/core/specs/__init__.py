@@ -2,7 +2,8 @@
 
 - ``datasets``: dataset specs and their facts (shape, classes, files);
 - ``networks``: network specs of each kind and the ``Encoder`` they have or start from;
-- ``jobs``: ``TrainSpec``, ``PretrainSpec``, ``FinetuneSpec``, presets, ``parse_job_spec``.
+- ``jobs``: ``TrainSpec``, ``PretrainSpec``, ``FinetuneSpec``, ``parse_job_spec``; ``presets``;
+- ``resources``: devices per node and nodes (more than one rank: data-parallel).
 """
 
 from app.core.specs.base import Shape, Text, escaped, literal_names, storable_text
@@ -17,13 +18,11 @@ from app.core.specs.datasets import (
 )
 from app.core.specs.jobs import (
     JOB_KINDS,
-    PRESETS,
     AnyJobSpec,
     FinetuneSpec,
     JobSpec,
     PretrainSpec,
     TrainSpec,
-    apply_preset,
     job_spec_adapter,
     parse_job_spec,
     spec_to_json,
@@ -45,6 +44,8 @@ from app.core.specs.networks import (
     PretrainModel,
     SeedMlpAutoencoderModel,
 )
+from app.core.specs.presets import PRESETS, apply_preset
+from app.core.specs.resources import Resources
 
 __all__ = [
     "DATASET_NAMES",
@@ -72,6 +73,7 @@ __all__ = [
     "MlpAutoencoderModel",
     "PretrainModel",
     "PretrainSpec",
+    "Resources",
     "SeedMlpAutoencoderModel",
     "Shape",
     "SyntheticDataset",

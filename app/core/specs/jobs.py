@@ -8,7 +8,6 @@ path inside ``DATA_DIR``) is checked by app/core/jobs.py at submit.
 
 from __future__ import annotations
 
-import copy
 from typing import Annotated, Any, Literal
 
 from pydantic import Discriminator, Field, Tag, TypeAdapter, ValidationInfo, field_validator, model_validator
@@ -24,6 +23,8 @@ from app.core.specs.networks import (
     SeedMlpAutoencoderModel,
     check_dcgan_shape,
 )
+from app.core.specs.presets import apply_preset
+from app.core.specs.resources import Resources
 from app.core.states import RETRY_ON_DEFAULT, ErrorClass, JobKind
 
 GAN_LR = 2e-4
@@ -185,6 +186,20 @@ class _JobBase(Strict):
     preset: Literal["seed"] | None = Field(None, description="'seed' fills in the article's hyperparameters.")
     train: TrainSpec = Field(default_factory=TrainSpec)
     dataset: DatasetSpec
+    resources: Resources = Field(
+        default_factory=Resources,
+        description="GPUs (or CPU processes) on each node, and nodes; more than one rank trains data-parallel.",
+    )
+
+    @model_validator(mode="after")
+    def _batch_divides_among_ranks(self) -> Any:
+        ranks = self.resources.world_size
+        if self.train.batch_size % ranks:
+            raise ValueError(
+                f"train.batch_size ({self.train.batch_size}) must divide evenly among the job's {ranks} ranks "
+                f"(resources): each rank trains on batch_size / {ranks} images of every batch"
+            )
+        return self
 
     @model_validator(mode="before")
     @classmethod
@@ -261,6 +276,8 @@ class PretrainSpec(_JobBase):
                 raise ValueError("a dcgan trains both its networks with adam; leave train.optimizer out")
             if self.train.compile:
                 raise ValueError("train.compile is not supported for a dcgan yet; leave it false")
+            if self.resources.world_size > 1:
+                raise ValueError("a dcgan trains on one device for now; leave resources out")
             check_early_stopping(self, GAN_METRICS, ("d_loss", "d_real", "d_fake"))
         else:
             check_early_stopping(self, ("train_loss",), ("loss",))
@@ -328,57 +345,6 @@ JobSpec = Annotated[
 ]
 job_spec_adapter: TypeAdapter[AnyJobSpec] = TypeAdapter(JobSpec)
 
-# The article's hyperparameters (section 4); user fields override them.
-PRESETS: dict[str, dict[JobKind, dict[str, Any]]] = {
-    "seed": {
-        JobKind.PRETRAIN: {
-            "dataset": {"name": "cifar10"},
-            "model": {"arch": "seed_mlp_autoencoder"},
-            "train": {"epochs": 10, "batch_size": 100, "optimizer": "adam", "lr": 1e-3},
-        },
-        JobKind.FINETUNE: {
-            "dataset": {"name": "cifar10"},
-            "model": {"arch": "resnet18", "num_classes": 10, "init": {"from": "imagenet"}},
-            "train": {"epochs": 10, "batch_size": 100, "optimizer": "sgd", "lr": 1e-3, "momentum": 0.9},
-        },
-    }
-}
-
-
-def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
-    out = copy.deepcopy(base)
-    for key, value in override.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            # A different dataset or arch starts from that one's defaults, not the preset's options.
-            discriminator = {"dataset": "name", "model": "arch"}.get(key)
-            if discriminator and value.get(discriminator, out[key].get(discriminator)) != out[key].get(discriminator):
-                out[key] = copy.deepcopy(value)
-            else:
-                out[key] = _merge(out[key], value)
-        else:
-            out[key] = value
-    return out
-
-
-def apply_preset(body: Any) -> Any:
-    """Fill a raw job body from its preset; fields the user gave win."""
-    if not isinstance(body, dict) or body.get("preset") is None:
-        return body
-    preset, kind = body["preset"], body.get("kind")
-    if not isinstance(preset, str) or preset not in PRESETS or kind not in PRESETS[preset]:
-        return body  # validation reports the bad value
-    base = PRESETS[preset][JobKind(kind)]
-    train = body.get("train")
-    if isinstance(train, dict) and train.get("optimizer", "sgd") != "sgd":
-        # Choosing another optimizer drops the preset's sgd-only options the user did not give.
-        base = copy.deepcopy(base)
-        for option in ("momentum", "nesterov"):
-            base["train"].pop(option, None)
-    merged = _merge(base, body)
-    if isinstance(train, dict) and "phases" in train and "epochs" not in train:
-        merged["train"].pop("epochs", None)  # the phases' sum, not the preset's epochs
-    return merged
-
 
 def parse_job_spec(body: Any) -> PretrainSpec | FinetuneSpec:
     """Validate a raw job body (presets applied); raises pydantic.ValidationError."""
@@ -386,7 +352,7 @@ def parse_job_spec(body: Any) -> PretrainSpec | FinetuneSpec:
 
 
 QUIET_DEFAULTS = {("dataset", "image_size"): 8, ("model", "width"): None}
-"""Fields added after specs were first stored, left out at their defaults: a spec stored before them is
+"""Fields added after specs were first stored, left out at their defaults (and ``resources``, at one device): a spec stored before them is
 stored the same way still (its idempotency hash unchanged), and a worker from before them still reads it."""
 
 
@@ -394,6 +360,8 @@ def spec_to_json(spec: PretrainSpec | FinetuneSpec) -> dict[str, Any]:
     """The spec as stored and shown: every default filled in (but ``QUIET_DEFAULTS``), ``from`` under its
     JSON name."""
     body = spec.model_dump(mode="json", by_alias=True)
+    if spec.resources.is_default:
+        del body["resources"]
     for (part, field), default in QUIET_DEFAULTS.items():
         if field in body[part] and body[part][field] == default:
             del body[part][field]
