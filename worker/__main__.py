@@ -143,7 +143,10 @@ def main(argv: list[str] | None = None) -> int:
     worker_id = settings.worker_id or default_worker_id()
     if settings.gpus:
         devices = resolve_gpus(settings.gpus)
-        config = WorkerConfig.of(settings, worker_id, "cuda:" + ",".join(d.split(":")[1] for d in devices), devices)
+        named = "cuda:" + ",".join(d.split(":")[1] for d in devices)
+        config = WorkerConfig.of(
+            settings, worker_id, named if len(named) <= 64 else f"cuda ({len(devices)} GPUs)", devices
+        )
     else:
         config = WorkerConfig.of(settings, worker_id, resolve_device(settings.device))
     if settings.start_method == "forkserver":

@@ -146,6 +146,7 @@ class Agent:
         delay, outage_logged = 0.5, False
         self._prestart()
         while not self.shutdown.requested.is_set() and not self._done_claiming():
+            self._prestart()  # here, never in a job's thread: a child dies with the thread that started it
             if self.slots.free() == 0:
                 self.slots.wait_for_one(1.0)
                 continue
@@ -219,7 +220,6 @@ class Agent:
                     run.prestarted.discard()
             self.slots.give(devices)
         self.outcomes.append(outcome)
-        self._prestart()
 
     def _fail_unreadable(self, exc: UnsupportedJob) -> None:
         try:

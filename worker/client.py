@@ -67,12 +67,22 @@ class UnstorableResult(ProtocolError):
     """A job's result that the service would refuse (a NaN, say): the message says which value."""
 
 
+def without_device_state(capabilities: Capabilities) -> Capabilities:
+    """What a service of the release before reads: devices without whether they are busy."""
+    devices = [device.model_copy(update={"busy": None}) for device in capabilities.devices]
+    return capabilities.model_copy(update={"devices": devices})
+
+
 class WorkerClient:
     def __init__(self, api_url: str, token: str | None = None, timeout: float = 30.0) -> None:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self.http = httpx.Client(base_url=api_url.rstrip("/"), headers=headers, timeout=timeout)
         self.service_ignores_capabilities = False
         """Set once an older service refused them: claims go on without."""
+        self.service_ignores_device_state = False
+        """Set once a service refused the devices' busy state: claims describe the devices without it."""
+        self.service_hears_no_description = False
+        """Set once a service refused a heartbeat that says what the worker is: heartbeats go on without."""
 
     def close(self) -> None:
         self.http.close()
@@ -100,14 +110,25 @@ class WorkerClient:
     ) -> ClaimedJob | None:
         if self.service_ignores_capabilities:
             capabilities = None
+        elif capabilities is not None and self.service_ignores_device_state:
+            capabilities = without_device_state(capabilities)
         body = ClaimRequest(worker_id=worker_id, device=device, wait_seconds=wait_seconds, capabilities=capabilities)
-        try:
-            r = self._post("/worker/claim", body, timeout=wait_seconds + 30)
+        try:  # without the fields left unset: a service of the release before reads the rest
+            r = self._request(
+                "POST",
+                "/worker/claim",
+                content=body.model_dump_json(exclude_none=True),
+                headers=JSON,
+                timeout=wait_seconds + 30,
+            )
         except ProtocolError as exc:
             if capabilities is None or "capabilities" not in str(exc):
                 raise
-            self.service_ignores_capabilities = True  # an older service: claim as before
-            return self.claim(worker_id, device, wait_seconds)
+            if not self.service_ignores_device_state:  # the release before: devices without busy
+                self.service_ignores_device_state = True
+            else:  # older still: claim as before
+                self.service_ignores_capabilities = True
+            return self.claim(worker_id, device, wait_seconds, capabilities)
         if r.status_code == 204:
             return None
         try:
@@ -131,7 +152,7 @@ class WorkerClient:
     ) -> bool:
         """Renew the lease (the node's, of a multi-node job), saying what this worker is now; whether a cancel was
         asked for. An older service that refuses the description gets heartbeats without it from then on."""
-        if self.service_ignores_capabilities:
+        if self.service_hears_no_description:
             worker_id = capabilities = None
         body = HeartbeatRequest(
             lease_token=lease_token, progress=progress, node=node, worker_id=worker_id, capabilities=capabilities
@@ -142,7 +163,7 @@ class WorkerClient:
         except ProtocolError as exc:
             if capabilities is None or ("capabilities" not in str(exc) and "worker_id" not in str(exc)):
                 raise
-            self.service_ignores_capabilities = True
+            self.service_hears_no_description = True
             return self.heartbeat(job_id, lease_token, progress, node=node)
         return HeartbeatResponse.model_validate_json(r.content).cancel_requested
 

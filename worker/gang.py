@@ -62,16 +62,23 @@ def launch_of(job: ClaimedJob, spec: AnyJobSpec, settings: WorkerSettings, rende
 
 
 def meet(
-    client: WorkerClient, job: ClaimedJob, settings: WorkerSettings, lease_lost: threading.Event, deadline: float
+    client: WorkerClient,
+    job: ClaimedJob,
+    settings: WorkerSettings,
+    lease_lost: threading.Event,
+    shutting_down: threading.Event,
+    deadline: float,
 ) -> str:
     """Where this multi-node job's ranks meet (host:port): node 0 picks it and publishes it; the other nodes
     ask until it is there. Raises LeaseGone when the job is taken away meanwhile, TimeoutError after
-    ``deadline`` (monotonic seconds)."""
+    ``deadline`` (monotonic seconds) or when the worker is shutting down."""
     node = job.node or 0
     mine = f"{own_address(settings)}:{settings.rendezvous_port or free_port()}" if node == 0 else None
     while True:
         if lease_lost.is_set():
             raise LeaseGone(f"job {job.id} was taken away before its nodes met")
+        if shutting_down.is_set():
+            raise TimeoutError(f"the worker is shutting down before the nodes of job {job.id} met")
         try:
             met = client.rendezvous(job.id, job.lease_token, node, mine)
         except ServiceUnavailable:

@@ -65,6 +65,8 @@ def launch_ranks(payload: JobPayload, out: Connection, stop: Event) -> None:
         local_addr=launch.node_address,
         shutdown_timeout=STOP_GRACE_SECONDS,
     )
+    if not prepare_dataset(payload, out):
+        return
     kills = oom_kills()
     try:
         returned = elastic_launch(config, rank_main)(payload, out, stop, os.getpid())
@@ -78,6 +80,20 @@ def launch_ranks(payload: JobPayload, out: Connection, stop: Event) -> None:
         return
     if 0 not in returned:
         out.send(MemberDone())
+
+
+def prepare_dataset(payload: JobPayload, out: Connection) -> bool:
+    """Load the job's dataset once on this node before its ranks start, so that a download or a cache is made
+    by one process, not by every rank at once; False (the failure sent) if it cannot be loaded."""
+    from worker.training import DatasetError
+    from worker.training.data import load_dataset
+
+    try:
+        load_dataset(payload.spec.dataset, payload.data_dir, payload.spec.train.seed)
+    except DatasetError as exc:
+        out.send(Failed(str(exc)))
+        return False
+    return True
 
 
 def rank_failure(rank: int, exitcode: int, launch: Launch, kills_before: int | None) -> Failed:

@@ -45,6 +45,10 @@ Outcome = JobStatus | Literal["released", "lease_lost", "member"]
 of a multi-node job) its part done and the job ended by another node."""
 
 
+PEER_REPORT_SECONDS = 15.0
+"""How long a node whose ranks lost another node's waits for that node's worker to end the job (it knows why)."""
+
+
 class JobRun:
     def __init__(
         self,
@@ -299,14 +303,17 @@ class JobRun:
             return self._end(JobStatus.FAILED, error=error, cls=final.error_class)
         if isinstance(final, MemberDone) and killed is None:
             return self._await_end()
+        lost_peer = isinstance(final, Failed) and final.error_class == ErrorClass.INFRA and self.job.node is not None
+        if lost_peer and self._hold_node(PEER_REPORT_SECONDS):
+            return "member"  # its ranks lost another node's, whose worker said what went wrong there
         stopped = isinstance(final, Stopped)
         if self.cancel_requested.is_set() and (stopped or killed == "grace"):
             return self._end(JobStatus.CANCELLED)
         # A node of a multi-node job stops when another node's worker shuts down: all go back together.
-        if (self.shutdown.requested.is_set() and (stopped or killed is not None)) or (
-            stopped and self.job.node is not None
-        ):
-            self.log.system(f"released: worker {self.config.worker_id} is shutting down; another resumes the job")
+        mine = self.shutdown.requested.is_set() and (stopped or killed is not None)
+        if mine or (stopped and self.job.node is not None):
+            who = f"worker {self.config.worker_id} is" if mine else "a worker of another node of the job is"
+            self.log.system(f"released: {who} shutting down; another resumes the job")
             self.relay.retrying("log upload", self.relay.flush_logs_or_raise)
             self.relay.retrying("release", lambda: self.client.release(self.id, self.token))
             log.info("job %s: given back to the queue for another worker to resume", self.id)
@@ -315,20 +322,31 @@ class JobRun:
 
     def _meet(self) -> str:
         """Where this multi-node job's ranks meet (gang.meet), waiting for node 0 at most two leases."""
+        deadline = time.monotonic() + 2 * self.job.lease_seconds
         try:
-            return meet(
-                self.client, self.job, self.settings, self.lease_lost, time.monotonic() + 2 * self.job.lease_seconds
-            )
+            return meet(self.client, self.job, self.settings, self.lease_lost, self.shutdown.requested, deadline)
         except TimeoutError as exc:
             raise Abandon(str(exc), ErrorClass.INFRA) from None
+        except OSError as exc:  # no address to publish (a name that does not resolve)
+            error = f"cannot tell this machine's address to the other nodes ({exc}); set TRAINJOBS_NODE_ADDRESS"
+            raise Abandon(error, ErrorClass.INFRA) from None
 
     def _await_end(self) -> Outcome:
-        """This node's ranks are done, and rank 0 ran on another node: hold the node (heartbeating) until that
-        node has ended the job, so the job's lease does not run out under it."""
+        """This node's ranks are done, and rank 0 ran on another node: hold the node until that node has ended
+        the job, so the job's lease does not run out under it."""
         self.log.system(f"node {self.job.node}: its ranks are done; the node of rank 0 ends the job")
+        self._hold_node(None)
+        log.info("job %s: node %s done; the job ended on another node", self.id, self.job.node)
+        return "member"
+
+    def _hold_node(self, seconds: float | None) -> bool:
+        """Heartbeat this node until the job has ended (True), or for ``seconds`` at most (False)."""
         with contextlib.suppress(LeaseGone):  # it may have ended already
             self.relay.retrying("log upload", self.relay.flush_logs_or_raise)
+        deadline = None if seconds is None else time.monotonic() + seconds
         while not self.lease_lost.is_set() and not self.shutdown.immediate.is_set():
+            if deadline is not None and time.monotonic() > deadline:
+                return False
             try:
                 self.client.heartbeat(self.id, self.token, None, node=self.job.node)
             except LeaseGone:
@@ -336,5 +354,4 @@ class JobRun:
             except (ServiceUnavailable, ProtocolError) as exc:
                 log.debug("job %s: heartbeat failed: %s", self.id, exc)
             self.lease_lost.wait(1.0)
-        log.info("job %s: node %s done; the job ended on another node", self.id, self.job.node)
-        return "member"
+        return True

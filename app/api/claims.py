@@ -8,7 +8,7 @@ from fastapi import Response, status
 from pydantic import BaseModel, ValidationError
 from sqlalchemy.orm import Session
 
-from app.core import checkpoints, gangs, leases, logs, workers
+from app.core import checkpoints, gangs, leases, logs, queue, workers
 from app.core.config import Settings
 from app.core.db import Database
 from app.core.models import Job, utcnow
@@ -24,13 +24,14 @@ def claim_once(
             workers.record(session, body.worker_id, body.capabilities)
         else:
             workers.hold(session, body.worker_id)
-        taken = gangs.take(session, body.worker_id, now=utcnow(), lease_seconds=settings.lease_seconds)
+        now = utcnow()
+        taken = gangs.take(session, body.worker_id, body.capabilities, now=now, lease_seconds=settings.lease_seconds)
         if taken is not None:  # a node of a multi-node job another worker's claim offered this one
             answer = answer_for(session, settings, *taken)
             if answer is not None:
                 return answer
         for _ in range(CLAIMS_PER_CALL):
-            job = leases.claim_next_job(
+            job = queue.claim_next_job(
                 session,
                 worker_id=body.worker_id,
                 device=body.device,

@@ -94,11 +94,14 @@ def offer(
     logs.note(session, job, f"a {job.nodes}-node job: node 0 on worker {claimer}, {nodes}")
 
 
-def take(session: Session, worker_id: str, *, now: datetime, lease_seconds: float) -> tuple[Job, int] | None:
-    """The node of a multi-node job offered to ``worker_id``, now taken by it: (the job, its node); or None."""
+def take(
+    session: Session, worker_id: str, capabilities: Capabilities | None, *, now: datetime, lease_seconds: float
+) -> tuple[Job, int] | None:
+    """The node of a multi-node job offered to ``worker_id`` (in time, and fitting the devices it has free now),
+    now taken by it: (the job, its node); or None."""
     row = session.execute(
         select(JobNode.job_id, JobNode.node)
-        .where(JobNode.worker_id == worker_id, JobNode.taken_at.is_(None))
+        .where(JobNode.worker_id == worker_id, JobNode.taken_at.is_(None), JobNode.lease_expires_at >= now)
         .order_by(JobNode.job_id)
         .limit(1)
         .with_for_update(skip_locked=True)
@@ -110,8 +113,10 @@ def take(session: Session, worker_id: str, *, now: datetime, lease_seconds: floa
         .where(Job.id == row.job_id, Job.status == JobStatus.RUNNING)
         .with_for_update(skip_locked=True, of=Job)
     ).scalar_one_or_none()
-    if job is None:
-        return None
+    cuda = capabilities is not None and capabilities.gpus > 0
+    free = capabilities.free if capabilities is not None else None
+    if job is None or (free is not None and free < needs(job.gpus, cuda)):
+        return None  # not now: the offer lapses, and the job goes back to the queue
     session.execute(
         update(JobNode)
         .where(JobNode.job_id == row.job_id, JobNode.node == row.node)
@@ -146,11 +151,21 @@ def _sync_lease(session: Session, job_id: int) -> None:
     )
 
 
-def rendezvous(session: Session, job_id: int, node: int, address: str | None) -> tuple[int, str | None]:
+def rendezvous(
+    session: Session, job_id: int, lease_token: str, node: int, address: str | None
+) -> tuple[int, str | None]:
     """Node 0 publishes the rendezvous ``address``; any node reads it: (the job's nodes, the address or None).
-    LeaseLost when ``node`` is not a taken node of the job (its lease already checked)."""
+    LeaseLost unless ``lease_token`` holds the job and ``node`` is a taken node of it. Asking writes nothing."""
     mine = session.execute(
-        select(JobNode.node).where(JobNode.job_id == job_id, JobNode.node == node, JobNode.taken_at.is_not(None))
+        select(JobNode.node)
+        .join(Job, Job.id == JobNode.job_id)
+        .where(
+            JobNode.job_id == job_id,
+            JobNode.node == node,
+            JobNode.taken_at.is_not(None),
+            Job.lease_token == lease_token,
+            Job.status == JobStatus.RUNNING,
+        )
     ).first()
     if mine is None:
         raise LeaseLost(job_id)
@@ -161,9 +176,20 @@ def rendezvous(session: Session, job_id: int, node: int, address: str | None) ->
     return nodes, published
 
 
-def untaken(session: Session, job_id: int) -> list[str]:
-    """Workers offered a node of the job that have not taken it."""
-    return list(session.scalars(select(JobNode.worker_id).where(JobNode.job_id == job_id, JobNode.taken_at.is_(None))))
+def lapsed(session: Session, job_id: int, now: datetime) -> list[tuple[int, str, bool]]:
+    """The job's nodes whose lease has run out: (node, worker, taken); an offer not taken in time among them."""
+    rows = session.execute(
+        select(JobNode.node, JobNode.worker_id, JobNode.taken_at)
+        .where(JobNode.job_id == job_id, JobNode.lease_expires_at < now)
+        .order_by(JobNode.node)
+    )
+    return [(node, worker, taken is not None) for node, worker, taken in rows]
+
+
+def hosts_rendezvous(session: Session, worker_id: str) -> bool:
+    """Whether the worker is node 0 of a job already: it serves one rendezvous (one port) at a time."""
+    found = select(JobNode.job_id).where(JobNode.worker_id == worker_id, JobNode.node == 0).limit(1)
+    return session.execute(found).first() is not None
 
 
 def dissolve(session: Session, job_id: int) -> None:
@@ -193,7 +219,9 @@ def give_back(session: Session, job: Job, missing: list[str], *, now: datetime) 
         execution_options={"synchronize_session": False},
     ).first()
     dissolve(session, job.id)
-    session.execute(update(Worker).where(Worker.id.in_(missing)).values(free=0))
+    # Rows another transaction holds (a heartbeat of that worker) are skipped: the reaper never waits on a worker.
+    unlocked = select(Worker.id).where(Worker.id.in_(missing)).with_for_update(skip_locked=True)
+    session.execute(update(Worker).where(Worker.id.in_(unlocked.scalar_subquery())).values(free=0))
     if done is not None:
         logs.note(session, job, line)
     return done is not None

@@ -1,4 +1,5 @@
-"""The state machine of running jobs: claim, heartbeat, finish, release, reap; the lease fence.
+"""The state machine of running jobs (the claim that starts one: queue.py): heartbeat, finish, release, reap;
+the lease fence.
 
 A transition is one guarded ``UPDATE jobs SET ... WHERE id = ? AND status IN (...)`` (and, for a
 worker, ``AND lease_token = ?``), its statuses checked against ``states.TRANSITIONS``; zero rows
@@ -10,103 +11,18 @@ worker's right to the job.
 
 from __future__ import annotations
 
-import secrets
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, case, or_, select, update
+from sqlalchemy import ColumnElement, case, select, update
 from sqlalchemy.orm import Session
 
 from app.core import gangs, logs
-from app.core.claimable import dependencies_met, runs_on_a_worker, sweep_has_room, sweep_room_held
 from app.core.errors import InvalidRequest, JobNotFound, LeaseLost
 from app.core.models import Job, utcnow
-from app.core.protocol import Capabilities
 from app.core.states import RETRY_ON_DEFAULT, ErrorClass, JobStatus, guard
 
 QUEUED, RUNNING = frozenset({JobStatus.QUEUED}), frozenset({JobStatus.RUNNING})
-
-
-# --- claiming -------------------------------------------------------------------
-
-
-def claim_next_job(
-    session: Session,
-    *,
-    worker_id: str,
-    device: str | None,
-    lease_seconds: float,
-    now: datetime | None = None,
-    reap: bool = True,
-    can_run: ColumnElement[bool] | None = None,
-    capabilities: Capabilities | None = None,
-    gang_seconds: float = 30.0,
-) -> Job | None:
-    """Lease the next claimable job the worker ``can_run`` (highest priority, then oldest; a sweep's trial only
-    while the sweep has room under its ``max_concurrent``; a multi-node job only with workers for all its other
-    nodes, offered them in the same transaction: gangs.py). With ``reap``, expired leases go first."""
-    now = now or utcnow()
-    if reap:
-        reap_expired_leases(session, now=now)
-    full: list[int] = []  # sweeps found full under their lock: passed over in this claim
-    passed: list[int] = []  # multi-node jobs without enough free workers now
-    for _ in range(8):
-        conditions = [Job.status == JobStatus.QUEUED, runs_on_a_worker(), dependencies_met(), sweep_has_room()]
-        if can_run is not None:
-            conditions.append(can_run)
-        if full:
-            conditions.append(or_(Job.sweep_id.is_(None), Job.sweep_id.not_in(full)))
-        if passed:
-            conditions.append(Job.id.not_in(passed))
-        candidate = session.execute(
-            select(Job.id, Job.sweep_id, Job.nodes, Job.gpus, Job.kind, Job.arch, Job.dataset)
-            .where(*conditions)
-            .order_by(Job.priority.desc(), Job.created_at, Job.id)
-            .limit(1)
-            .with_for_update(skip_locked=True, of=Job)  # renders as nothing on SQLite: BEGIN IMMEDIATE serialises
-        ).first()
-        if candidate is None:
-            return None
-        if candidate.sweep_id is not None and not sweep_room_held(session, candidate.sweep_id):
-            full.append(candidate.sweep_id)
-            continue
-        if candidate.nodes == 1:
-            return _lease(session, candidate.id, worker_id, device, lease_seconds, now)
-        others = gangs.members(session, candidate, worker_id, capabilities, now=now, live_seconds=lease_seconds)
-        if others is None:
-            passed.append(candidate.id)
-            continue
-        job = _lease(session, candidate.id, worker_id, device, lease_seconds, now)
-        cuda = capabilities is not None and capabilities.gpus > 0
-        gangs.offer(
-            session, job, worker_id, others, cuda=cuda, now=now, lease_seconds=lease_seconds, gang_seconds=gang_seconds
-        )
-        return job
-    return None
-
-
-def _lease(
-    session: Session, job_id: int, worker_id: str, device: str | None, lease_seconds: float, now: datetime
-) -> Job:
-    stmt = (
-        update(Job)
-        .where(Job.id == job_id, guard(Job.status, QUEUED, JobStatus.RUNNING))
-        .values(
-            status=JobStatus.RUNNING,
-            attempt=Job.attempt + 1,
-            lease_token=secrets.token_hex(16),
-            lease_owner=worker_id,
-            lease_expires_at=now + timedelta(seconds=lease_seconds),
-            worker_device=device,
-            cancel_requested=False,
-            started_at=now,
-            updated_at=now,
-        )
-        .returning(Job)
-    )
-    # populate_existing: a copy of the row this session holds (a claim that just failed a job) is refreshed
-    options = {"synchronize_session": False, "populate_existing": True}
-    return session.execute(stmt, execution_options=options).scalar_one()
 
 
 # --- the fence ----------------------------------------------------------------------
@@ -338,9 +254,9 @@ def fail_dependents(session: Session, base_id: int, base_status: JobStatus, *, n
     return [r[0] for r in rows]
 
 
-def _fate(job: Job) -> tuple[JobStatus, str]:
-    """What becomes of a running job whose lease expired, and the one line that says so."""
-    lost = f"worker {job.lease_owner} stopped heartbeating during attempt {job.attempt} of {job.max_attempts}"
+def _fate(job: Job, worker: str | None) -> tuple[JobStatus, str]:
+    """What becomes of a running job whose lease expired (``worker`` stopped heartbeating), and the line that says so."""
+    lost = f"worker {worker} stopped heartbeating during attempt {job.attempt} of {job.max_attempts}"
     if job.cancel_requested:
         return JobStatus.CANCELLED, f"cancelled ({lost})"
     if ErrorClass.INFRA not in retry_on(job):
@@ -362,14 +278,17 @@ def reap_expired_leases(session: Session, *, now: datetime | None = None) -> lis
     ).all()
     changed: list[tuple[int, JobStatus]] = []
     for job in expired:
-        missing = gangs.untaken(session, job.id) if job.nodes > 1 else []
-        if missing:  # a multi-node job that never got all its nodes: given back, no attempt spent
-            if gangs.give_back(session, job, missing, now=now):
-                changed.append((job.id, JobStatus.QUEUED))
-            continue
-        if job.nodes > 1:
+        lost = job.lease_owner
+        if job.nodes > 1:  # the node whose lease ran out: an offer not taken gives the job back, no attempt spent
+            lapsed = gangs.lapsed(session, job.id, now)
+            untaken = [worker for _, worker, taken in lapsed if not taken]
+            if untaken:
+                if gangs.give_back(session, job, untaken, now=now):
+                    changed.append((job.id, JobStatus.QUEUED))
+                continue
             gangs.dissolve(session, job.id)
-        status, error = _fate(job)
+            lost = ", ".join(worker for _, worker, _ in lapsed) or lost
+        status, error = _fate(job, lost)
         done = session.execute(
             update(Job)
             .where(Job.id == job.id, guard(Job.status, RUNNING, status), Job.lease_expires_at < now)

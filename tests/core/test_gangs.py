@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
-from app.core import gangs, jobs, leases, workers
+from app.core import gangs, jobs, leases, queue, workers
 from app.core.db import Database
 from app.core.errors import LeaseLost
 from app.core.jobs import EVERYONE
@@ -53,10 +53,10 @@ def claim(
     now = now or utcnow()
     with db.write() as s:
         workers.hold(s, worker)
-        taken = gangs.take(s, worker, now=now, lease_seconds=LEASE)
+        taken = gangs.take(s, worker, caps, now=now, lease_seconds=LEASE)
         if taken is not None:
             return taken[0].id, taken[1]
-        job = leases.claim_next_job(
+        job = queue.claim_next_job(
             s,
             worker_id=worker,
             device="cpu",
@@ -138,21 +138,56 @@ def test_node_zero_publishes_the_rendezvous_and_only_the_gang_reads_it(db: Datab
     gang = submit(db, TWO_NODES)
     idle(db, "a", "b")
     claim(db, "a")
-    with db.write() as s:
-        assert gangs.rendezvous(s, gang, 0, None) == (2, None)
-        with pytest.raises(LeaseLost):  # offered, not yet taken
-            gangs.rendezvous(s, gang, 1, None)
-    claim(db, "b")
-    with db.write() as s:
-        assert gangs.rendezvous(s, gang, 0, "10.0.0.5:29400") == (2, "10.0.0.5:29400")
-        assert gangs.rendezvous(s, gang, 1, "10.9.9.9:1") == (2, "10.0.0.5:29400")  # only node 0 says where
-        with pytest.raises(LeaseLost):
-            gangs.rendezvous(s, gang, 5, None)
     token = job_row(db, gang).lease_token
     assert token is not None
     with db.write() as s:
+        assert gangs.rendezvous(s, gang, token, 0, None) == (2, None)
+        with pytest.raises(LeaseLost):  # offered, not yet taken
+            gangs.rendezvous(s, gang, token, 1, None)
+    claim(db, "b")
+    with db.write() as s:
+        assert gangs.rendezvous(s, gang, token, 0, "10.0.0.5:29400") == (2, "10.0.0.5:29400")
+        assert gangs.rendezvous(s, gang, token, 1, "10.9.9.9:1") == (2, "10.0.0.5:29400")  # only node 0 says where
+        for bad_node, bad_token in ((5, token), (1, "another lease")):
+            with pytest.raises(LeaseLost):
+                gangs.rendezvous(s, gang, bad_token, bad_node, None)
+    with db.write() as s:
         leases.finish_job(s, gang, token, status=JobStatus.SUCCEEDED)
     assert nodes(db, gang) == {}
+
+
+def test_gangs_that_cannot_form_never_keep_a_worker_from_a_job_it_can_run(db: Database) -> None:
+    waiting = [submit(db, TWO_NODES) for _ in range(queue.CLAIM_LOOKS + 2)]
+    single = submit(db, pretrain_body())
+    idle(db, "alone")
+    assert claim(db, "alone") == (single, None)
+    assert all(job_row(db, j).status == JobStatus.QUEUED for j in waiting)
+
+
+def test_a_worker_is_node_zero_of_one_job_at_a_time(db: Database) -> None:
+    """Node 0 serves the job's rendezvous on a port (a fixed one, behind a firewall): never two at once."""
+    gpus = CPU.model_copy(update={"gpus": 4, "free": 4})
+    first, second = (submit(db, pretrain_body(resources={"nodes": 2, "gpus": 2})) for _ in range(2))
+    idle(db, "big", "o1", "o2", "o3", caps=gpus)
+    assert claim(db, "big", caps=gpus) == (first, 0)
+    assert claim(db, "big", caps=gpus.model_copy(update={"free": 2})) is None  # two GPUs free, but it hosts one
+    free = [w for w in ("o1", "o2", "o3") if w != nodes(db, first)[1][0]]
+    assert claim(db, free[0], caps=gpus) == (second, 0)  # another worker hosts the second job's
+
+
+def test_the_worker_that_stopped_heartbeating_is_the_one_named(db: Database) -> None:
+    gang = submit(db, TWO_NODES)
+    t0 = utcnow()
+    idle(db, "a", "b", now=t0)
+    claim(db, "a", now=t0)
+    claim(db, "b", now=t0)
+    token = job_row(db, gang).lease_token
+    assert token is not None
+    with db.write() as s:  # node 0 goes on heartbeating; node 1's worker falls silent
+        leases.heartbeat(s, gang, token, lease_seconds=LEASE, node=0, now=t0 + timedelta(seconds=LEASE / 2))
+        leases.reap_expired_leases(s, now=t0 + timedelta(seconds=LEASE + 1))
+    row = job_row(db, gang)
+    assert row.attempt == 1 and "worker b stopped heartbeating" in (row.error or ""), row.error
 
 
 def test_racing_claims_never_split_a_gang_or_give_a_worker_two_nodes(db: Database) -> None:

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from app.core import checkpoints, jobs, leases, metrics
+from app.core import checkpoints, jobs, leases, metrics, queue
 from app.core.checkpoints import UploadHeader
 from app.core.db import Database
 from app.core.errors import Conflict, IdempotencyConflict, InvalidRequest, JobNotFound, LeaseLost
@@ -43,7 +43,7 @@ ARTIFACTS = Path(tempfile.mkdtemp(prefix="store-artifacts-"))
 
 def claim(db: Database, worker: str = "w", lease: float = 60, now: Any = None) -> Claimed | None:
     with db.write() as s:
-        job = leases.claim_next_job(s, worker_id=worker, device="cpu", lease_seconds=lease, now=now)
+        job = queue.claim_next_job(s, worker_id=worker, device="cpu", lease_seconds=lease, now=now)
         return None if job is None else Claimed(job, *checkpoints.starting_points(s, job, ARTIFACTS))
 
 

@@ -8,7 +8,7 @@ from datetime import timedelta
 import pytest
 from sqlalchemy.orm import Session
 
-from app.core import jobs, leases, sweeps
+from app.core import jobs, leases, queue, sweeps
 from app.core.db import Database
 from app.core.jobs import EVERYONE
 from app.core.models import Job, utcnow
@@ -45,7 +45,7 @@ class Observer:
 
     def claim(self, lease: float = 60) -> tuple[int, str]:
         claimed: list[Job | None] = []
-        self.do(lambda s: claimed.append(leases.claim_next_job(s, worker_id="w", device="cpu", lease_seconds=lease)))
+        self.do(lambda s: claimed.append(queue.claim_next_job(s, worker_id="w", device="cpu", lease_seconds=lease)))
         job = claimed[0]
         assert job is not None and job.lease_token is not None
         return job.id, job.lease_token

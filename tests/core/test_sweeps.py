@@ -8,7 +8,7 @@ import threading
 import pytest
 from sqlalchemy import func, select
 
-from app.core import leases, sweeps
+from app.core import leases, queue, sweeps
 from app.core.db import Database
 from app.core.errors import InvalidRequest
 from app.core.jobs import EVERYONE
@@ -49,7 +49,7 @@ def test_racing_claims_never_start_more_than_max_concurrent_trials(db: Database)
         def claim(barrier: threading.Barrier, got: list[Job | None]) -> None:
             barrier.wait()
             with db.write() as s:
-                got.append(leases.claim_next_job(s, worker_id="w", device="cpu", lease_seconds=60))
+                got.append(queue.claim_next_job(s, worker_id="w", device="cpu", lease_seconds=60))
 
         threads = [threading.Thread(target=claim, args=(barrier, got)) for _ in range(8)]
         for t in threads:
@@ -116,4 +116,4 @@ def test_a_claim_does_not_wait_for_a_sweep_another_transaction_holds_so_cancel_c
 
 def claim_one(db: Database) -> Job | None:
     with db.write() as s:
-        return leases.claim_next_job(s, worker_id="w", device="cpu", lease_seconds=60)
+        return queue.claim_next_job(s, worker_id="w", device="cpu", lease_seconds=60)

@@ -19,7 +19,7 @@ import pytest
 from app.core.migrate import upgrade
 from app.core.specs import parse_job_spec
 from devtools.servers import ApiServer, WorkerProcess, pid_alive, wait_until
-from worker.messages import Done, Failed, JobPayload, Launch, MemberDone, Metrics, Stopped
+from worker.messages import CheckpointReady, Done, Failed, JobPayload, Launch, MemberDone, Metrics, Stopped
 from worker.process import Child
 
 pytestmark = pytest.mark.slow
@@ -54,12 +54,18 @@ def descendants(pid: int) -> set[int]:
     return {p for p in found if pid_alive(p)}
 
 
-def run_in_child(body: dict[str, Any], launch: Launch | None, work: Path) -> tuple[list[dict[str, Any]], Any]:
-    """Train ``body`` in a job process as a worker does (its ranks started by torch's launcher); its points and end."""
+def run_in_child(
+    body: dict[str, Any], launch: Launch | None, work: Path, *, stop: bool = False, resume: Path | None = None
+) -> tuple[list[dict[str, Any]], Any, Path | None]:
+    """Train ``body`` in a job process as a worker does (its ranks started by torch's launcher): its points, its end
+    and its last 'last' checkpoint. With ``stop``, asked to stop before it starts (the ranks agree at step 10)."""
     child = Child(mp.get_context("spawn"))
-    child.hand(JobPayload(parse_job_spec(body), "cpu", work / "data", work, threads=2, launch=launch))
+    if stop:
+        child.stop.set()
+    payload = JobPayload(parse_job_spec(body), "cpu", work / "data", work, resume_from=resume, threads=2, launch=launch)
+    child.hand(payload)
     points: list[dict[str, Any]] = []
-    end = None
+    end, last = None, None
     while True:
         try:
             message = child.messages.recv()
@@ -67,11 +73,13 @@ def run_in_child(body: dict[str, Any], launch: Launch | None, work: Path) -> tup
             break
         if isinstance(message, Metrics):
             points += message.points
+        elif isinstance(message, CheckpointReady) and message.tag == "last" and message.format == "pt":
+            last = message.path
         elif isinstance(message, Done | Failed | Stopped | MemberDone):
             end = end or message
     child.process.join()
     child.output.join()
-    return points, end
+    return points, end, last
 
 
 def series(points: list[dict[str, Any]], name: str) -> dict[int, float]:
@@ -79,8 +87,8 @@ def series(points: list[dict[str, Any]], name: str) -> dict[int, float]:
 
 
 def test_two_gloo_ranks_train_as_one_process_with_the_same_global_batch(tmp_path: Path) -> None:
-    one, end_one = run_in_child(digits_job(2, {}), None, tmp_path / "one")
-    two, end_two = run_in_child(digits_job(2, {"processes": 2}), Launch(ranks_per_node=2), tmp_path / "two")
+    one, end_one, _ = run_in_child(digits_job(2, {}), None, tmp_path / "one")
+    two, end_two, _ = run_in_child(digits_job(2, {"processes": 2}), Launch(ranks_per_node=2), tmp_path / "two")
     assert isinstance(end_one, Done) and isinstance(end_two, Done), (end_one, end_two)
     want, got = series(one, "train_loss"), series(two, "train_loss")
     assert got.keys() == want.keys() and len(got) > 10
@@ -92,6 +100,18 @@ def test_two_gloo_ranks_train_as_one_process_with_the_same_global_batch(tmp_path
     for step, value in series(one, "test_loss").items():  # eval reads running statistics: a little looser
         assert series(two, "test_loss")[step] == pytest.approx(value, rel=1e-3)
     assert end_two.result["steps"] == end_one.result["steps"]
+
+    # Stopped at step 9 of epoch 1 and resumed, the two ranks report that epoch as the uninterrupted run did:
+    # rank 0's checkpoint holds both ranks' sums of the steps before the stop.
+    launch = Launch(ranks_per_node=2)
+    _, stopped, saved = run_in_child(digits_job(2, {"processes": 2}), launch, tmp_path / "stop", stop=True)
+    assert isinstance(stopped, Stopped) and saved is not None
+    resumed, end, _ = run_in_child(digits_job(2, {"processes": 2}), launch, tmp_path / "resume", resume=saved)
+    assert isinstance(end, Done)
+    epoch_one = {p["step"]: p["value"] for p in resumed if p["name"] == "train_loss" and p["epoch"] == 1}
+    assert min(epoch_one) > 9 and epoch_one  # reported after the resume
+    for step, value in epoch_one.items():
+        assert value == pytest.approx(got[step], rel=1e-4), step
 
 
 @pytest.fixture

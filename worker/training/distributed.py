@@ -5,9 +5,10 @@ Every rank draws the same shuffled global batches (``epoch_batches`` is seeded b
 normalises and augments the whole batch with the step's generator, then trains on its own contiguous rows
 of it (``Ranks.rows``). Each rank's loss is scaled by ``world * rows / batch`` (``Batch.backward``), so the
 gradient DDP averages is the whole batch's mean gradient, as one process would compute it: an N-rank run
-follows the one-process run's curve up to the order of float additions, and a checkpoint resumes under
-any number of ranks that divides ``batch_size``. BatchNorm statistics are each rank's own (as DDP's
-default): with BatchNorm, N ranks are not exactly one process.
+follows the one-process run's curve up to the order of float additions. BatchNorm is synchronised
+(``sync_batchnorm``): its statistics are the whole batch's, as one process's are. A checkpoint holds the
+plain network and the optimizer state every rank shares, and, taken at a stop, the unfinished epoch's
+sums of every rank (``Progress.combine``), which rank 0 alone takes back on resume.
 
 The ranks make every decision together: sums are added across ranks before anything is reported or
 compared (the NaN check, the best checkpoint, early stopping), and a stop request is agreed on every

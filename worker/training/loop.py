@@ -97,6 +97,10 @@ def fit(spec: AnyJobSpec, ctx: TrainingContext, task: Task, splits: Splits) -> R
         splits.val.to(device) if splits.val is not None else None,
         splits.num_classes,
     )
+    if len(data.train) < 2 * ctx.ranks.world:
+        raise TrainingError(
+            f"the job's {ctx.ranks.world} ranks need at least 2 training images each; it has {len(data.train)}"
+        )
     per_epoch = steps_per_epoch(len(data.train), spec.train.batch_size, ctx.ranks.world)
     for optimizer in task.optimizers():
         for group in optimizer.param_groups:
@@ -185,6 +189,7 @@ def train_one_epoch(run: Run, progress: Progress) -> None:
         if run.ctx.should_stop():
             progress.epoch_seconds += time.perf_counter() - started
             check_finite(run, progress)
+            progress.combine(ranks)  # every rank's share of the unfinished epoch, in rank 0's checkpoint
             save_checkpoint(run, progress, [CheckpointTag.LAST], None)
             raise StopRequested(f"stopped at epoch {progress.epoch}, step {progress.step}")
         step = progress.step + 1
@@ -365,6 +370,8 @@ def restore_checkpoint(run: Run, progress: Progress, checkpoint: dict[str, Any])
         if "cuda" in checkpoint["rng"] and device.type == "cuda":
             torch.cuda.set_rng_state(checkpoint["rng"]["cuda"], device)
         progress.restore(checkpoint, device)
+        if not run.ctx.ranks.chief:
+            progress.forget_sums()
     except (KeyError, TypeError, ValueError) as e:
         raise TrainingError(f"the checkpoint to resume from is not one this worker can read: missing {e}") from e
 

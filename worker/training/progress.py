@@ -14,6 +14,7 @@ from torch import Tensor
 
 from app.core.states import JobKind
 
+from .distributed import Ranks
 from .stopping import StoppingState
 
 
@@ -66,6 +67,22 @@ class Progress:
             self.epoch_sums[name] = value if total is None else total + value
         self.epoch_samples += n
         self.window.append(WindowStep(self.epoch, step, sums, n))
+
+    def combine(self, ranks: Ranks) -> None:
+        """The unfinished epoch's and log window's sums, added up over the ranks (before rank 0 saves them)."""
+        if not ranks.distributed:
+            return
+        tensors = [*self.epoch_sums.values(), *(v for w in self.window for v in w.values.values())]
+        if not tensors:
+            return
+        totals = ranks.all_sum(torch.stack([t.double() for t in tensors]))
+        for tensor, total in zip(tensors, totals, strict=True):
+            tensor.copy_(total)
+
+    def forget_sums(self) -> None:
+        """Zero the restored sums on a rank other than 0: rank 0's checkpoint holds every rank's."""
+        for tensor in [*self.epoch_sums.values(), *(v for w in self.window for v in w.values.values())]:
+            tensor.zero_()
 
     def partial_state(self) -> dict[str, Any]:
         """The unfinished epoch's and log window's sums, on the CPU, for a checkpoint's ``partial``."""

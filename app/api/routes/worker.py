@@ -119,8 +119,7 @@ async def rendezvous(job_id: JobId, body: RendezvousRequest, lane: WorkerLaneDep
 
     def meet() -> Rendezvous:
         with lane.db.write() as session:
-            leases.check_lease(session, job_id, body.lease_token)
-            nodes, address = gangs.rendezvous(session, job_id, body.node, body.address)
+            nodes, address = gangs.rendezvous(session, job_id, body.lease_token, body.node, body.address)
             return Rendezvous(nodes=nodes, address=address)
 
     return await lane.run(meet)
