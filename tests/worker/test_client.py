@@ -129,3 +129,41 @@ def test_a_file_uploaded_as_best_is_not_sent_again_as_last(tmp_path: Path, lease
         httpx.get(f"{api.url}/jobs/{job_id}/checkpoint", params={"tag": "last"}, headers=api.headers).content
         == source.read_bytes()
     )
+
+
+def test_against_the_release_before_claims_describe_devices_without_their_state_and_heartbeats_fall_back() -> None:
+    """That release refused unknown fields of a device (busy) and of a heartbeat (node, worker_id,
+    capabilities): the worker goes on telling it what it can read, and keeps the rest."""
+    import json
+
+    from worker.capabilities import describe
+
+    sent: list[tuple[str, dict[str, object]]] = []
+
+    def older_service(request: httpx.Request) -> httpx.Response:
+        body = json.loads(request.content)
+        sent.append((request.url.path, body))
+        beat = request.url.path.endswith("/heartbeat")
+        devices = (body.get("capabilities") or {}).get("devices") or []
+        extra = "worker_id" if beat and "worker_id" in body else None
+        extra = "capabilities.devices.0.busy" if any("busy" in d for d in devices) else extra
+        if extra is not None:
+            return httpx.Response(422, json={"detail": [{"loc": ["body", *extra.split(".")], "msg": "Extra inputs"}]})
+        return httpx.Response(200, json={"cancel_requested": False}) if beat else httpx.Response(204)
+
+    client = WorkerClient("http://service")
+    client.http = httpx.Client(base_url="http://service", transport=httpx.MockTransport(older_service))
+    assert client.claim("w", "cpu", 0, describe("cpu")) is None
+    assert client.claim("w", "cpu", 0, describe("cpu")) is None
+    claims = [body for path, body in sent if path == "/worker/claim"]
+    assert "busy" in claims[0]["capabilities"]["devices"][0]  # type: ignore[index]
+    assert claims[1]["capabilities"]["archs"] and "busy" not in claims[1]["capabilities"]["devices"][0]  # type: ignore[index]
+    assert len(claims) == 3 and "busy" not in claims[2]["capabilities"]["devices"][0]  # type: ignore[index]
+    assert client.heartbeat(1, "t", None, node=None, worker_id="w", capabilities=describe("cpu")) is False
+    assert client.heartbeat(1, "t", None, worker_id="w", capabilities=describe("cpu")) is False
+    beats = [body for path, body in sent if path.endswith("/heartbeat")]
+    assert [sorted(b) for b in beats] == [
+        ["capabilities", "lease_token", "worker_id"],
+        ["lease_token"],
+        ["lease_token"],
+    ]
