@@ -16,11 +16,11 @@ import traceback
 from collections.abc import Callable
 from pathlib import Path
 
-from . import api, checkpoints, dashboard, dispatch, load, metrics, service, training
+from . import api, checkpoints, dashboard, dispatch, load, metrics, queue, service, training
 from .report import describe_machine, markdown_table, results_path, started_at, write_results
 from .stats import Result
 
-NAMES = ["training", "service", "dispatch", "api", "load", "metrics", "checkpoints", "dashboard"]
+NAMES = ["training", "service", "dispatch", "queue", "api", "load", "metrics", "checkpoints", "dashboard"]
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -52,6 +52,7 @@ def main(argv: list[str] | None = None) -> int:
         "training": lambda: training.run(quick=args.quick, device=device, threads=threads),
         "service": lambda: service.run(quick=args.quick, device=device, threads=threads),
         "dispatch": lambda: dispatch.run(quick=args.quick, device=device, threads=threads),
+        "queue": lambda: queue.run(quick=args.quick),
         "api": lambda: api.run(quick=args.quick, loadgen=args.loadgen),
         "load": lambda: load.run(quick=args.quick, loadgen_tool=args.loadgen),
         "metrics": lambda: metrics.run(quick=args.quick),

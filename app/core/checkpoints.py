@@ -24,7 +24,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import BinaryIO
 
-from sqlalchemy import or_, select
+from sqlalchemy import bindparam, or_, select
 from sqlalchemy.orm import Session
 
 from app.core.db import Database
@@ -113,19 +113,25 @@ def starting_points(session: Session, job: Job, artifacts_dir: Path) -> tuple[Ch
     - a finetune starts from its base job's ``best``, else ``last``; with neither file left it cannot
       run: ``NoStartingPoint``.
     """
-    pt = CheckpointFormat.PT
-    resume = on_disk(artifacts_dir, checkpoint_of(session, job.id, CheckpointTag.LAST, pt)) or on_disk(
-        artifacts_dir, checkpoint_of(session, job.id, CheckpointTag.BEST, pt)
-    )
-    if job.init_job_id is None:
-        return resume, None
     base = job.init_job_id
-    init = on_disk(artifacts_dir, checkpoint_of(session, base, CheckpointTag.BEST, pt)) or on_disk(
-        artifacts_dir, checkpoint_of(session, base, CheckpointTag.LAST, pt)
-    )
+    ids = [job.id] if base is None else [job.id, base]
+    found = {(c.job_id, c.tag): c for c in session.scalars(_STARTS, {"ids": ids})}  # one query, built once
+
+    def first(job_id: int, *tags: CheckpointTag) -> Checkpoint | None:
+        return next((c for t in tags if (c := on_disk(artifacts_dir, found.get((job_id, t)))) is not None), None)
+
+    resume = first(job.id, CheckpointTag.LAST, CheckpointTag.BEST)
+    if base is None:
+        return resume, None
+    init = first(base, CheckpointTag.BEST, CheckpointTag.LAST)
     if init is None:
         raise NoStartingPoint(f"base job {base} has no checkpoint file left to start from (they were deleted)")
     return resume, init
+
+
+_STARTS = select(Checkpoint).where(
+    Checkpoint.job_id.in_(bindparam("ids", expanding=True)), Checkpoint.format == CheckpointFormat.PT
+)
 
 
 @dataclass(frozen=True)

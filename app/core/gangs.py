@@ -15,7 +15,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import case, delete, func, select, update
+from sqlalchemy import bindparam, case, delete, func, select, update
 from sqlalchemy.orm import Session
 
 from app.core import logs
@@ -99,13 +99,7 @@ def take(
 ) -> tuple[Job, int] | None:
     """The node of a multi-node job offered to ``worker_id`` (in time, and fitting the devices it has free now),
     now taken by it: (the job, its node); or None."""
-    row = session.execute(
-        select(JobNode.job_id, JobNode.node)
-        .where(JobNode.worker_id == worker_id, JobNode.taken_at.is_(None), JobNode.lease_expires_at >= now)
-        .order_by(JobNode.job_id)
-        .limit(1)
-        .with_for_update(skip_locked=True)
-    ).first()
+    row = session.connection().execute(_OFFERED, {"worker": worker_id, "now": now}).first()  # usually none
     if row is None:
         return None
     job = session.execute(  # a job row another transaction holds (its gang still forming): the next claim
@@ -125,6 +119,20 @@ def take(
     _sync_lease(session, job.id)
     session.refresh(job)
     return job, row.node
+
+
+_OFFERED = (
+    select(JobNode.job_id, JobNode.node)
+    .where(
+        JobNode.worker_id == bindparam("worker"),
+        JobNode.taken_at.is_(None),
+        JobNode.lease_expires_at >= bindparam("now"),
+    )
+    .order_by(JobNode.job_id)
+    .limit(1)
+    .with_for_update(skip_locked=True)
+)
+"""A node offered to a worker, in time: every claim asks, so it is built once."""
 
 
 def beat(session: Session, job_id: int, node: int, *, now: datetime, lease_seconds: float) -> datetime:

@@ -11,15 +11,17 @@ worker's right to the job.
 
 from __future__ import annotations
 
+import functools
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, case, select, update
+from sqlalchemy import ClauseElement, ColumnElement, bindparam, case, select, update
 from sqlalchemy.orm import Session
+from sqlalchemy.sql.dml import ReturningUpdate
 
 from app.core import gangs, logs
 from app.core.errors import InvalidRequest, JobNotFound, LeaseLost
-from app.core.models import Job, utcnow
+from app.core.models import Job, status_is, utcnow
 from app.core.states import RETRY_ON_DEFAULT, ErrorClass, JobStatus, guard
 
 QUEUED, RUNNING = frozenset({JobStatus.QUEUED}), frozenset({JobStatus.RUNNING})
@@ -105,11 +107,17 @@ def heartbeat(
 
 def _end_lease(session: Session, job_id: int, lease_token: str, *targets: JobStatus, **values: Any) -> Job:
     """The fenced UPDATE that ends a worker's hold on a job; raises LeaseLost when the token no longer holds it."""
+    stmt: ReturningUpdate[Job]
+    if any(isinstance(v, ClauseElement) for v in values.values()):  # computed in SQL (a release): built each time
+        where = update(Job).where(*fenced(job_id, lease_token, *targets))
+        stmt = where.values(lease_token=None, lease_expires_at=None, **values).returning(Job)
+        params: dict[str, Any] = {}
+    else:  # plain values (every finish): the statement is built once per set of fields, the values bound
+        stmt = _ending(tuple(sorted(values)), targets)
+        params = {"job_id": job_id, "token": lease_token, **{f"v_{k}": v for k, v in values.items()}}
     job = session.execute(
-        update(Job)
-        .where(*fenced(job_id, lease_token, *targets))
-        .values(lease_token=None, lease_expires_at=None, **values)
-        .returning(Job),
+        stmt,
+        params,
         # populate_existing: a copy of the row this session read before (finish_job's) shows the new values
         execution_options={"synchronize_session": False, "populate_existing": True},
     ).scalar_one_or_none()
@@ -118,6 +126,18 @@ def _end_lease(session: Session, job_id: int, lease_token: str, *targets: JobSta
     if job.nodes > 1:
         gangs.dissolve(session, job_id)
     return job
+
+
+@functools.lru_cache(maxsize=64)
+def _ending(fields: tuple[str, ...], targets: tuple[JobStatus, ...]) -> ReturningUpdate[Job]:
+    return (
+        update(Job)
+        .where(
+            Job.id == bindparam("job_id"), Job.lease_token == bindparam("token"), guard(Job.status, RUNNING, *targets)
+        )
+        .values(lease_token=None, lease_expires_at=None, **{f: bindparam(f"v_{f}") for f in fields})
+        .returning(Job)
+    )
 
 
 def finish_job(
@@ -271,8 +291,8 @@ def reap_expired_leases(session: Session, *, now: datetime | None = None) -> lis
     now = now or utcnow()
     expired = session.scalars(
         select(Job)
-        .where(Job.status == JobStatus.RUNNING, Job.lease_expires_at < now)
-        .order_by(Job.id)
+        .where(status_is(JobStatus.RUNNING, session.get_bind().dialect.name), Job.lease_expires_at < now)
+        .order_by(Job.lease_expires_at)  # the index's order: no sort, however many jobs run
         .limit(100)
         .with_for_update(skip_locked=True, of=Job)
     ).all()

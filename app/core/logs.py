@@ -12,7 +12,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import bindparam, delete, func, select
 from sqlalchemy.orm import Session
 
 from app.core.models import Job, JobLog, utcnow
@@ -32,12 +32,20 @@ def first_seq(session: Session, job_id: int, attempt: int, node: int = 0) -> int
     """Where a run of the job (one node of it) numbers its lines from: after those its attempt stored already (a
     run given back at a worker's shutdown keeps its attempt; the next run's lines must not be taken for its)."""
     base = node * NODE_SEQ_SPAN
-    last = session.scalar(
-        select(func.max(JobLog.seq)).where(
-            JobLog.job_id == job_id, JobLog.attempt == attempt, JobLog.seq >= base, JobLog.seq < base + NODE_SEQ_SPAN
-        )
+    last = (
+        session.connection()
+        .execute(_LAST_SEQ, {"job_id": job_id, "attempt": attempt, "low": base, "high": base + NODE_SEQ_SPAN})
+        .scalar()
     )
     return base if last is None else int(last) + 1
+
+
+_LAST_SEQ = select(func.max(JobLog.seq)).where(
+    JobLog.job_id == bindparam("job_id"),
+    JobLog.attempt == bindparam("attempt"),
+    JobLog.seq >= bindparam("low"),
+    JobLog.seq < bindparam("high"),
+)
 
 
 def append_lines(session: Session, job: Job, lines: list[dict[str, Any]], *, max_log_bytes: int) -> int:

@@ -1,19 +1,23 @@
 """The queue as a claim sees it: the conditions a queued job must meet (a kind workers run, its base job
 succeeded, its sweep with room), and ``claim_next_job``, which leases the next one a worker can run. The
 rest of a running job's life (heartbeats, the fence, finish, release, reap) is leases.py.
+
+The conditions are built once (``functools.cache``): building an aliased subquery anew cost a claim more
+than running it, and the same objects hit SQLAlchemy's cache of compiled statements.
 """
 
 from __future__ import annotations
 
+import functools
 import secrets
 from datetime import datetime, timedelta
 
-from sqlalchemy import ColumnElement, Select, exists, func, or_, select, update
+from sqlalchemy import ColumnElement, Select, bindparam, exists, func, or_, select, update
 from sqlalchemy.orm import Session, aliased
 
 from app.core import gangs
 from app.core.leases import QUEUED, reap_expired_leases
-from app.core.models import Job, Sweep, utcnow
+from app.core.models import Job, Sweep, status_is, utcnow
 from app.core.protocol import Capabilities
 from app.core.states import JobKind, JobStatus, guard
 
@@ -22,11 +26,18 @@ CLAIM_LOOKS, GANG_LOOKS = 12, 3
 looks at jobs of one node only (so queued gangs never stop a worker from getting the job it can run)."""
 
 
+@functools.cache
+def _queued(dialect: str) -> ColumnElement[bool]:
+    return status_is(JobStatus.QUEUED, dialect)
+
+
+@functools.cache
 def runs_on_a_worker() -> ColumnElement[bool]:
     """A job of a kind that workers train (``JobKind.runs_on_worker``); which worker may take it is ``can_run``."""
     return Job.kind.in_(sorted(kind for kind in JobKind if kind.runs_on_worker))
 
 
+@functools.cache
 def dependencies_met() -> ColumnElement[bool]:
     """The job it waits for (a finetune's base pretrain job), if any, has succeeded."""
     base = aliased(Job)
@@ -36,6 +47,7 @@ def dependencies_met() -> ColumnElement[bool]:
     )
 
 
+@functools.cache
 def sweep_has_room() -> ColumnElement[bool]:
     """Not a trial of a sweep that has its ``max_concurrent`` trials running already."""
     running = aliased(Job)
@@ -81,7 +93,8 @@ def claim_next_job(
     passed: list[int] = []  # multi-node jobs without enough free workers now
     one_node = False  # after a few such, or when this worker hosts a rendezvous already: jobs of one node only
     for _ in range(CLAIM_LOOKS):
-        conditions = [Job.status == JobStatus.QUEUED, runs_on_a_worker(), dependencies_met(), sweep_has_room()]
+        queued = _queued(session.get_bind().dialect.name)
+        conditions = [queued, runs_on_a_worker(), dependencies_met(), sweep_has_room()]
         if can_run is not None:
             conditions.append(can_run)
         if full:
@@ -90,7 +103,8 @@ def claim_next_job(
             conditions.append(Job.id.not_in(passed))
         if one_node:
             conditions.append(Job.nodes == 1)
-        candidate = session.execute(_first(conditions)).first()
+        plain = not (full or passed or one_node)  # the usual claim: its statement built once (per worker kind)
+        candidate = session.execute(_first_of(queued, can_run) if plain else _first(conditions)).first()
         if candidate is None:
             return None
         if candidate.sweep_id is not None and not sweep_room_held(session, candidate.sweep_id):
@@ -117,6 +131,14 @@ def claim_next_job(
     return None
 
 
+@functools.lru_cache(maxsize=256)
+def _first_of(
+    queued: ColumnElement[bool], can_run: ColumnElement[bool] | None
+) -> Select[int, int | None, int, int, JobKind, str | None, str | None]:
+    conditions = [queued, runs_on_a_worker(), dependencies_met(), sweep_has_room()]
+    return _first([*conditions, *([can_run] if can_run is not None else [])])
+
+
 def _first(conditions: list[ColumnElement[bool]]) -> Select[int, int | None, int, int, JobKind, str | None, str | None]:
     """The claim's candidate: the first job by priority, then age, that meets ``conditions``."""
     return (
@@ -131,22 +153,27 @@ def _first(conditions: list[ColumnElement[bool]]) -> Select[int, int | None, int
 def _lease(
     session: Session, job_id: int, worker_id: str, device: str | None, lease_seconds: float, now: datetime
 ) -> Job:
-    stmt = (
-        update(Job)
-        .where(Job.id == job_id, guard(Job.status, QUEUED, JobStatus.RUNNING))
-        .values(
-            status=JobStatus.RUNNING,
-            attempt=Job.attempt + 1,
-            lease_token=secrets.token_hex(16),
-            lease_owner=worker_id,
-            lease_expires_at=now + timedelta(seconds=lease_seconds),
-            worker_device=device,
-            cancel_requested=False,
-            started_at=now,
-            updated_at=now,
-        )
-        .returning(Job)
-    )
+    values = {"job_id": job_id, "token": secrets.token_hex(16), "owner": worker_id, "device": device, "now": now}
+    values["expires"] = now + timedelta(seconds=lease_seconds)
     # populate_existing: a copy of the row this session holds (a claim that just failed a job) is refreshed
     options = {"synchronize_session": False, "populate_existing": True}
-    return session.execute(stmt, execution_options=options).scalar_one()
+    return session.execute(_LEASE, values, execution_options=options).scalar_one()
+
+
+_LEASE = (
+    update(Job)
+    .where(Job.id == bindparam("job_id"), guard(Job.status, QUEUED, JobStatus.RUNNING))
+    .values(
+        status=JobStatus.RUNNING,
+        attempt=Job.attempt + 1,
+        lease_token=bindparam("token"),
+        lease_owner=bindparam("owner"),
+        lease_expires_at=bindparam("expires"),
+        worker_device=bindparam("device"),
+        cancel_requested=False,
+        started_at=bindparam("now"),
+        updated_at=bindparam("now"),
+    )
+    .returning(Job)
+)
+"""A claim's lease of a queued job, built once (building it anew cost more than running it)."""

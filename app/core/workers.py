@@ -4,13 +4,14 @@ job, why no worker takes it (``waiting_for``)."""
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, case, false, func, select, true, update
+from sqlalchemy import ColumnElement, and_, bindparam, case, false, func, select, true, update
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
@@ -63,37 +64,53 @@ ONE_DEVICE = and_(Job.gpus == 1, Job.nodes == 1)
 
 def can_run(capabilities: Capabilities | None) -> ColumnElement[bool]:
     """The claim's filter: jobs of a kind, arch and dataset the worker's code knows, that fit the devices it has
-    free (an older worker that says nothing: any job of one device, as before)."""
+    free (an older worker that says nothing: any job of one device, as before). The same worker's claims get the
+    same object (built once: cheaper, and its compiled statement is cached)."""
     if capabilities is None:
         return ONE_DEVICE
-    kinds = [kind for kind in JobKind if kind.value in capabilities.kinds]  # a name no job has matches none
+    key = (tuple(capabilities.kinds), tuple(capabilities.archs), tuple(capabilities.datasets))
+    return _can_run(*key, capabilities.gpus, capabilities.free, capabilities.distributed)
+
+
+@functools.lru_cache(maxsize=1024)
+def _can_run(
+    kinds: tuple[str, ...],
+    archs: tuple[str, ...],
+    datasets: tuple[str, ...],
+    gpus: int,
+    free: int | None,
+    distributed: bool,
+) -> ColumnElement[bool]:
+    known = [kind for kind in JobKind if kind.value in kinds]  # a name no job has matches none
     return and_(
-        Job.kind.in_(kinds),
-        Job.arch.is_(None) | Job.arch.in_(capabilities.archs),
-        Job.dataset.is_(None) | Job.dataset.in_(capabilities.datasets),
-        fits(capabilities),
+        Job.kind.in_(known),
+        Job.arch.is_(None) | Job.arch.in_(archs),
+        Job.dataset.is_(None) | Job.dataset.in_(datasets),
+        fits(gpus, free, distributed),
     )
 
 
-def fits(capabilities: Capabilities) -> ColumnElement[bool]:
+def fits(gpus: int, free: int | None, distributed: bool) -> ColumnElement[bool]:
     """Jobs a node of which fits the devices the worker has free: a CUDA worker takes up to its free GPUs (and no
     CPU ranks); a CPU worker, one job at a time, of one device or of CPU ranks (``resources.processes``)."""
-    if not capabilities.distributed:
+    if not distributed:
         return ONE_DEVICE
-    free = 1 if capabilities.free is None else capabilities.free
-    if capabilities.gpus > 0:
+    free = 1 if free is None else free
+    if gpus > 0:
         return and_(Job.gpus >= 1, Job.gpus <= free)
     return and_(Job.gpus <= 1, true() if free >= 1 else false())
 
 
 def took(session: Session, worker_id: str, job: Job) -> None:
     """The worker took ``job``: its devices count as used until it says how many are free again."""
-    used = max(job.gpus, 1)
-    session.execute(
-        update(Worker)
-        .where(Worker.id == worker_id)
-        .values(free=case((Worker.free > used, Worker.free - used), else_=0))
-    )
+    session.connection().execute(_TOOK, {"worker": worker_id, "used": max(job.gpus, 1)})
+
+
+_TOOK = (
+    update(Worker)
+    .where(Worker.id == bindparam("worker"))
+    .values(free=case((Worker.free > bindparam("used"), Worker.free - bindparam("used")), else_=0))
+)
 
 
 def lacks(caps: dict[str, Any], job: Any) -> set[str]:

@@ -205,8 +205,10 @@ def test_cancel_stops_both_ranks_after_one_save(http: httpx.Client, workers: Any
     saved = [c for c in http.get(f"/jobs/{job_id}/checkpoints").json()["data"] if c["format"] == "pt"]
     stop = [c for c in saved if c["tag"] == "last"]
     steps_per_epoch = 23  # 1,437 images in batches of 64
-    # rank 0's save before the step where the ranks agreed to stop (they ask every 10th), not at an epoch's end
-    assert len(stop) == 1 and (stop[0]["step"] + 1) % 10 == 0 and stop[0]["step"] % steps_per_epoch != 0, stop
+    # rank 0's save before the step where the ranks agreed to stop (they ask every 10th): its epoch is the one in
+    # progress (an epoch's end checkpoint at step 69 would be epoch 3's; the stop's there is epoch 4's)
+    assert len(stop) == 1 and (stop[0]["step"] + 1) % 10 == 0, stop
+    assert stop[0]["epoch"] == stop[0]["step"] // steps_per_epoch + 1, stop
 
 
 def test_sigterm_on_the_worker_stops_every_rank_saves_and_another_worker_resumes(
