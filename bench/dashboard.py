@@ -23,6 +23,7 @@ from typing import Any
 import httpx
 from sqlalchemy import insert, select, update
 
+from app.core import rollups
 from app.core.db import Database
 from app.core.models import Job, MetricPoint
 from devtools.servers import ApiServer
@@ -61,22 +62,19 @@ def seed(db_url: str, template_id: int, jobs: int, points: int) -> int:
                 )
             long_id = session.scalars(select(Job.id).order_by(Job.id.desc()).limit(1)).one()
             epoch_steps = max(1, points // 100)
-            for first in range(1, points + 1, 50_000):
-                session.execute(
-                    insert(MetricPoint),
-                    [
-                        {
-                            "job_id": long_id,
-                            "name": "train_loss",
-                            "step": s,
-                            "epoch": (s - 1) // epoch_steps + 1,
-                            "value": 1.0 / math.sqrt(s) + 0.01 * math.sin(s / 50),
-                            "time": 1.7e9 + s / 100,
-                            "batch": 1,
-                        }
-                        for s in range(first, min(points + 1, first + 50_000))
-                    ],
-                )
+            series = [
+                (s, (s - 1) // epoch_steps + 1, 1.0 / math.sqrt(s) + 0.01 * math.sin(s / 50), 1.7e9 + s / 100)
+                for s in range(1, points + 1)
+            ]
+            for first in range(0, points, 50_000):
+                rows = [
+                    {"job_id": long_id, "name": "train_loss", "step": s, "epoch": e, "value": v, "time": t, "batch": 1}
+                    for s, e, v, t in series[first : first + 50_000]
+                ]
+                session.execute(insert(MetricPoint), rows)
+            # ... and summed into its buckets, as record_metrics does with every batch
+            buckets = rollups.group(series)
+            rollups.write(session, long_id, {("train_loss", level, b): agg for (level, b), agg in buckets.items()})
             session.execute(update(Job).where(Job.id == long_id).values(metric_batches=1))
         return long_id
     finally:

@@ -66,12 +66,31 @@ def read(http: httpx.Client, job_id: int, **params: Any) -> tuple[float, int]:
     return time.perf_counter() - started, size
 
 
+def memory_kib(pid: int, field: str) -> int:
+    """A process's VmRSS or VmHWM (its peak since the last reset), in KiB."""
+    with open(f"/proc/{pid}/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith(f"{field}:"))
+
+
+def streamed_read(http: httpx.Client, job_id: int, pid: int) -> tuple[float, float]:
+    """(seconds, MB the API's resident memory grew by at its peak) of a whole read, body read in pieces."""
+    with open(f"/proc/{pid}/clear_refs", "w") as f:
+        f.write("5")  # the peak starts again from now
+    before = memory_kib(pid, "VmRSS")
+    started = time.perf_counter()
+    with http.stream("GET", f"/jobs/{job_id}/metrics") as r:
+        r.raise_for_status()
+        for _ in r.iter_bytes():
+            pass
+    return time.perf_counter() - started, (memory_kib(pid, "VmHWM") - before) / 1024
+
+
 def run(*, quick: bool) -> Result:
-    points, rounds = (10_000, 2) if quick else (100_000, 5)
+    points, rounds, big = (10_000, 2, 50_000) if quick else (100_000, 5, 1_000_000)
     result = Result(
         "metrics",
-        f"Metrics at scale: one series of {points:,} points",
-        {"points": points, "batch": BATCH, "rounds": rounds, "database": "sqlite"},
+        f"Metrics at scale: series of {points:,} and of {big:,} points",
+        {"points": points, "big": big, "batch": BATCH, "rounds": rounds, "database": "sqlite"},
     )
     with (
         tempfile.TemporaryDirectory(prefix="bench-metrics-") as tmp,
@@ -94,15 +113,42 @@ def run(*, quick: bool) -> Result:
             },
             rounds,
         )
+        long_job, token = claim_new_job(http)
+        ingest(worker_client, long_job, token, big)
+        large = interleave(
+            {
+                "max_points": lambda: read(http, long_job, max_points=1000),
+                "per_epoch": lambda: read(http, long_job, max_points=1000, per_epoch="true"),
+                "stream": lambda: streamed_read(http, long_job, api.proc.pid),
+            },
+            rounds,
+        )
     result.add(
         "POST /worker/jobs/{id}/metrics ingestion (batches of 1,000)",
         "points/s",
         runs["ingest"],
-        ">= 50000",
-        check=at_least(50_000),
+        ">= 150000",
+        check=at_least(150_000),
     )
     result.add("GET /jobs/{id}/metrics full: time", "ms", [t * 1000 for t, _ in runs["full"]])
     result.add("GET /jobs/{id}/metrics full: size", "MB", [b / 1e6 for _, b in runs["full"]])
     result.add("GET /jobs/{id}/metrics?max_points=500: time", "ms", [t * 1000 for t, _ in runs["max_points"]])
     result.add("GET /jobs/{id}/metrics?max_points=500: size", "kB", [b / 1e3 for _, b in runs["max_points"]])
+    label = f"{big:,} points"
+    result.add(
+        f"{label}: ?max_points=1000: time",
+        "ms",
+        [t * 1000 for t, _ in large["max_points"]],
+        "< 150",
+        check=lambda v: v < 150,
+    )
+    result.add(f"{label}: ?max_points=1000&per_epoch=true: time", "ms", [t * 1000 for t, _ in large["per_epoch"]])
+    result.add(f"{label}: whole series, streamed: time", "s", [t for t, _ in large["stream"]])
+    result.add(
+        f"{label}: whole series, streamed: API memory growth (peak RSS)",
+        "MB",
+        [m for _, m in large["stream"]],
+        "< 100",
+        check=lambda v: v < 100,
+    )
     return result

@@ -33,7 +33,9 @@ from tests.authed import AuthedClient
 
 BACKENDS = [b.strip() for b in os.environ.get("TRAINJOBS_TEST_BACKENDS", "sqlite,postgresql").split(",") if b.strip()]
 PG_ADMIN_URL = os.environ.get("TRAINJOBS_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
-TABLES = "job_nodes, metric_points, checkpoints, idempotency_keys, jobs, sweeps, workers, api_tokens, users"
+TABLES = (
+    "job_nodes, metric_buckets, metric_points, checkpoints, idempotency_keys, jobs, sweeps, workers, api_tokens, users"
+)
 USERS = (("root", True), ("alice", False), ("bob", False))
 """Every API test's users: an admin and two users; the test client acts for alice."""
 

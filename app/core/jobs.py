@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session
 
 from app.core.errors import Conflict, IdempotencyConflict, InvalidRequest, JobNotFound, LimitExceeded
 from app.core.leases import fail_dependents
-from app.core.models import Checkpoint, IdempotencyKey, Job, JobLog, MetricPoint, Sweep, User, utcnow
+from app.core.models import Checkpoint, IdempotencyKey, Job, JobLog, MetricBucket, MetricPoint, Sweep, User, utcnow
 from app.core.specs import AnyJobSpec, ImageFolderDataset, parse_job_spec, spec_to_json
 from app.core.specs.networks import Encoder, FinetuneModel
 from app.core.states import ACTIVE, TERMINAL, JobKind, JobStatus, guard
@@ -339,6 +339,6 @@ def delete_job(session: Session, scope: Scope, job_id: int, *, with_sweep: bool 
             f"(DELETE /sweeps/{job.sweep_id}) to delete its trials"
         )
     session.execute(update(Job).where(Job.init_job_id == job_id).values(init_job_id=None))
-    for table in (MetricPoint, Checkpoint, IdempotencyKey, JobLog):
+    for table in (MetricPoint, MetricBucket, Checkpoint, IdempotencyKey, JobLog):
         session.execute(delete(table).where(table.job_id == job_id))
     session.execute(delete(Job).where(Job.id == job_id))

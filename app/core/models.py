@@ -306,7 +306,42 @@ class MetricPoint(Base):
         BigInteger, default=0, server_default="0", doc="The job's metric batch that stored it (events' cursor)."
     )
 
-    __table_args__ = (Index("ix_metric_points_job_id_batch", "job_id", "batch"),)
+    __table_args__ = (
+        Index("ix_metric_points_job_id_batch", "job_id", "batch"),
+        # SQLite: the rows themselves in (job, name, step) order: appends land at the end, a series reads in one run
+        {"sqlite_with_rowid": False},
+    )
+
+
+class MetricBucket(Base):
+    """A series' points summed up per range of steps (``level`` >= 0: steps >> SHIFTS[level] == ``bucket``) or per
+    epoch (``level`` -1): their count and four of them, the first, last, lowest and highest (app/core/rollups.py)."""
+
+    __tablename__ = "metric_buckets"
+
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
+    name: Mapped[str] = mapped_column(String(100), primary_key=True)
+    level: Mapped[int] = mapped_column(Integer, primary_key=True)
+    bucket: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    count: Mapped[int] = mapped_column(BigInteger)
+    first_step: Mapped[int] = mapped_column(BigInteger)
+    first_epoch: Mapped[int | None] = mapped_column(Integer)
+    first_value: Mapped[float] = mapped_column(Float)
+    first_time: Mapped[float] = mapped_column(Float)
+    last_step: Mapped[int] = mapped_column(BigInteger)
+    last_epoch: Mapped[int | None] = mapped_column(Integer)
+    last_value: Mapped[float] = mapped_column(Float)
+    last_time: Mapped[float] = mapped_column(Float)
+    low_step: Mapped[int] = mapped_column(BigInteger)
+    low_epoch: Mapped[int | None] = mapped_column(Integer)
+    low_value: Mapped[float] = mapped_column(Float)
+    low_time: Mapped[float] = mapped_column(Float)
+    high_step: Mapped[int] = mapped_column(BigInteger)
+    high_epoch: Mapped[int | None] = mapped_column(Integer)
+    high_value: Mapped[float] = mapped_column(Float)
+    high_time: Mapped[float] = mapped_column(Float)
+
+    __table_args__ = ({"sqlite_with_rowid": False},)
 
 
 class JobLog(Base):

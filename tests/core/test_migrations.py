@@ -45,6 +45,7 @@ ALL_TABLES = {
     "api_tokens",
     "job_logs",
     "job_nodes",
+    "metric_buckets",
 }
 
 

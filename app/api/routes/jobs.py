@@ -8,7 +8,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Body, Header, Query, Request, Response, status
 from fastapi import Path as PathParam
-from fastapi.responses import FileResponse
+from fastapi.responses import FileResponse, StreamingResponse
 from pydantic import BeforeValidator
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -227,7 +227,13 @@ def get_metrics(
         bool, Query(description="Only each epoch's last point (for train_loss: the epoch's mean).")
     ] = False,
 ) -> Response:
-    """Metric series of a job, with last and best of each (over every point)."""
+    """Metric series of a job, with last and best of each (over every point). Every point of a long series is
+    streamed (a page at a time); max_points and per_epoch read its buckets, not its points."""
+    if max_points is None and since_step is None and not per_epoch:
+        with db.read() as session:
+            wholes = metrics.whole_series(session, scope, job_id, name)
+        if sum(whole.count for whole in wholes.values()) > metrics.PAGE:
+            return StreamingResponse(metrics.stream_document(db, job_id, wholes), media_type="application/json")
     with db.read() as session:
         body = metrics.read_metrics(
             session, scope, job_id, name=name, since_step=since_step, max_points=max_points, per_epoch=per_epoch
