@@ -8,7 +8,14 @@ They use the service's own settings (``TRAINJOBS_DATABASE_URL``).
 from __future__ import annotations
 
 import argparse
+import contextlib
+import logging
+import os
+import shutil
 import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
 
 from pydantic import ValidationError
 
@@ -19,6 +26,7 @@ from app.core.errors import TrainjobsError, first_line
 from app.core.migrate import check_schema_current, upgrade
 from app.core.protocol import summarize
 from app.core.states import TokenKind
+from app.core.structured_logs import configure, uvicorn_log_config
 
 
 def serve(argv: list[str], settings: Settings) -> int:
@@ -34,26 +42,55 @@ def serve(argv: list[str], settings: Settings) -> int:
     args = parser.parse_args(argv)
     if args.command == "migrate" or args.migrate:
         upgrade(settings.database_url)
-        print(f"trainjobs-api: schema is up to date ({settings.database_url.split('@')[-1]})", file=sys.stderr)
+        done = f"schema is up to date ({settings.database_url.split('@')[-1]})"
+        if settings.log_format == "json":
+            configure(settings.log_format, args.log_level)
+            logging.getLogger("trainjobs.api").warning(done)
+        else:
+            print(f"trainjobs-api: {done}", file=sys.stderr)
         if args.command == "migrate":
             return 0
 
     import uvicorn
+    from uvicorn.config import LOGGING_CONFIG
 
     from app.serve import uvicorn_options
 
-    uvicorn.run(
-        "app.main:app",
-        host=args.host,
-        port=args.port,
-        workers=args.workers,
-        log_level=args.log_level,
-        access_log=args.access_log,
-        proxy_headers=True,
-        forwarded_allow_ips=settings.forwarded_allow_ips,
-        **uvicorn_options(),
-    )
+    with shared_counters(args.workers):
+        uvicorn.run(
+            "app.main:app",
+            host=args.host,
+            port=args.port,
+            workers=args.workers,
+            log_level=args.log_level,
+            access_log=args.access_log,
+            proxy_headers=True,
+            forwarded_allow_ips=settings.forwarded_allow_ips,
+            log_config=uvicorn_log_config(args.log_level) if settings.log_format == "json" else LOGGING_CONFIG,
+            **uvicorn_options(),
+        )
     return 0
+
+
+@contextlib.contextmanager
+def shared_counters(processes: int) -> Iterator[None]:
+    """Several API processes count into files in one folder (``PROMETHEUS_MULTIPROC_DIR``), which a scrape of
+    any of them sums (app/api/routes/operators.py). The folder is emptied first (a count of an earlier run
+    must not add up with this one's): a new private one, unless the operator named one."""
+    if processes <= 1 and "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
+        yield
+        return
+    named = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    folder = Path(named) if named else Path(tempfile.mkdtemp(prefix="trainjobs-metrics-"))
+    folder.mkdir(parents=True, exist_ok=True)
+    for stale in folder.glob("*.db"):
+        stale.unlink()
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(folder)
+    try:
+        yield
+    finally:
+        if not named:
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 def account_parser() -> argparse.ArgumentParser:

@@ -21,11 +21,12 @@ from app.api.errors import install_error_handlers
 from app.api.limits import BodyLimit, body_limit
 from app.api.routes import accounts as accounts_routes
 from app.api.routes import events as events_routes
-from app.api.routes import health, jobs, worker
+from app.api.routes import health, jobs, operators, worker
 from app.api.routes import sweeps as sweeps_routes
 from app.api.routes import workers as workers_routes
 from app.api.routes.docs import install_docs
 from app.api.shedding import LoadShedding, Turns
+from app.api.timing import RequestTimes
 from app.api.wakeup import Wakeup
 from app.core import accounts, checkpoints, leases
 from app.core.config import Settings, get_settings
@@ -77,7 +78,7 @@ async def reap_periodically(db: Database, settings: Settings, wakeup: Wakeup, ga
             log.exception("lease reaper failed")
             continue
         for job_id, new_status in changed:
-            log.warning("job %s: lease expired, now %s", job_id, new_status)
+            log.warning("job %s: lease expired, now %s", job_id, new_status, extra={"job_id": job_id})
         if any(s == JobStatus.QUEUED for _, s in changed):
             wakeup.notify()
 
@@ -140,14 +141,15 @@ def create_app(settings: Settings | None = None, db: Database | None = None) -> 
     app.state.wakeup = Wakeup()
     app.state.changes = Wakeup()  # a job changed: event streams read (app/api/routes/events.py)
     app.state.recent_tokens = RecentTokens()
-    # Outermost last: shed load, check the token, bound (and, public, read) the body; then take a turn to run.
+    # Outermost last: time it, shed load, check the token, bound (and, public, read) the body; then take a turn to run.
     limit_for = body_limit(settings.max_body_bytes, settings.max_upload_bytes)
     app.add_middleware(Turns, running=2 * settings.api_threads)
     app.add_middleware(BodyLimit, limit_for=limit_for, body_timeout=settings.body_timeout_seconds)
     app.add_middleware(Authenticate)
     app.add_middleware(LoadShedding, limit=settings.max_concurrency)
     app.add_middleware(CloseUnreadBodies)
-    for routes in (accounts_routes, jobs, sweeps_routes, worker, workers_routes, events_routes, health):
+    app.add_middleware(RequestTimes)
+    for routes in (accounts_routes, jobs, sweeps_routes, worker, workers_routes, events_routes, operators, health):
         app.include_router(routes.router)
     install_docs(app)
     install_dashboard(app)

@@ -95,7 +95,8 @@ class ApiServer:
     """``trainjobs-api`` on a free port (or ``port``), with its artifacts, data and log under ``root``.
 
     Without ``database_url`` it gets a fresh SQLite file under ``root``, migrated at start-up.
-    ``settings`` are service settings by name (``lease_seconds="2"``). Workers reach it with
+    ``settings`` are service settings by name (``lease_seconds="2"``), ``args`` further options of
+    ``trainjobs-api`` (``("--workers", "2")``), ``env`` further variables. Workers reach it with
     ``WORKER_TOKEN``; ``token`` is its first admin's user token (from the credentials file its
     first start writes).
     """
@@ -109,6 +110,8 @@ class ApiServer:
         log_level: str = "warning",
         access_log: bool = False,
         open_files: int | None = None,
+        args: tuple[str, ...] = (),
+        env: dict[str, str] | None = None,
         **settings: str,
     ) -> None:
         root.mkdir(parents=True, exist_ok=True)
@@ -124,9 +127,9 @@ class ApiServer:
             "worker_token": WORKER_TOKEN,
             "admin_credentials_file": str(root / "admin-credentials"),
         }
-        self.env = process_env(**settings_env({**defaults, **settings}))
+        self.env = process_env(**settings_env({**defaults, **settings}), **(env or {}))
         self.log = root / f"api-{self.port}.log"
-        self.options = ["--log-level", log_level, *(["--access-log"] if access_log else [])]
+        self.options = ["--log-level", log_level, *(["--access-log"] if access_log else []), *args]
         self.open_files = open_files
         """The process's limit of open files (soft and hard), as ``ulimit -n`` would set it."""
         self.proc: subprocess.Popen[bytes] | None = None

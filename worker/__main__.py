@@ -14,6 +14,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
+from app.core import structured_logs
 from app.core.protocol import summarize
 from worker.agent import Agent, default_worker_id, resolve_device, resolve_gpus
 from worker.client import WorkerClient
@@ -92,6 +93,12 @@ def parse_args(argv: list[str] | None, defaults: WorkerSettings) -> argparse.Nam
     )
     p.add_argument("--log-level", default=defaults.log_level, help="TRAINJOBS_LOG_LEVEL (%(default)s)")
     p.add_argument(
+        "--log-format",
+        choices=["text", "json"],
+        default=defaults.log_format,
+        help="TRAINJOBS_LOG_FORMAT (%(default)s); json: one object a line with job_id, attempt, worker",
+    )
+    p.add_argument(
         "--allow-insecure-http",
         action=argparse.BooleanOptionalAction,
         default=defaults.allow_insecure_http,
@@ -118,6 +125,7 @@ def settings_from(args: argparse.Namespace, defaults: WorkerSettings) -> WorkerS
             "start_method": args.start_method,
             "prestart": args.prestart,
             "log_level": args.log_level,
+            "log_format": args.log_format,
             "gpus": args.gpus,
             "node_address": args.node_address,
             "rendezvous_port": args.rendezvous_port,
@@ -138,9 +146,9 @@ def main(argv: list[str] | None = None) -> int:
     if refused is not None:
         print(f"trainjobs-worker: {refused}", file=sys.stderr)
         return 2
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("httpx").setLevel(logging.WARNING)
     worker_id = settings.worker_id or default_worker_id()
+    structured_logs.configure(settings.log_format, settings.log_level, worker=worker_id)
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     if settings.gpus:
         devices = resolve_gpus(settings.gpus)
         named = "cuda:" + ",".join(d.split(":")[1] for d in devices)

@@ -16,6 +16,7 @@ from types import FrameType
 
 from app.core.protocol import Capabilities, ClaimedJob, UnsupportedJob
 from app.core.states import JobStatus
+from app.core.structured_logs import job_context
 from worker.capabilities import Inventory
 from worker.client import LeaseGone, ProtocolError, ServiceUnavailable, WorkerClient
 from worker.process import Child, Shutdown
@@ -165,7 +166,7 @@ class Agent:
                 delay = min(delay * 2, MAX_BACKOFF)
                 continue
             except UnsupportedJob as exc:  # a job from a newer service: end it with the reason, go on
-                log.error("job %s: %s", exc.job_id, exc)
+                log.error("job %s: %s", exc.job_id, exc, extra={"job_id": exc.job_id})
                 self._fail_unreadable(exc)
                 self.outcomes.append(JobStatus.FAILED)
                 self.started += 1
@@ -191,7 +192,9 @@ class Agent:
         """Run ``job`` on the devices it needs, in a thread of its own (the next claim goes on meanwhile)."""
         devices = self.slots.take(_devices_needed(job, self.inventory.gpus))
         if devices is None:  # more than the claim said was free (an older service): another worker takes it
-            log.warning("job %s needs more devices than are free here; giving it back", job.id)
+            log.warning(
+                "job %s needs more devices than are free here; giving it back", job.id, extra={"job_id": job.id}
+            )
             self._give_back(job.id, job.lease_token)
             return
         self.started += 1
@@ -204,12 +207,14 @@ class Agent:
 
     def _run(self, run: JobRun, devices: list[str]) -> None:
         try:
-            outcome = run.run()
+            with job_context(job_id=run.id, attempt=run.job.attempt, node=run.job.node):
+                outcome = run.run()
         except (ServiceUnavailable, ProtocolError) as exc:
             log.error(
                 "job %s: could not report to the service (%s); its lease will expire and it will be retried",
                 run.id,
                 exc,
+                extra={"job_id": run.id, "attempt": run.job.attempt},
             )
             outcome = "lease_lost"
         finally:
@@ -225,13 +230,20 @@ class Agent:
         try:
             self.client.finish(exc.job_id, exc.lease_token, JobStatus.FAILED, error=str(exc))
         except (ServiceUnavailable, ProtocolError, LeaseGone) as error:
-            log.warning("job %s: could not report it (%s); its lease will expire", exc.job_id, error)
+            log.warning(
+                "job %s: could not report it (%s); its lease will expire",
+                exc.job_id,
+                error,
+                extra={"job_id": exc.job_id},
+            )
 
     def _give_back(self, job_id: int, token: str) -> None:
         try:
             self.client.release(job_id, token)
         except (ServiceUnavailable, ProtocolError, LeaseGone) as exc:
-            log.warning("job %s: could not give it back (%s); its lease will expire", job_id, exc)
+            log.warning(
+                "job %s: could not give it back (%s); its lease will expire", job_id, exc, extra={"job_id": job_id}
+            )
 
 
 def _devices_needed(job: ClaimedJob, gpus: int) -> int:

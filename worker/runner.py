@@ -9,6 +9,7 @@ If the service says the lease is gone, the child is killed and nothing more is w
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import logging
 import math
 import multiprocessing as mp
@@ -83,7 +84,12 @@ class JobRun:
 
     def run(self) -> Outcome:
         self.dir.mkdir(parents=True, exist_ok=True)
-        beats = threading.Thread(target=self._heartbeat_loop, name=f"heartbeat-{self.id}", daemon=True)
+        beats = threading.Thread(  # in this job's logging context (app/core/structured_logs.py)
+            target=contextvars.copy_context().run,
+            args=(self._heartbeat_loop,),
+            name=f"heartbeat-{self.id}",
+            daemon=True,
+        )
         beats.start()
         try:
             return self._run()

@@ -15,6 +15,8 @@ from urllib.parse import urlsplit
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from app.core.structured_logs import LogFormat
+
 StartMethod = Literal["spawn", "forkserver"]
 
 
@@ -35,6 +37,9 @@ class WorkerSettings(BaseSettings):
     start_method: StartMethod = Field("spawn", description="How each job's process starts.")
     prestart: bool = Field(True, description="Start the next job's process while idle, its imports done.")
     log_level: str = Field("INFO", description="Logging level of the worker.")
+    log_format: LogFormat = Field(
+        "text", description="text, or json: one JSON object a line (time, level, message, job_id, attempt, worker)."
+    )
     allow_insecure_http: bool = Field(False, description="Send the token over plain HTTP to another machine.")
     storage_retry_seconds: float = Field(
         300.0, ge=0, description="How long a checkpoint upload the service has no room for is retried."

@@ -2,6 +2,7 @@
 
 - ``CurrentUser``: a user token (``Authorization: Bearer tj_...``); for the public API.
 - ``AdminUser``: the same, of an admin (403 otherwise).
+- ``metrics_reader``: ``TRAINJOBS_METRICS_TOKEN`` or an admin's user token; ``GET /metrics`` only.
 - ``require_worker``: a worker token (one in the database, or ``TRAINJOBS_WORKER_TOKEN``); the
   worker protocol only. A token of the other kind is refused on each side.
 
@@ -267,6 +268,29 @@ async def require_worker(
         await authenticate_worker(request, db, lane, settings)
 
 
+METRICS_PATH = "/metrics"
+
+
+def is_metrics_token(request: Request, settings: Settings) -> bool:
+    """Whether the request carries ``TRAINJOBS_METRICS_TOKEN`` (compared in constant time)."""
+    if settings.metrics_token is None:
+        return False
+    token = bearer_token(request)
+    expected = settings.metrics_token.get_secret_value()
+    return token is not None and secrets.compare_digest(token.encode(), expected.encode())
+
+
+async def metrics_reader(request: Request, db: DatabaseDep, _: UserScheme) -> None:
+    """``GET /metrics``: ``TRAINJOBS_METRICS_TOKEN`` (a scraper's), or an admin's user token."""
+    if getattr(request.state, "metrics_reader", False):  # ``Authenticate`` found the metrics token
+        return
+    if not (await current_user(request, db, None)).is_admin:
+        raise Forbidden("only an admin's token or TRAINJOBS_METRICS_TOKEN may read /metrics")
+
+
+MetricsReader = Depends(metrics_reader)
+
+
 OPEN_PATHS = frozenset(
     {"/healthz", "/auth/login", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc", "/", "/ui", "/ui/login"}
 )
@@ -297,6 +321,8 @@ class Authenticate:
             if scope["path"].startswith("/worker/"):
                 await authenticate_worker(request, state.db, state.worker_lane, state.settings)
                 request.state.worker = True
+            elif scope["path"] == METRICS_PATH and is_metrics_token(request, state.settings):
+                request.state.metrics_reader = True
             else:
                 request.state.caller = await authenticate_user(request, state.db)
         except TrainjobsError as exc:

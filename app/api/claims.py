@@ -8,7 +8,7 @@ from fastapi import Response, status
 from pydantic import BaseModel, ValidationError
 from sqlalchemy.orm import Session
 
-from app.core import checkpoints, gangs, leases, logs, queue, workers
+from app.core import checkpoints, gangs, leases, logs, queue, telemetry, workers
 from app.core.config import Settings
 from app.core.db import Database
 from app.core.models import Job, utcnow
@@ -19,7 +19,7 @@ from app.core.states import JobStatus
 def claim_once(
     db: Database, settings: Settings, body: ClaimRequest, reap: bool, fleet: workers.Fleet
 ) -> Response | None:
-    with db.write() as session:
+    with telemetry.CLAIM_SECONDS.time(), db.write() as session:
         if fleet.due(body.worker_id, body.capabilities, settings.lease_seconds):
             workers.record(session, body.worker_id, body.capabilities)
         else:

@@ -18,11 +18,12 @@ from typing import Any
 
 from fastapi import Request, Response, status
 from fastapi.responses import FileResponse
-from starlette.types import Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 from app.core.checkpoints import temporary_prefix
 from app.core.errors import NotFound
 from app.core.models import Checkpoint
+from app.core.telemetry import CHECKPOINT_BYTES
 
 
 class CheckpointFile(FileResponse):
@@ -36,9 +37,18 @@ class CheckpointFile(FileResponse):
         self.private = private
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        sent = 0
+
+        async def counting(message: Message) -> None:
+            nonlocal sent
+            await send(message)
+            if message["type"] == "http.response.body":
+                sent += len(message.get("body", b""))
+
         try:
-            await super().__call__(scope, receive, send)
+            await super().__call__(scope, receive, counting)
         finally:
+            CHECKPOINT_BYTES.labels("out").inc(sent)
             if self.private:
                 Path(self.path).unlink(missing_ok=True)
 

@@ -5,8 +5,10 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from app.core.structured_logs import LogFormat
 
 MIN_WORKER_TOKEN = 24
 
@@ -24,6 +26,10 @@ class Settings(BaseSettings):
     worker_token: SecretStr | None = Field(
         None,
         description="A worker token from the environment, good for /worker/* (besides worker tokens in the database).",
+    )
+    metrics_token: SecretStr | None = Field(
+        None,
+        description="A token for GET /metrics alone (a Prometheus scraper's), besides an admin's user token.",
     )
     admin_credentials_file: Path = Field(
         Path("./var/admin-credentials"),
@@ -65,19 +71,23 @@ class Settings(BaseSettings):
     max_metric_points_per_job: int = Field(
         10_000_000, ge=1, description="Most metric points a job may report (estimated from its spec at submit)."
     )
+    log_format: LogFormat = Field(
+        "text", description="text, or json: one JSON object a line (time, level, logger, message, job_id, ...)."
+    )
     forwarded_allow_ips: str = Field(
         "127.0.0.1",
         description="Proxies whose X-Forwarded-For is trusted for the client's address (comma-separated, or *).",
     )
 
-    @field_validator("worker_token")
+    @field_validator("worker_token", "metrics_token")
     @classmethod
-    def _long_enough(cls, token: SecretStr | None) -> SecretStr | None:
+    def _long_enough(cls, token: SecretStr | None, info: ValidationInfo) -> SecretStr | None:
         if token is not None and len(token.get_secret_value()) < MIN_WORKER_TOKEN:
+            what = {"worker_token": "claim jobs and forge their results", "metrics_token": "read the service's metrics"}
             raise ValueError(
-                f"TRAINJOBS_WORKER_TOKEN has {len(token.get_secret_value())} characters; give at least "
-                f"{MIN_WORKER_TOKEN} (e.g. `openssl rand -hex 32`): a short one can be guessed, and with it "
-                "anyone can claim jobs and forge their results"
+                f"TRAINJOBS_{str(info.field_name).upper()} has {len(token.get_secret_value())} characters; give at "
+                f"least {MIN_WORKER_TOKEN} (e.g. `openssl rand -hex 32`): a short one can be guessed, and with it "
+                f"anyone can {what.get(str(info.field_name), 'use it')}"
             )
         return token
 

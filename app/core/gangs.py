@@ -18,7 +18,7 @@ from typing import Any
 from sqlalchemy import bindparam, case, delete, func, select, update
 from sqlalchemy.orm import Session
 
-from app.core import logs
+from app.core import logs, telemetry
 from app.core.errors import LeaseLost
 from app.core.models import Job, JobNode, Worker
 from app.core.protocol import Capabilities
@@ -232,6 +232,7 @@ def give_back(session: Session, job: Job, missing: list[str], *, now: datetime) 
     session.execute(update(Worker).where(Worker.id.in_(unlocked.scalar_subquery())).values(free=0))
     if done is not None:
         logs.note(session, job, line)
+        telemetry.requeued(session, "not_taken")
     return done is not None
 
 

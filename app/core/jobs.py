@@ -18,6 +18,7 @@ from pydantic import ValidationError
 from sqlalchemy import ColumnElement, Select, delete, func, select, true, update
 from sqlalchemy.orm import Session
 
+from app.core import telemetry
 from app.core.errors import Conflict, IdempotencyConflict, InvalidRequest, JobNotFound, LimitExceeded
 from app.core.leases import fail_dependents
 from app.core.models import Checkpoint, IdempotencyKey, Job, JobLog, MetricBucket, MetricPoint, Sweep, User, utcnow
@@ -304,6 +305,7 @@ def cancel_job(session: Session, scope: Scope, job_id: int, *, now: datetime | N
         error_class=None,
     )
     if job is not None:
+        telemetry.finished(session, JobStatus.CANCELLED)
         fail_dependents(session, job_id, JobStatus.CANCELLED, now=now)
         return job
     running = frozenset({JobStatus.RUNNING})

@@ -19,7 +19,7 @@ from sqlalchemy import ClauseElement, ColumnElement, bindparam, case, select, up
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.dml import ReturningUpdate
 
-from app.core import gangs, logs
+from app.core import gangs, logs, telemetry
 from app.core.errors import InvalidRequest, JobNotFound, LeaseLost
 from app.core.models import Job, status_is, utcnow
 from app.core.states import RETRY_ON_DEFAULT, ErrorClass, JobStatus, guard
@@ -179,6 +179,7 @@ def finish_job(
         updated_at=now,
         **({"progress": progress} if progress is not None else {}),
     )
+    telemetry.finished(session, status, job.error_class)
     if status != JobStatus.SUCCEEDED:
         fail_dependents(session, job_id, status, now=now)
     return job
@@ -213,6 +214,7 @@ def _retry(
         **({"progress": progress} if progress is not None else {}),
     )
     logs.note(session, job, line)
+    telemetry.requeued(session, "retry")
     return job
 
 
@@ -253,7 +255,10 @@ def release_job(session: Session, job_id: int, lease_token: str, *, now: datetim
         updated_at=now,
     )
     if job.status == JobStatus.CANCELLED:
+        telemetry.finished(session, JobStatus.CANCELLED)
         fail_dependents(session, job_id, JobStatus.CANCELLED, now=now)
+    else:
+        telemetry.requeued(session, "released")
     return job
 
 
@@ -271,6 +276,7 @@ def fail_dependents(session: Session, base_id: int, base_status: JobStatus, *, n
         )
         .returning(Job.id)
     ).all()
+    telemetry.finished(session, JobStatus.FAILED, ErrorClass.USER, amount=len(rows))
     return [r[0] for r in rows]
 
 
@@ -327,6 +333,7 @@ def reap_expired_leases(session: Session, *, now: datetime | None = None) -> lis
         if done is None:
             continue  # a heartbeat got there first
         logs.note(session, job, error)
+        telemetry.lease_expired(session, status)
         changed.append((job.id, status))
         if status != JobStatus.QUEUED:
             fail_dependents(session, job.id, status, now=now)

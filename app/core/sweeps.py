@@ -18,7 +18,7 @@ from typing import Any
 from sqlalchemy import Select, select, update
 from sqlalchemy.orm import Session
 
-from app.core import jobs, logs
+from app.core import jobs, logs, telemetry
 from app.core.errors import Conflict, InvalidRequest, NotFound
 from app.core.jobs import Scope, check_base_job, fit_to_base, new_job, paged
 from app.core.models import Job, Sweep, utcnow
@@ -273,12 +273,14 @@ def cancel_sweep(session: Session, scope: Scope, sweep_id: int, *, now: datetime
     if not any(j.status in ACTIVE for j in trial_jobs(session, sweep_id)):
         raise Conflict(f"sweep {sweep_id} has no queued or running trials; there is nothing to cancel")
     queued = frozenset({JobStatus.QUEUED})
-    session.execute(
+    cancelled = session.execute(
         update(Job)
         .where(Job.sweep_id == sweep_id, guard(Job.status, queued, JobStatus.CANCELLED))
         .values(status=JobStatus.CANCELLED, finished_at=now, updated_at=now, error="cancelled with its sweep")
+        .returning(Job.id)
         .execution_options(synchronize_session=False)
-    )
+    ).all()
+    telemetry.finished(session, JobStatus.CANCELLED, amount=len(cancelled))
     session.execute(
         update(Job)
         .where(Job.sweep_id == sweep_id, Job.status == JobStatus.RUNNING)

@@ -13,7 +13,7 @@ from fastapi.dependencies.models import Dependant
 from fastapi.routing import APIRoute
 from starlette.routing import BaseRoute, Route
 
-from app.api.auth import OPEN_PATHS, admin_user, current_user, require_worker
+from app.api.auth import OPEN_PATHS, admin_user, current_user, metrics_reader, require_worker
 from app.core.config import Settings
 from app.main import create_app
 
@@ -32,7 +32,7 @@ OPEN_ASSETS = (
     "/docs/assets/, /ui/static/: Swagger UI's, ReDoc's, uPlot's and the dashboard's own files, from the package"
 )
 assert set(ALLOWLIST) == OPEN_PATHS, "the middleware's open paths and this list are one list"
-AUTH = {current_user, admin_user, require_worker}
+AUTH = {current_user, admin_user, metrics_reader, require_worker}
 
 
 def every_route(app: FastAPI) -> Iterator[BaseRoute]:

@@ -90,7 +90,9 @@ async def job_events(
                 yield sse("end", {"id": job_id, "deleted": True}, str(cursor))
                 return
             except SQLAlchemyError:  # the database is away: the client reconnects with its last id
-                log.warning("an event stream of job %s ended: the database did not answer", job_id)
+                log.warning(
+                    "an event stream of job %s ended: the database did not answer", job_id, extra={"job_id": job_id}
+                )
                 return
             for event in read.events:
                 cursor = event.cursor

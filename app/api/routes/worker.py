@@ -23,7 +23,7 @@ from app.api.deps import SettingsDep, WakeupDep, WorkerLane, WorkerLaneDep, flee
 from app.api.downloads import serve_checkpoint
 from app.api.json_body import json_body, openapi_body
 from app.api.routes.jobs import JobId
-from app.core import artifacts, checkpoints, gangs, leases, logs, metrics, workers
+from app.core import artifacts, checkpoints, gangs, leases, logs, metrics, telemetry, workers
 from app.core.checkpoints import CheckpointStore, PendingUpload, UploadHeader
 from app.core.errors import InvalidRequest, TooLarge
 from app.core.models import Checkpoint
@@ -77,9 +77,11 @@ async def claim_job(
         gate, fleet = request.app.state.reap_gate.is_open(), fleet_of(request)
         claimed = await lane.run(claim_once, lane.db, settings, body, gate, fleet)
         if claimed is not None:
+            telemetry.CLAIMS.labels("job").inc()
             return claimed
         remaining = deadline - loop.time()
         if remaining <= 0 or await request.is_disconnected():
+            telemetry.CLAIMS.labels("none").inc()
             return Response(status_code=status.HTTP_204_NO_CONTENT)
         await wakeup.wait(event, min(remaining, settings.claim_poll_seconds))
 
@@ -139,7 +141,9 @@ async def report_metrics(
         with lane.db.write() as session:
             return metrics.record_metrics(session, job_id, body.lease_token, body.points)
 
-    return MetricsAccepted(accepted=await lane.run(record))
+    accepted = await lane.run(record)
+    telemetry.METRIC_POINTS.inc(accepted)
+    return MetricsAccepted(accepted=accepted)
 
 
 @router.post(
@@ -158,7 +162,9 @@ async def report_logs(job_id: JobId, body: LogBatch, lane: WorkerLaneDep, settin
             lines = [line.model_dump() for line in body.lines]
             return logs.append_lines(session, job, lines, max_log_bytes=settings.max_log_bytes)
 
-    return LogsStored(stored=await lane.run(record))
+    stored = await lane.run(record)
+    telemetry.LOG_LINES.inc(stored)
+    return LogsStored(stored=stored)
 
 
 @router.put(
@@ -213,12 +219,12 @@ async def upload_checkpoint(
     has_body = declared not in (None, "0") or "chunked" in request.headers.get("transfer-encoding", "")
     upload = await lane.run(functools.partial(store.open_upload, header, has_body=has_body))  # fenced
     try:
-        if not upload.linked:
-            await receive_into(request, upload, lane)
+        received = 0 if upload.linked else await receive_into(request, upload, lane)
         ckpt = await lane.run(store.commit_upload, header, upload)
     except BaseException:
         upload.discard()
         raise
+    telemetry.CHECKPOINT_BYTES.labels("in").inc(received)
     return CheckpointPublic.of(ckpt, worker=True)
 
 
@@ -254,8 +260,9 @@ async def upload_artifact(
 UPLOAD_BUFFER = 8 * 1024 * 1024
 
 
-async def receive_into(request: Request, upload: PendingUpload, lane: WorkerLane) -> None:
-    """Stream the body into ``upload``: 8 MiB at a time, hashed and written in a thread while the next arrives."""
+async def receive_into(request: Request, upload: PendingUpload, lane: WorkerLane) -> int:
+    """Stream the body into ``upload``: 8 MiB at a time, hashed and written in a thread while the next arrives.
+    Returns the bytes received."""
     chunks: list[bytes] = []
     buffered = 0
     writing: asyncio.Future[None] | None = None
@@ -283,6 +290,7 @@ async def receive_into(request: Request, upload: PendingUpload, lane: WorkerLane
             if not writing.cancelled():
                 writing.exception()  # retrieved; the error raised is the first one
         raise
+    return received
 
 
 @router.get(
