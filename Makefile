@@ -4,7 +4,7 @@ PYTHON ?= python3
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint migrate api worker bench bench-quick screenshots clean
+.PHONY: run test lint migrate api worker bench bench-quick bench-gpu screenshots clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -41,6 +41,9 @@ bench: $(STAMP) ## every benchmark, full size (about 25 min on 2 cores): table t
 
 bench-quick: $(STAMP) ## every benchmark at tiny sizes (about a minute): a smoke run, as CI does
 	$(BIN)/python -m bench --quick
+
+bench-gpu: $(STAMP) ## the GPU run (about 8 min on one GPU): ResNet-18 vs the article's loop, the 720M autoencoder, a job through the service
+	$(BIN)/python -m bench --gpu
 
 clean:
 	rm -rf var .pytest_cache .mypy_cache .ruff_cache

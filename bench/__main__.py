@@ -1,7 +1,7 @@
-"""``python -m bench [--quick] [--only NAME]``: run the benchmarks, print a markdown table, write the results.
+"""``python -m bench [--quick] [--only NAME] [--gpu]``: run the benchmarks, print a markdown table, write the results.
 
 The results go to ``bench/results/<YYYY-MM-DD>-<host>.json`` (``-quick`` and the ``--only`` names
-added for a quick or partial run):
+added for a quick or partial run; ``-gpu`` for ``--gpu``, the GPU run of bench/gpu.py alone):
 the machine, the settings of each benchmark and every sample. Benchmarks print numbers; the exit
 code says only whether they ran (1 when one raised).
 """
@@ -16,7 +16,7 @@ import traceback
 from collections.abc import Callable
 from pathlib import Path
 
-from . import api, checkpoints, dashboard, dispatch, load, metrics, queue, service, training
+from . import api, checkpoints, dashboard, dispatch, gpu, load, metrics, queue, service, training
 from .report import describe_machine, markdown_table, results_path, started_at, write_results
 from .stats import Result
 
@@ -27,6 +27,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench", description="trainjobs benchmarks (see docs/benchmarks.md).")
     p.add_argument("--quick", action="store_true", help="2 pairs and tiny sizes: a smoke run of every benchmark")
     p.add_argument("--only", action="append", choices=NAMES, help="run only this benchmark (repeatable)")
+    p.add_argument(
+        "--gpu",
+        action="store_true",
+        help="the GPU run alone (bench/gpu.py, about 8 minutes on one GPU; without one, its CPU fallback at tiny sizes)",
+    )
     p.add_argument("--device", default="auto", help="auto (CUDA if present, else CPU), cpu, cuda, cuda:N")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads for every variant (default: all cores)")
     p.add_argument("--loadgen", choices=["auto", "wrk", "httpx"], default="auto", help="API load generator")
@@ -58,8 +63,9 @@ def main(argv: list[str] | None = None) -> int:
         "metrics": lambda: metrics.run(quick=args.quick),
         "checkpoints": lambda: checkpoints.run(quick=args.quick),
         "dashboard": lambda: dashboard.run(quick=args.quick),
+        "gpu": lambda: gpu.run(quick=args.quick, device=device),
     }
-    selected = [name for name in NAMES if not args.only or name in args.only]
+    selected = ["gpu"] if args.gpu else [name for name in NAMES if not args.only or name in args.only]
     results: list[Result] = []
     document: dict[str, object] = {
         "date": now.isoformat(timespec="seconds"),
@@ -87,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bench: {name} done in {elapsed:.0f} s", file=sys.stderr, flush=True)
     machine["load_average_end"] = list(os.getloadavg())
 
-    path = results_path(args.results_dir, now, quick=args.quick, only=selected if args.only else None)
+    path = results_path(args.results_dir, now, quick=args.quick, only=selected if args.only or args.gpu else None)
     write_results(path, document)
     load_average = ", ".join(f"{x:.2f}" for x in machine["load_average_start"])  # type: ignore[attr-defined]
     print(

@@ -124,6 +124,7 @@ def bench_autoencoder(result: Result, device: str) -> None:
 
 
 def bench_service(result: Result, device: str, *, quick: bool, pairs: int) -> None:
+    target = device.startswith("cuda")  # on a CPU at tiny size the process start-up is the job: no target
     body = resnet_job(32, 200 if quick else 20_000, 1 if quick else 3, False)
     body["name"] = "bench-gpu-service"
     with (
@@ -145,15 +146,15 @@ def bench_service(result: Result, device: str, *, quick: bool, pairs: int) -> No
         "whole job: service / direct (pair by pair)",
         "x",
         ratios(runs["service"], runs["direct"]),
-        "<= 1.05",
-        check=at_most(1.05),
+        "<= 1.05" if target else None,
+        check=at_most(1.05) if target else None,
     )
 
 
 def run(*, quick: bool, device: str) -> Result:
     cuda = device.startswith("cuda")
     tiny = quick or not cuda
-    pairs = 2 if tiny else 3
+    pairs = 3 if cuda and not quick else 2 if cuda else 1
     sizes = {32: (200, 1) if tiny else (20_000, 2), 224: (16, 1) if tiny else (2_000, 2)}
     result = Result(
         "gpu",

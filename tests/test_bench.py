@@ -51,3 +51,25 @@ def test_quick_benchmarks_run_and_record_every_number(tmp_path: Path) -> None:
                 assert math.isfinite(value), (name, measure["name"], value)
                 if not any(part in measure["name"] for part in NOT_POSITIVE_ALLOWED):
                     assert value > 0, (name, measure["name"], value)
+
+
+@pytest.mark.slow
+def test_the_gpu_run_runs_on_a_cpu_at_tiny_size(tmp_path: Path) -> None:
+    """``python -m bench --gpu`` is for a machine with a GPU; its CPU fallback keeps its code running here."""
+    run = subprocess.run(
+        [sys.executable, "-m", "bench", "--gpu", "--quick", "--results-dir", str(tmp_path)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert run.returncode == 0, run.stderr[-4000:]
+    (path,) = tmp_path.glob("*-quick-gpu.json")
+    document = json.loads(path.read_text())
+    assert not document["errors"] and set(document["benchmarks"]) == {"gpu"}
+    names = {m["name"]: m for m in document["benchmarks"]["gpu"]["measures"]}
+    for size in (32, 224):
+        for variant in ("reference", "trainjobs"):
+            assert names[f"ResNet-18 {size}x{size}: {variant} samples/s"]["median"] > 0
+    assert names["whole job: service / direct (pair by pair)"]["median"] > 0
+    assert "no GPU here" in " ".join(document["benchmarks"]["gpu"]["notes"])
