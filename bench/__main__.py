@@ -16,11 +16,11 @@ import traceback
 from collections.abc import Callable
 from pathlib import Path
 
-from . import api, checkpoints, dashboard, dispatch, gpu, load, metrics, queue, service, training
+from . import api, checkpoints, dashboard, dispatch, gpu, load, metrics, queue, service, small_job, training
 from .report import describe_machine, markdown_table, results_path, started_at, write_results
 from .stats import Result
 
-NAMES = ["training", "service", "dispatch", "queue", "api", "load", "metrics", "checkpoints", "dashboard"]
+NAMES = ["training", "service", "small-job", "dispatch", "queue", "api", "load", "metrics", "checkpoints", "dashboard"]
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -56,6 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     benchmarks: dict[str, Callable[[], Result]] = {
         "training": lambda: training.run(quick=args.quick, device=device, threads=threads),
         "service": lambda: service.run(quick=args.quick, device=device, threads=threads),
+        "small-job": lambda: small_job.run(quick=args.quick),
         "dispatch": lambda: dispatch.run(quick=args.quick, device=device, threads=threads),
         "queue": lambda: queue.run(quick=args.quick),
         "api": lambda: api.run(quick=args.quick, loadgen=args.loadgen),

@@ -14,7 +14,9 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-BENCHMARKS = {"training", "service", "dispatch", "queue", "api", "load", "metrics", "checkpoints", "dashboard"}
+BENCHMARKS = {
+    "training", "service", "small-job", "dispatch", "queue", "api", "load", "metrics", "checkpoints", "dashboard"
+}  # fmt: skip
 # CPU use of an idle process can round to 0 in a short quick run; a difference of two timings can have any sign;
 # counts of failures are 0 when all is well.
 NOT_POSITIVE_ALLOWED = (

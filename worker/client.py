@@ -206,13 +206,15 @@ class WorkerClient:
         step: int,
         metric: float | None,
         stored: dict[CheckpointTag, str] | None = None,
+        sha256: str | None = None,
     ) -> str:
         """Upload ``path`` as the job's ``tag`` checkpoint; returns its sha256.
 
         ``stored`` maps tags already uploaded in this format to their sha256: a file stored under
-        another tag is not sent again (``X-Checkpoint-Same-As``), the service links it.
+        another tag is not sent again (``X-Checkpoint-Same-As``), the service links it. ``sha256``: the
+        file's, computed as it was written (the training process does); else it is read once to hash it.
         """
-        digest = sha256_file(path)
+        digest = sha256 or sha256_file(path)
         headers = {
             "X-Lease-Token": lease_token,
             "X-Checkpoint-Sha256": digest,

@@ -74,6 +74,8 @@ class CheckpointReady:
     epoch: int
     step: int
     metric: float | None
+    sha256: str | None = None
+    """Computed as the file was written (None: the runner hashes it)."""
 
 
 @dataclass(frozen=True)

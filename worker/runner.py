@@ -37,7 +37,8 @@ from worker.gang import launch_of, meet, placement
 from worker.messages import CheckpointReady, Done, Ending, Failed, JobPayload, MemberDone, Metrics, Stopped
 from worker.process import Child, Shutdown, describe_exit, exit_class, oom_kills
 from worker.relay import Abandon, Relay
-from worker.settings import WorkerConfig
+from worker.settings import WorkerConfig, service_is_local
+from worker.threads import job_threads
 
 log = logging.getLogger("trainjobs.worker")
 
@@ -118,7 +119,12 @@ class JobRun:
             self.dir,
             resume,
             init,
-            self.settings.threads,
+            job_threads(
+                spec,
+                configured=self.settings.threads,
+                jobs_at_once=len(self.config.devices),
+                local_service=service_is_local(self.settings),
+            ),
             visible,
             launch_of(self.job, spec, self.settings, self._meet() if self.job.node is not None else None),
         )
@@ -215,6 +221,7 @@ class JobRun:
                 step=ready.step,
                 metric=metric,
                 stored=stored,
+                sha256=ready.sha256,
             )
 
         self.relay.retrying(f"upload of the '{ready.tag}' checkpoint", upload)

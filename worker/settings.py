@@ -33,7 +33,9 @@ class WorkerSettings(BaseSettings):
     data_dir: Path = Field(Path("./var/data"), description="Datasets on this machine.")
     grace_seconds: float = Field(60.0, gt=0, description="On SIGTERM, how long the job may take to stop and save.")
     poll_seconds: float = Field(5.0, gt=0, le=300, description="Long-poll length of each claim.")
-    threads: int | None = Field(None, ge=1, description="torch CPU threads of each job (default: torch's).")
+    threads: int | None = Field(
+        None, ge=1, description="torch CPU threads of each job (default: chosen per job, worker/threads.py)."
+    )
     start_method: StartMethod = Field("spawn", description="How each job's process starts.")
     prestart: bool = Field(True, description="Start the next job's process while idle, its imports done.")
     log_level: str = Field("INFO", description="Logging level of the worker.")
@@ -69,18 +71,24 @@ class WorkerSettings(BaseSettings):
 LOOPBACK_NAMES = {"localhost", "localhost.localdomain"}
 
 
+def is_local(host: str) -> bool:
+    """Whether ``host`` (a URL's host name) is this machine: a loopback address or name."""
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host.lower() in LOOPBACK_NAMES
+
+
+def service_is_local(settings: WorkerSettings) -> bool:
+    return is_local(urlsplit(settings.api_url).hostname or "")
+
+
 def insecure_reason(settings: WorkerSettings) -> str | None:
     """Why this worker must not start: its token would cross the network in clear. None when it may."""
     url = urlsplit(settings.api_url)
     host = (url.hostname or "").lower()
-    if settings.worker_token is None or url.scheme != "http" or settings.allow_insecure_http:
+    if settings.worker_token is None or url.scheme != "http" or settings.allow_insecure_http or is_local(host):
         return None
-    try:
-        if ipaddress.ip_address(host).is_loopback:
-            return None
-    except ValueError:
-        if host in LOOPBACK_NAMES:
-            return None
     return (
         f"refusing to send the worker token over plain HTTP to {host}: anyone on the way could read it and "
         "then claim jobs and write results as this worker; use an https:// URL (TLS at the reverse proxy in "

@@ -32,7 +32,14 @@ def digits_job(epochs: int, resources: dict[str, Any], **train: Any) -> dict[str
         "kind": "pretrain",
         "dataset": {"name": "digits"},
         "model": {"arch": "mlp_autoencoder", "hidden": [64], "bottleneck": 16},
-        "train": {"epochs": epochs, "batch_size": 64, "log_every_steps": 5, "seed": 3, **train},
+        "train": {
+            "epochs": epochs,
+            "batch_size": 64,
+            "log_every_steps": 5,
+            "seed": 3,
+            "checkpoint_min_seconds": 0,
+            **train,
+        },
         "resources": resources,
     }
 

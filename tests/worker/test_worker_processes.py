@@ -36,7 +36,14 @@ def training_job(epochs: int = 8, **train: Any) -> dict[str, Any]:
         "kind": "pretrain",
         "dataset": {"name": "digits"},
         "model": {"arch": "mlp_autoencoder", "hidden": [512, 256], "bottleneck": 32},
-        "train": {"epochs": epochs, "batch_size": 16, "log_every_steps": 10, "seed": 7, **train},
+        "train": {
+            "epochs": epochs,
+            "batch_size": 16,
+            "log_every_steps": 10,
+            "seed": 7,
+            "checkpoint_min_seconds": 0,
+            **train,
+        },
     }
 
 
@@ -198,6 +205,7 @@ def phased_finetune() -> dict[str, Any]:
             "batch_size": 16,
             "seed": 3,
             "log_every_steps": 10,
+            "checkpoint_min_seconds": 0,
             "phases": [{"epochs": 3, "freeze_backbone": True, "lr": 0.01}, {"epochs": 5, "lr": 0.001}],
         },
     }

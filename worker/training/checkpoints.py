@@ -1,52 +1,98 @@
-"""Checkpoint files: written atomically, readable with ``torch.load(path, weights_only=True)``.
+"""Checkpoint files: written atomically, hashed as they are written, readable with ``torch.load(path, weights_only=True)``.
 
-A checkpoint is one dict of tensors, numbers, strings, lists and dicts (see ``loop.py``
-for its keys). Next to each ``<tag>.pt`` the loop writes ``<tag>.safetensors``: the model's
-weights alone, loadable without pickle, the file to hand to users.
+A checkpoint is one dict of tensors, numbers, strings, lists and dicts (see ``saving.py`` for its keys).
+Next to each ``<tag>.pt`` the loop writes ``<tag>.safetensors``: the model's weights alone, loadable
+without pickle, the file to hand to users.
+
+Each writer returns the file's sha256, computed from the bytes as they go to the file: the worker sends it
+with the upload and reads the file once, to send it (the service checks it as it receives). The files live
+in the run's scratch folder until the worker has uploaded them, so they are renamed into place but not
+fsynced: the service, which fsyncs what it receives, is where a checkpoint is durable.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save, save_file
 
-from app.core.files import fsync_path, link_or_copy, replace_durably
+from app.core.files import replace_durably
+
+WEIGHTS_IN_MEMORY = 1 << 30
+"""Weights up to this size are serialised in memory and hashed there; larger ones are written, then read back."""
 
 
-def write_atomically(path: Path, write: Callable[[Path], None]) -> None:
-    """Run ``write`` on a temporary file beside ``path``, make it durable, then rename it over ``path``.
+class HashingWriter:
+    """A binary file that hashes what is written to it."""
 
-    A reader sees either the old file or the complete new one, even if the process dies midway.
+    def __init__(self, file: BinaryIO) -> None:
+        self.file, self.hash = file, hashlib.sha256()
+
+    def write(self, data: bytes | memoryview) -> int:
+        self.hash.update(data)
+        return self.file.write(data)
+
+    def flush(self) -> None:
+        self.file.flush()
+
+
+def write_atomically(path: Path, write: Callable[[HashingWriter], None], *, durable: bool = False) -> str:
+    """Run ``write`` on a temporary file beside ``path``, then rename it over ``path``; returns its sha256.
+
+    A reader sees either the old file or the complete new one; ``durable``: also after a crash of the machine.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        write(tmp)
-        fsync_path(tmp)
-        replace_durably(tmp, path)
+        with tmp.open("wb") as f:
+            writer = HashingWriter(f)
+            write(writer)
+            if durable:
+                f.flush()
+                os.fsync(f.fileno())
+        if durable:
+            replace_durably(tmp, path)
+        else:
+            os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+    return writer.hash.hexdigest()
 
 
-def link_atomically(source: Path, path: Path) -> None:
-    """Make ``path`` a second name of the complete file ``source`` (a copy where hard links fail)."""
-    write_atomically(path, lambda tmp: link_or_copy(source, tmp))
+def save_torch(obj: Any, path: Path, *, durable: bool = False) -> str:
+    """``torch.save`` made atomic (and ``durable``); returns the file's sha256."""
+    return write_atomically(path, lambda f: torch.save(obj, f), durable=durable)  # type: ignore[arg-type]
 
 
-def save_torch(obj: Any, path: Path) -> None:
-    """``torch.save`` made atomic and durable."""
-    write_atomically(path, lambda tmp: torch.save(obj, tmp))
-
-
-def save_weights(state_dict: Mapping[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:
-    """Write a model's weights as safetensors (contiguous CPU copies), atomically."""
+def save_weights(state_dict: Mapping[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> str:
+    """Write a model's weights as safetensors (contiguous CPU copies), atomically; returns the file's sha256."""
     tensors = {name: t.detach().to("cpu").contiguous() for name, t in state_dict.items()}
-    write_atomically(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
+    if sum(t.numel() * t.element_size() for t in tensors.values()) <= WEIGHTS_IN_MEMORY:
+        data = save(tensors, metadata=metadata)
+        return write_atomically(path, lambda f: _write_all(f, data))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        save_file(tensors, str(tmp), metadata=metadata)
+        digest = sha256_of(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return digest
+
+
+def _write_all(f: HashingWriter, data: bytes) -> None:
+    f.write(data)
+
+
+def sha256_of(path: Path) -> str:
+    with path.open("rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:

@@ -40,10 +40,10 @@ class TrainingContext:
     """A pretrain job's checkpoint whose encoder initialises a finetune backbone."""
     report_metrics: Callable[[list[MetricPoint]], None] = lambda points: None
     """Called with points at log steps and epoch ends."""
-    on_checkpoint: Callable[[CheckpointTag, Path, int, int, float | None], None] = (
-        lambda tag, path, epoch, step, metric: None
+    on_checkpoint: Callable[[CheckpointTag, Path, int, int, float | None, str], None] = (
+        lambda tag, path, epoch, step, metric, sha256: None
     )
-    """Called as (tag, path, epoch, step, metric) after a checkpoint file is complete on disk."""
+    """Called as (tag, path, epoch, step, metric, sha256) after a checkpoint file is complete on disk."""
     on_artifact: Callable[[str, Path], None] = lambda name, path: None
     """Called as (name, path) when a file the job makes besides checkpoints (a GAN's samples) is complete."""
     on_progress: Callable[[int, int, int], None] = lambda epoch, epochs, step: None

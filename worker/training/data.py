@@ -282,7 +282,7 @@ def _read_cache(path: Path) -> tuple[Images, Images] | None:
 
 def _write_cache(path: Path, train: Images, test: Images) -> None:
     with contextlib.suppress(OSError):  # a read-only DATA_DIR only costs the decoding next time
-        save_torch({"train_x": train.x, "train_y": train.y, "test_x": test.x, "test_y": test.y}, path)
+        save_torch({"train_x": train.x, "train_y": train.y, "test_x": test.x, "test_y": test.y}, path, durable=True)
 
 
 # --- batches on the device ------------------------------------------------------------

@@ -191,8 +191,9 @@ class GanTask(Task):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.model.load_state_dict(state["model"])
-        self.d_optimizer.load_state_dict(state["optimizer"])
-        self.g_optimizer.load_state_dict(state["g_optimizer"])
+        if "optimizer" in state:  # a ``best`` checkpoint has weights alone
+            self.d_optimizer.load_state_dict(state["optimizer"])
+            self.g_optimizer.load_state_dict(state["g_optimizer"])
 
     def epoch_artifacts(self, work_dir: Path, epoch: int) -> list[tuple[str, Path]]:
         """The epoch's sample grid, generated from the same noise every epoch (a long run keeps about a

@@ -17,27 +17,10 @@ best checkpoint. ``ctx.on_progress`` is called at log points and epoch ends. The
 step ``i`` is ``lr * make_lr_factor(...)(i)`` on every optimizer the task has: a pure function of
 the step, so nothing about the schedule needs saving.
 
-Checkpoints, in ``ctx.work_dir``, each written atomically:
-
-- ``best.pt`` at the end of every epoch whose primary metric beats all earlier ones;
-- ``last.pt`` every ``checkpoint_every_epochs`` epochs and after the final epoch;
-- ``last.pt`` at the exact step where ``ctx.should_stop()`` turned true (polled before each
-  step), then ``StopRequested`` is raised; resuming from it continues bit for bit on CPU.
-
-Each ``<tag>.pt`` comes with ``<tag>.safetensors``: the model's state dict alone (metadata: epoch,
-step, spec JSON, trainjobs_version). When ``best`` and ``last`` fall due at the same epoch they
-are one write: the ``last`` files are hard links to the ``best`` ones (copies where links fail).
-Once the files of a step are complete, ``ctx.on_checkpoint(tag, path, epoch, step, metric)`` is
-called for each of them: per tag (``best`` before ``last``) first the ``.pt`` path, then the
-``.safetensors`` path with the same tag; tell the formats apart by the suffix. ``metric`` is the
-primary metric of the epoch just evaluated, None for a checkpoint taken on a stop request.
-
-A ``.pt`` checkpoint is a dict that loads with ``torch.load(path, weights_only=True)``: the task's
-state (``model`` and ``optimizer`` state dicts), ``epoch`` (of the last step taken), ``step``
-(global), ``step_in_epoch``, ``steps_per_epoch``, ``rng`` ({"torch", "cuda"}), ``best_metric``,
-``best_epoch``, ``primary_metric``, ``last_metrics`` (the last epoch's metrics), ``early_stopping``
-(the rule's state: ``stopping.py``), ``partial`` (the unfinished epoch's and log window's sums),
-``kind``, ``spec`` (``model_dump(mode="json", by_alias=True)``) and ``trainjobs_version``.
+Checkpoints (``saving.py``, in ``ctx.work_dir``): ``best`` when the primary metric improves, ``last`` every
+``checkpoint_every_epochs`` epochs but not within ``checkpoint_min_seconds`` of the previous write, after the
+final epoch, and at the exact step where ``ctx.should_stop()`` turned true (polled before each step), then
+``StopRequested`` is raised; resuming from it continues bit for bit on CPU.
 
 With ``train.early_stopping``, the run ends after the epoch where the rule fires: ``last`` is saved
 then, and the result says ``stopped_early`` and ``stopped_epoch``.
@@ -48,28 +31,25 @@ per step, and raises ``TrainingError("loss became NaN at epoch E, step S")`` nam
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from torch import Tensor
 
-from app import __version__
 from app.core.protocol import Result
 from app.core.specs import AnyJobSpec, TrainSpec
-from app.core.states import CheckpointTag
 
 from . import phases
-from .checkpoints import link_atomically, load_checkpoint, save_torch, save_weights
+from .checkpoints import load_checkpoint
 from .context import MetricPoint, StopRequested, TrainingContext
 from .data import Images, Splits, epoch_batches, flip_crop, normalize, steps_per_epoch
 from .errors import OutOfMemory, TrainingError
 from .phases import PhasePlan
 from .progress import Progress
+from .saving import Saver, restore_checkpoint
 from .stopping import StoppingState, fires
 from .task import Batch, Task
 
@@ -86,6 +66,7 @@ class Run:
     steps_per_epoch: int
     plans: list[PhasePlan]
     phase: PhasePlan
+    saver: Saver
 
 
 def fit(spec: AnyJobSpec, ctx: TrainingContext, task: Task, splits: Splits) -> Result:
@@ -106,7 +87,8 @@ def fit(spec: AnyJobSpec, ctx: TrainingContext, task: Task, splits: Splits) -> R
         for group in optimizer.param_groups:
             group.setdefault("initial_lr", group["lr"])
     plans = phases.plan(spec.train, per_epoch)
-    run = Run(spec, ctx, task, data, make_lr_factor(spec.train, per_epoch), per_epoch, plans, plans[0])
+    saver = Saver(spec.train.checkpoint_min_seconds)
+    run = Run(spec, ctx, task, data, make_lr_factor(spec.train, per_epoch), per_epoch, plans, plans[0], saver)
     progress = Progress()
     if ctx.resume_from is not None:
         checkpoint = load_checkpoint(ctx.resume_from)
@@ -190,7 +172,7 @@ def train_one_epoch(run: Run, progress: Progress) -> None:
             progress.epoch_seconds += time.perf_counter() - started
             check_finite(run, progress)
             progress.combine(ranks)  # every rank's share of the unfinished epoch, in rank 0's checkpoint
-            save_checkpoint(run, progress, [CheckpointTag.LAST], None)
+            run.saver.stop_now(run, progress)
             raise StopRequested(f"stopped at epoch {progress.epoch}, step {progress.step}")
         step = progress.step + 1
         set_learning_rate(task, run.lr_factor(step - 1))
@@ -287,93 +269,23 @@ def finish_epoch(run: Run, progress: Progress) -> None:
         run.ctx.on_artifact(name, path)
 
     primary = metrics[task.primary]
-    tags = []
-    if task.improves(primary, progress.best_metric):
+    improved = task.improves(primary, progress.best_metric)
+    if improved:
         progress.best_metric, progress.best_epoch = primary, progress.epoch
-        tags.append(CheckpointTag.BEST)
     stops = (
         train.early_stopping is not None
         and progress.epoch < train.epochs  # at the last epoch there is nothing left to stop
         and run.phase is run.plans[-1]  # earlier phases (a probe) run in full
         and fires(train.early_stopping, progress.stopping, metrics, progress.epoch)
     )
-    if progress.epoch % train.checkpoint_every_epochs == 0 or progress.epoch == train.epochs or stops:
-        tags.append(CheckpointTag.LAST)
-    if tags:
-        save_checkpoint(run, progress, tags, primary)
-
-
-def save_checkpoint(run: Run, progress: Progress, tags: list[CheckpointTag], metric: float | None) -> None:
-    """Write ``<tag>.pt`` (resumable) and ``<tag>.safetensors`` (weights) for each tag, then announce them.
-
-    Tags due at the same step share one write: the other names are hard links to the same file. Rank 0
-    alone writes (every rank holds the same weights).
-    """
-    if not run.ctx.ranks.chief:
-        return
-    spec = run.spec.model_dump(mode="json", by_alias=True)
-    state = run.task.state_dict()
-    rng: dict[str, Any] = {"torch": torch.get_rng_state()}
-    device = run.task.runtime.device
-    if device.type == "cuda":
-        rng["cuda"] = torch.cuda.get_rng_state(device)
-    checkpoint = {
-        **state,
-        "epoch": progress.epoch,
-        "step": progress.step,
-        "step_in_epoch": progress.step_in_epoch,
-        "steps_per_epoch": run.steps_per_epoch,
-        "rng": rng,
-        "best_metric": progress.best_metric,
-        "best_epoch": progress.best_epoch,
-        "primary_metric": run.task.primary,
-        "last_metrics": dict(progress.last_metrics),
-        "early_stopping": progress.stopping.to_checkpoint(),
-        "phase": run.phase.index,
-        "partial": progress.partial_state(),
-        "kind": run.spec.kind.value,
-        "spec": spec,
-        "trainjobs_version": __version__,
-    }
-    metadata = {
-        "epoch": str(progress.epoch),
-        "step": str(progress.step),
-        "spec": json.dumps(spec),
-        "trainjobs_version": __version__,
-    }
-    work_dir, ctx = run.ctx.work_dir, run.ctx
-    files = [(work_dir / f"{tag}.pt", work_dir / f"{tag}.safetensors") for tag in tags]
-    save_torch(checkpoint, files[0][0])
-    save_weights(state["model"], files[0][1], metadata)
-    for pt, weights in files[1:]:
-        link_atomically(files[0][0], pt)
-        link_atomically(files[0][1], weights)
-    for tag, (pt, weights) in zip(tags, files, strict=True):
-        ctx.on_checkpoint(tag, pt, progress.epoch, progress.step, metric)
-        ctx.on_checkpoint(tag, weights, progress.epoch, progress.step, metric)
-
-
-def restore_checkpoint(run: Run, progress: Progress, checkpoint: dict[str, Any]) -> None:
-    """Put the task, RNG and progress back where ``checkpoint`` left them."""
-    if checkpoint.get("steps_per_epoch") != run.steps_per_epoch or checkpoint.get("kind") != run.spec.kind:
-        raise TrainingError(
-            "the checkpoint to resume from was made for other data or another kind of job "
-            f"({checkpoint.get('kind')}, {checkpoint.get('steps_per_epoch')} steps per epoch)"
-        )
-    try:
-        run.task.load_state_dict(checkpoint)
-    except (RuntimeError, KeyError, ValueError) as e:
-        raise TrainingError(f"the checkpoint to resume from does not fit the model: {str(e)[:300]}") from e
-    device = run.task.runtime.device
-    try:
-        torch.set_rng_state(checkpoint["rng"]["torch"])
-        if "cuda" in checkpoint["rng"] and device.type == "cuda":
-            torch.cuda.set_rng_state(checkpoint["rng"]["cuda"], device)
-        progress.restore(checkpoint, device)
-        if not run.ctx.ranks.chief:
-            progress.forget_sums()
-    except (KeyError, TypeError, ValueError) as e:
-        raise TrainingError(f"the checkpoint to resume from is not one this worker can read: missing {e}") from e
+    run.saver.epoch_end(
+        run,
+        progress,
+        improved=improved,
+        last=progress.epoch == train.epochs or stops,
+        every=progress.epoch % train.checkpoint_every_epochs == 0,
+        metric=primary,
+    )
 
 
 def _result(run: Run, progress: Progress) -> Result:

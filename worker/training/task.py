@@ -174,9 +174,11 @@ class Task(ABC):
         return {"model": self.model.state_dict(), "optimizer": optimizer.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """The weights, and the optimizer's state where there is one (a ``best`` checkpoint has none)."""
         (optimizer,) = self.optimizers()
         self.model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
+        if "optimizer" in state:
+            optimizer.load_state_dict(state["optimizer"])
 
 
 TaskBuilder = Callable[[AnyJobSpec, TrainingContext, Splits], Task]

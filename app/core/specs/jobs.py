@@ -89,6 +89,13 @@ class TrainSpec(Strict):
     compile: bool = Field(False, description="torch.compile the model (opt-in: compile time).")
     log_every_steps: int = Field(50, ge=1, le=1_000_000)
     checkpoint_every_epochs: int = Field(1, ge=1, le=10_000)
+    checkpoint_min_seconds: float = Field(
+        30.0,
+        ge=0,
+        le=86_400,
+        description="No `last` checkpoint within this long of the previous one (but after the final epoch, an early "
+        "stop or a stop request); a new best is held until the next. 0: every checkpoint_every_epochs epochs.",
+    )
     early_stopping: EarlyStopping | None = Field(
         None, description="Stop before `epochs` when a metric stops improving."
     )

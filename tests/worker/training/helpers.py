@@ -1,7 +1,12 @@
-"""Helpers for the training tests: specs from dicts and a context that records every callback."""
+"""Helpers for the training tests: specs from dicts and a context that records every callback.
+
+The specs checkpoint at every epoch (``checkpoint_min_seconds`` 0) unless a test says otherwise: most tests
+are about what a checkpoint holds, not when it is written (tests/worker/training/test_saving.py is).
+"""
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,10 +38,15 @@ class Recorder:
             resume_from=resume_from,
             init_from=init_from,
             report_metrics=self.metrics.extend,
-            on_checkpoint=lambda *args: self.checkpoints.append(args),
+            on_checkpoint=self._checkpoint,
             on_progress=lambda *args: self.progress.append(args),
             should_stop=self._should_stop,
         )
+
+    def _checkpoint(self, tag: str, path: Path, epoch: int, step: int, metric: float | None, sha256: str) -> None:
+        """Record it; the sha256 handed over is the file's (computed as it was written)."""
+        assert sha256 == hashlib.sha256(path.read_bytes()).hexdigest(), path
+        self.checkpoints.append((tag, path, epoch, step, metric))
 
     def _should_stop(self) -> bool:
         self.polls += 1  # polled once before each step: poll k comes after k - 1 steps
@@ -62,7 +72,7 @@ def spec_of(
         "kind": kind,
         "dataset": dataset or synthetic(),
         "model": model,
-        "train": {"epochs": 1, "batch_size": 16, **train},
+        "train": {"epochs": 1, "batch_size": 16, "checkpoint_min_seconds": 0, **train},
     }
     return parse_job_spec(body)
 

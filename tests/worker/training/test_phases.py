@@ -44,7 +44,7 @@ def test_a_probe_then_a_finetune_trains_the_backbone_only_in_the_second_phase_an
     whole = Recorder(tmp_path / "data", tmp_path / "whole")
     kept: dict[int, Path] = {}
 
-    def keep(tag: str, path: Path, epoch: int, step: int, metric: float | None) -> None:
+    def keep(tag: str, path: Path, epoch: int, step: int, metric: float | None, _sha256: str) -> None:
         whole.checkpoints.append((tag, path, epoch, step, metric))
         if tag == "last" and path.suffix == ".pt":  # each epoch's end: copied before the next overwrites it
             kept[epoch] = Path(shutil.copy(path, tmp_path / f"epoch-{epoch}.pt"))

@@ -102,7 +102,10 @@ def check_checkpoint_files(recorder: Recorder, spec: dict[str, Any]) -> None:
         "last.pt",
         "last.safetensors",
     ]  # no temporary files left behind
-    assert (recorder.work_dir / "best.pt").samefile(recorder.work_dir / "last.pt")  # one write for both tags
+    best = load_pt(recorder.work_dir / "best.pt")  # the weights and where: no optimizer state (only last resumes)
+    assert best.keys() >= CHECKPOINT_KEYS - {"optimizer"} and "optimizer" not in best
+    assert_same_tensors(best["model"], checkpoint["model"])  # the one epoch was the best
+    assert (recorder.work_dir / "best.pt").stat().st_size < (recorder.work_dir / "last.pt").stat().st_size
 
 
 def test_metrics_steps_epochs_and_checkpoint_schedule(recorder: Recorder) -> None:
