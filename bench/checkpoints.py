@@ -6,8 +6,9 @@ fsync), so each reads it from disk as ``cat`` does; then, in turn:
 - ``cat``: ``cat file > /dev/null``;
 - ``dd``: ``dd if=file of=copy bs=4M conv=fsync``, the disk's own read-then-durably-write speed: the
   ceiling for an upload, which the server must also write and fsync;
-- ``upload``: the worker's ``WorkerClient.upload_checkpoint`` (sha256 of the file, then a streamed
-  ``PUT /worker/jobs/{id}/checkpoints/last``; the server hashes, writes, fsyncs and renames it);
+- ``upload``: the worker's ``WorkerClient.upload_checkpoint`` with the file's sha256 as the training process
+  computed it while writing (so the file is read once), a streamed ``PUT /worker/jobs/{id}/checkpoints/last``;
+  the server hashes, writes, fsyncs and renames it;
 - ``download``: the worker's ``WorkerClient.download`` (``GET /worker/jobs/{id}/checkpoints/last``
   to a file, sha256 checked), what a resumed job does;
 - ``get``: ``GET /jobs/{id}/checkpoint`` read and thrown away, as ``curl -o /dev/null`` would.
@@ -25,8 +26,10 @@ from pathlib import Path
 from app.core.states import CheckpointFormat, CheckpointTag
 from devtools.servers import WORKER_TOKEN, ApiServer
 from worker.client import WorkerClient
+from worker.training.checkpoints import sha256_of
 
 from .metrics import NO_REAPING, claim_new_job
+from .servers import cpu_seconds
 from .stats import Result, at_least, interleave, ratios
 
 CHUNK = 1 << 20
@@ -67,11 +70,15 @@ def run(*, quick: bool) -> Result:
         root = Path(tmp)
         source = root / "checkpoint.pt"
         write_random_file(source, size)
+        digest = sha256_of(source)
         with (
             ApiServer(root / "api", lease_seconds=NO_REAPING) as api,
             api.client(timeout=600) as http,
         ):
             job_id, token = claim_new_job(http)
+            assert api.proc is not None
+            api_pid = api.proc.pid
+            cpu: dict[str, list[float]] = {"upload: API process CPU": [], "download: the client's CPU": []}
             client = WorkerClient(api.url, WORKER_TOKEN)
             step = iter(range(1, 1_000_000))
             stored: dict[str, str] = {}
@@ -93,7 +100,7 @@ def run(*, quick: bool) -> Result:
             def upload() -> float:
                 evict(source)
 
-                def put() -> None:
+                def put() -> None:  # with the digest the training process computed as it wrote the file
                     client.upload_checkpoint(
                         job_id,
                         token,
@@ -103,9 +110,12 @@ def run(*, quick: bool) -> Result:
                         epoch=1,
                         step=next(step),
                         metric=None,
+                        sha256=digest,
                     )
 
+                before = cpu_seconds(api_pid)
                 speed = timed_mb_per_s(size, put)
+                cpu["upload: API process CPU"].append((cpu_seconds(api_pid) - before) * speed * 1e6 / size)
                 ref = http.get(f"/jobs/{job_id}/checkpoints").json()["data"][0]
                 stored["sha256"] = ref["sha256"]
                 return speed
@@ -117,7 +127,9 @@ def run(*, quick: bool) -> Result:
                 evict(server_file())
                 dest = root / "downloaded.pt"
                 url = f"/worker/jobs/{job_id}/checkpoints/last?format=pt"
+                before = time.process_time()
                 speed = timed_mb_per_s(size, lambda: client.download(url, dest, stored["sha256"], token))
+                cpu["download: the client's CPU"].append((time.process_time() - before) * speed * 1e6 / size)
                 dest.unlink()
                 return speed
 
@@ -150,4 +162,6 @@ def run(*, quick: bool) -> Result:
             check=at_least(0.5),
         )
     result.add("upload / dd (pair by pair)", "x", ratios(runs["upload"], runs["dd"]))
+    for name, busy in cpu.items():  # CPU seconds per second of the transfer: 1.0 is a whole core
+        result.add(f"{name} while it runs", "cores", busy)
     return result
