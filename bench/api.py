@@ -2,12 +2,15 @@
 
 A load generator in its own process on loopback keeps 10 requests in flight: ``wrk`` (one thread)
 where it is installed, otherwise ``python -m bench.loadgen`` (async httpx). Rounds of
-``GET /jobs/{id}`` and of ``POST /jobs`` alternate; each round gives requests per second and
-the p50 and p99 latency.
+``GET /bench/constant`` (the framework's ceiling: the same app, ``bench/ceiling.py``, answering a
+constant object to a user token), ``GET /jobs/{id}`` and ``POST /jobs`` alternate; each round gives
+requests per second and the p50 and p99 latency.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import json
 import re
 import shutil
@@ -19,8 +22,9 @@ from typing import Any
 
 from devtools.servers import REPO, ApiServer
 
+from .load import databases
 from .servers import submit
-from .stats import Result, at_least, at_most, interleave
+from .stats import Result, at_least, at_most, interleave, ratios
 
 CONNECTIONS = 10
 JOB: dict[str, Any] = {
@@ -81,9 +85,13 @@ def run(*, quick: bool, loadgen: str = "auto") -> Result:
     )
     with tempfile.TemporaryDirectory(prefix="bench-api-") as tmp:
         root = Path(tmp)
-        with ApiServer(root / "api", max_active_jobs_per_user="100000000") as api, api.client(timeout=30) as http:
+        with (
+            ApiServer(root / "api", module="bench.ceiling", max_active_jobs_per_user="100000000") as api,
+            api.client(timeout=30) as http,
+        ):
             job_url = f"{api.url}/jobs/{submit(http, JOB)['id']}"
             post_url = f"{api.url}/jobs"
+            constant_url = f"{api.url}/bench/constant"
 
             def load(url: str, body: dict[str, Any] | None) -> dict[str, float]:
                 if tool == "wrk":
@@ -91,8 +99,26 @@ def run(*, quick: bool, loadgen: str = "auto") -> Result:
                 return run_httpx(url, api.token, seconds, body)
 
             runs = interleave(
-                {"GET": lambda: load(job_url, None), "POST": lambda: load(post_url, JOB)}, rounds, warmup=True
+                {
+                    "constant": lambda: load(constant_url, None),
+                    "GET": lambda: load(job_url, None),
+                    "POST": lambda: load(post_url, JOB),
+                },
+                rounds,
+                warmup=True,
             )
+    result.add(
+        "GET /bench/constant (the framework's ceiling) requests/s", "req/s", [r["rps"] for r in runs["constant"]]
+    )
+    result.add(
+        "GET /jobs/{id} / the ceiling (round by round)",
+        "x",
+        ratios([r["rps"] for r in runs["GET"]], [r["rps"] for r in runs["constant"]]),
+        ">= 0.8",
+        check=at_least(0.8),
+    )
+    if not quick:
+        processes_on_postgresql(result, tool, seconds, rounds)
     for name, target_rps in (("GET", 1000.0), ("POST", None)):
         label = "GET /jobs/{id}" if name == "GET" else "POST /jobs"
         rs = runs[name]
@@ -109,3 +135,41 @@ def run(*, quick: bool, loadgen: str = "auto") -> Result:
             result.add(f"{label} p50 latency", "ms", [r["p50_ms"] for r in rs])
             result.add(f"{label} p99 latency", "ms", [r["p99_ms"] for r in rs])
     return result
+
+
+def processes_on_postgresql(result: Result, tool: str, seconds: float, rounds: int) -> None:
+    """GET /jobs/{id} of one API process against two (``trainjobs-api --workers 2``) on one PostgreSQL database."""
+    with tempfile.TemporaryDirectory(prefix="bench-api-pg-") as tmp:
+        root = Path(tmp)
+        with contextlib.ExitStack() as stack:
+            found = databases(root, quick=False)  # the PostgreSQL database is dropped when it closes
+            stack.callback(found.close)
+            pg = next((url for backend, url in found if backend == "postgresql"), None)
+            if pg is None:
+                result.notes.append("no PostgreSQL reachable: one API process against two not measured")
+                return
+            one = stack.enter_context(ApiServer(root / "api-1", pg, args=("--workers", "1")))
+            two = stack.enter_context(ApiServer(root / "api-2", pg, args=("--workers", "2")))
+            with one.client(timeout=30) as http:
+                path = f"/jobs/{submit(http, JOB)['id']}"  # one database: the same job and admin token for both
+            urls = {"1": one.url + path, "2": two.url + path}
+
+            def load(processes: str) -> float:
+                url = urls[processes]
+                run = (
+                    run_wrk(url, one.token, seconds, None, root)
+                    if tool == "wrk"
+                    else run_httpx(url, one.token, seconds, None)
+                )
+                return run["rps"]
+
+            runs = interleave({p: functools.partial(load, p) for p in urls}, rounds, warmup=True)
+    result.add("PostgreSQL, one API process: GET /jobs/{id} requests/s", "req/s", runs["1"])
+    result.add("PostgreSQL, two API processes: GET /jobs/{id} requests/s", "req/s", runs["2"])
+    result.add(
+        "PostgreSQL: two API processes / one (round by round)",
+        "x",
+        ratios(runs["2"], runs["1"]),
+        ">= 1.6",
+        check=at_least(1.6),
+    )

@@ -19,7 +19,7 @@ import subprocess
 import sys
 import tempfile
 import uuid
-from collections.abc import Iterator
+from collections.abc import Generator
 from pathlib import Path
 from typing import Any
 
@@ -100,7 +100,7 @@ def result_of(proc: subprocess.Popen[str]) -> dict[str, Any]:
     return dict(json.loads(out.strip().splitlines()[-1]))
 
 
-def databases(root: Path, quick: bool) -> Iterator[tuple[str, str]]:
+def databases(root: Path, quick: bool) -> Generator[tuple[str, str], None, None]:
     """(backend, URL): a new SQLite file; then, in a full run, a new PostgreSQL database if one is reachable
     (dropped when the loop over them ends)."""
     url = f"sqlite:///{root / 'load.db'}"

@@ -112,6 +112,7 @@ class ApiServer:
         open_files: int | None = None,
         args: tuple[str, ...] = (),
         env: dict[str, str] | None = None,
+        module: str = "app.cli",
         **settings: str,
     ) -> None:
         root.mkdir(parents=True, exist_ok=True)
@@ -130,6 +131,8 @@ class ApiServer:
         self.env = process_env(**settings_env({**defaults, **settings}), **(env or {}))
         self.log = root / f"api-{self.port}.log"
         self.options = ["--log-level", log_level, *(["--access-log"] if access_log else []), *args]
+        self.module = module
+        """What ``python -m`` runs: ``app.cli`` (``trainjobs-api``), or a benchmark's wrapper of it."""
         self.open_files = open_files
         """The process's limit of open files (soft and hard), as ``ulimit -n`` would set it."""
         self.proc: subprocess.Popen[bytes] | None = None
@@ -159,7 +162,7 @@ class ApiServer:
         return httpx.Client(base_url=self.url, auth=CallerAuth(self.token), **options)
 
     def start(self, timeout: float = 60) -> ApiServer:
-        cmd = [sys.executable, "-m", "app.cli", *self.options, *(["--migrate"] if self.migrate else [])]
+        cmd = [sys.executable, "-m", self.module, *self.options, *(["--migrate"] if self.migrate else [])]
         limit = self.open_files
 
         def limit_files() -> None:

@@ -84,9 +84,14 @@ def create_db_engine(url: str, *, busy_timeout_ms: int = SQLITE_BUSY_TIMEOUT_MS,
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Any) -> None:
         mode = conn.get_execution_options().get("sqlite_begin", "DEFERRED")
-        conn.exec_driver_sql(f"BEGIN {mode}")
+        if mode != NO_BEGIN:
+            conn.exec_driver_sql(f"BEGIN {mode}")
 
     return engine
+
+
+NO_BEGIN = "NONE"
+"""``sqlite_begin`` of an engine whose sessions emit no BEGIN: each statement commits on its own (reads only)."""
 
 
 class WriterTurn:
@@ -135,7 +140,9 @@ class Database:
             quick_engine = create_db_engine(
                 url, pool_size=1, max_overflow=0, pool_timeout=1, busy_timeout_ms=QUICK_READ_BUSY_TIMEOUT_MS
             )
-            quick = sessionmaker(quick_engine, expire_on_commit=False)
+            # No BEGIN: each of a quick read's statements sees the database as it is (a WAL reader never
+            # waits); a transaction around one primary-key read cost as much again as the read.
+            quick = sessionmaker(quick_engine.execution_options(sqlite_begin=NO_BEGIN), expire_on_commit=False)
         return cls(
             engine=engine,
             read_sessions=sessionmaker(engine, expire_on_commit=False),
