@@ -101,7 +101,9 @@ def test_two_api_processes_count_real_jobs_once_each(tmp_path: Path) -> None:
     assert value(first, "trainjobs_metric_points_ingested_total") == points > 0
     assert value(first, "trainjobs_log_lines_ingested_total") > 0
     assert value(first, "trainjobs_checkpoint_bytes_total", direction="in") > base["size"]  # best and last
-    assert value(first, "trainjobs_checkpoint_bytes_total", direction="out") == base["size"]  # the finetune starts from best
+    assert (
+        value(first, "trainjobs_checkpoint_bytes_total", direction="out") == base["size"]
+    )  # the finetune starts from best
     healthz = {"route": "/healthz", "method": "GET", "status": "200"}
     assert value(first, "trainjobs_http_request_duration_seconds_count", **healthz) >= 10
     assert value(first, "trainjobs_jobs", status="succeeded", kind="finetune") == 1
