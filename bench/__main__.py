@@ -25,7 +25,9 @@ NAMES = ["training", "service", "small-job", "dispatch", "queue", "api", "load",
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench", description="trainjobs benchmarks (see docs/benchmarks.md).")
-    p.add_argument("--quick", action="store_true", help="2 pairs and tiny sizes: a smoke run of every benchmark")
+    p.add_argument(
+        "--quick", action="store_true", help="one or two pairs and tiny sizes: a smoke run of every benchmark"
+    )
     p.add_argument("--only", action="append", choices=NAMES, help="run only this benchmark (repeatable)")
     p.add_argument(
         "--gpu",

@@ -94,7 +94,7 @@ def through_service(http: httpx.Client, body: dict[str, Any], *, timeout: float)
 
 
 def run(*, quick: bool, device: str, threads: int) -> Result:
-    seconds, epochs, pairs = 60.0, 3, 2 if quick else 5
+    seconds, epochs, pairs = 60.0, 3, 1 if quick else 5
     torch.set_num_threads(threads)
     # quick: a small model too, so its checkpoints are small (a smoke run, not a measurement)
     body = job_body(500, 1, (256,), 32) if quick else job_body(size_job(seconds, epochs, device), epochs)

@@ -1,7 +1,7 @@
 """Benchmark "small job": a long job of a small model, where per-epoch costs and threads decide (issue 16, target 7).
 
 The job: the MLP autoencoder on scikit-learn's digits (hidden [256], bottleneck 32, batch 64, Adam 1e-3) for
-450 epochs (quick: 20), each epoch 23 steps of a few milliseconds. Three ways, interleaved:
+450 epochs (quick: 10), each epoch 23 steps of a few milliseconds. Three ways, interleaved:
 
 - ``plain``: a plain torch loop of the same model (``build_model`` of the same spec) on the same training
   images, shuffled each epoch, ``loss.item()`` each step; no evaluation, no checkpoints, no metrics;
@@ -104,7 +104,7 @@ def direct(body: dict[str, Any]) -> float:
 
 
 def run(*, quick: bool) -> Result:
-    epochs, pairs = (20, 1) if quick else (450, 3)
+    epochs, pairs = (10, 1) if quick else (450, 3)
     body = job_body(epochs)
     result = Result(
         "small job",

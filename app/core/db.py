@@ -141,7 +141,8 @@ class Database:
                 url, pool_size=1, max_overflow=0, pool_timeout=1, busy_timeout_ms=QUICK_READ_BUSY_TIMEOUT_MS
             )
             # No BEGIN: each of a quick read's statements sees the database as it is (a WAL reader never
-            # waits); a transaction around one primary-key read cost as much again as the read.
+            # waits); a transaction around one primary-key read cost as much again as the read. Its few
+            # statements may see moments apart (a job read queued, its waiting_for read after its claim).
             quick = sessionmaker(quick_engine.execution_options(sqlite_begin=NO_BEGIN), expire_on_commit=False)
         return cls(
             engine=engine,

@@ -12,6 +12,7 @@ read at each scrape: ``Snapshot``.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -25,6 +26,9 @@ from sqlalchemy.orm import Session
 
 from app.core.models import Job, Worker, status_is
 from app.core.states import ErrorClass, JobKind, JobStatus
+
+if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):  # an operator's folder that is not there yet: every count would fail
+    os.makedirs(os.environ["PROMETHEUS_MULTIPROC_DIR"], exist_ok=True)
 
 CLAIMS = Counter(
     "trainjobs_claims", "Claims answered (POST /worker/claim), by outcome: job (one handed out) or none.", ["outcome"]

@@ -53,6 +53,17 @@ def test_submit_pretrain_returns_201_location_and_the_job(client: TestClient) ->
     assert got == job
 
 
+def test_fields_added_later_are_stored_only_when_they_differ_from_their_defaults(client: TestClient) -> None:
+    # A worker of the release before reads the stored spec (unknown fields are an error to it), and a
+    # submit retried across an upgrade keeps its idempotency hash: a later field at its default is left out.
+    plain = client.post("/jobs", json=pretrain_body()).json()["spec"]
+    assert "image_size" not in plain["dataset"] and "width" not in plain["model"]
+    assert "checkpoint_min_seconds" not in plain["train"] and plain["train"]["epochs"] == 2
+    train = {"epochs": 2, "batch_size": 64, "checkpoint_min_seconds": 5}
+    asked = client.post("/jobs", json=pretrain_body(train=train)).json()["spec"]
+    assert asked["train"]["checkpoint_min_seconds"] == 5
+
+
 def test_submit_finetune_from_scratch_fills_num_classes_from_the_dataset(client: TestClient) -> None:
     body = finetune_body()
     del body["model"]["num_classes"]

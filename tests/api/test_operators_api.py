@@ -6,7 +6,11 @@ before and after and checks the difference; the gauges are the test's own databa
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -175,3 +179,17 @@ def test_finish_after_lease_loss_counts_nothing(client: AuthedClient, tokens: di
     after = scrape(client, tokens["root"])
     assert grew(before, after, "trainjobs_jobs_finished_total", status="succeeded", error_class="none") == 0
     assert finish(client, job_id, lease).status_code == 200
+
+
+def test_a_counters_folder_named_but_not_made_yet_is_made_not_a_500_on_every_request(tmp_path: Path) -> None:
+    folder = tmp_path / "not" / "yet"
+    code = (
+        "from app.core import telemetry; from app.api.routes.operators import counters;"
+        "from prometheus_client import generate_latest; telemetry.CLAIMS.labels('job').inc();"
+        "print(generate_latest(counters()).decode())"
+    )
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(folder)}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert 'trainjobs_claims_total{outcome="job"} 1.0' in done.stdout
+    assert any(folder.glob("counter_*.db"))

@@ -17,20 +17,6 @@ from tests.conftest import TABLES, TINY_JOB
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'trainjobs.db'}"
-        upgrade(url)
-        return url
-    url = str(request.getfixturevalue("postgres_url"))
-    engine = create_engine(url)
-    with engine.begin() as conn:
-        conn.execute(text(f"TRUNCATE {TABLES} RESTART IDENTITY CASCADE"))
-    engine.dispose()
-    return url
-
-
 def run_fleet(apis: list[ApiServer], tmp_path: Path, jobs: int, workers: int) -> tuple[list[WorkerProcess], list[dict]]:
     with apis[0].client(timeout=30) as http:
         ids = [http.post("/jobs", json={**TINY_JOB, "name": f"job-{i}"}).json()["id"] for i in range(jobs)]
@@ -64,8 +50,11 @@ def assert_each_ran_once(fleet: list[WorkerProcess], final: list[dict]) -> None:
     assert not re.search(r"database is locked|deadlock|could not serialize", logs, re.IGNORECASE)
 
 
-def test_four_workers_forty_jobs(store_url: str, tmp_path: Path) -> None:
-    with ApiServer(tmp_path, store_url, claim_poll_seconds="0.2") as api:
+def test_four_workers_forty_jobs_on_sqlite(tmp_path: Path) -> None:
+    # SQLite's one writer at a time; PostgreSQL's row locks under four workers: the two services below.
+    url = f"sqlite:///{tmp_path / 'trainjobs.db'}"
+    upgrade(url)
+    with ApiServer(tmp_path, url, claim_poll_seconds="0.2") as api:
         fleet, final = run_fleet([api], tmp_path, jobs=40, workers=4)
     assert_each_ran_once(fleet, final)
     assert len({j["worker"] for j in final}) > 1  # the work was actually shared

@@ -358,7 +358,11 @@ def parse_job_spec(body: Any) -> PretrainSpec | FinetuneSpec:
     return job_spec_adapter.validate_python(body)
 
 
-QUIET_DEFAULTS = {("dataset", "image_size"): 8, ("model", "width"): None}
+QUIET_DEFAULTS = {
+    ("dataset", "image_size"): 8,
+    ("model", "width"): None,
+    ("train", "checkpoint_min_seconds"): 30.0,
+}
 """Fields added after specs were first stored, left out at their defaults (and ``resources``, at one device): a spec stored before them is
 stored the same way still (its idempotency hash unchanged), and a worker from before them still reads it."""
 
