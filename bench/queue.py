@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from sqlalchemy import event, insert
+from sqlalchemy import event, insert, select, update
 
 from app.core import accounts, jobs, leases, queue, workers
 from app.core.db import Database
@@ -144,6 +144,22 @@ def claim_plan(db: Database) -> list[str]:
         return [str(row[-1] if sqlite else row[0]) for row in rows]
 
 
+def claims_behind_waiting_finetunes(db: Database, rounds: int, waiting: int = 50) -> list[float]:
+    """Claim latencies with ``waiting`` finetunes at the head of the queue whose base has not succeeded: every
+    claim checks each one's base before it gets to a job it can run."""
+    with db.write() as session:
+        head = session.scalars(
+            select(Job.id).where(Job.status == JobStatus.QUEUED).order_by(Job.id).limit(waiting + 1)
+        ).all()
+        session.execute(update(Job).where(Job.id.in_(head[1:])).values(priority=10, init_job_id=head[0]))
+    if db.engine.dialect.name == "postgresql":
+        with db.engine.connect() as conn:
+            conn.exec_driver_sql("ANALYZE jobs")
+            conn.commit()
+    claim_and_give_back(db)
+    return [claim_and_give_back(db) for _ in range(rounds)]
+
+
 def store_costs(url: str, sizes: tuple[int, int], rounds: int) -> dict[str, Any]:
     """Claim, list and reap latencies at the small and the large size of the queue."""
     db = Database.from_url(url)
@@ -165,6 +181,7 @@ def store_costs(url: str, sizes: tuple[int, int], rounds: int) -> dict[str, Any]
 
             found[f"list {size}"] = timed(listed, rounds)
             found[f"plan {size}"] = claim_plan(db)
+        found[f"claim {sizes[1]} behind waiting"] = claims_behind_waiting_finetunes(db, rounds)
         running_done = 0
         for running in (sizes[0], min(10_000, sizes[1])):
             fill(db, owner, JobStatus.RUNNING, running - running_done, leased=True)
@@ -248,6 +265,11 @@ def run(*, quick: bool) -> Result:
                 result.add(
                     f"{backend}: {what} p95 at {high:,} / at {low:,}", "x", [ratio], "<= 1.5", check=at_most(1.5)
                 )
+            behind = costs[f"claim {sizes[1]} behind waiting"]
+            label = f"{backend}: claim at {sizes[1]:,} behind 50 waiting finetunes"
+            result.add(f"{label} (p95)", "ms", [percentile(behind, 95)])
+            ratio = percentile(behind, 95) / percentile(costs[f"claim {sizes[0]}"], 95)
+            result.add(f"{label}: p95 / claim p95 at {sizes[0]:,}", "x", [ratio], "<= 1.5", check=at_most(1.5))
             result.extra[f"{backend} claim plan"] = {str(s): costs[f"plan {s}"] for s in sizes}
         for backend, url in databases(root / "http", quick):
             target = 200 if backend == "sqlite" else 500

@@ -12,7 +12,7 @@ import functools
 import secrets
 from datetime import datetime, timedelta
 
-from sqlalchemy import ColumnElement, Select, bindparam, exists, func, or_, select, update
+from sqlalchemy import ColumnElement, Select, bindparam, func, or_, select, update
 from sqlalchemy.orm import Session, aliased
 
 from app.core import gangs
@@ -37,14 +37,17 @@ def runs_on_a_worker() -> ColumnElement[bool]:
     return Job.kind.in_(sorted(kind for kind in JobKind if kind.runs_on_worker))
 
 
+# Both conditions are per-row scalar subqueries by primary key, not EXISTS: under OR, PostgreSQL turns an
+# EXISTS into a "hashed SubPlan" that reads every succeeded job (every sweep) before the first row it checks,
+# a cost that grows with the history (docs/benchmarks.md); a scalar subquery is one index lookup a row.
+
+
 @functools.cache
 def dependencies_met() -> ColumnElement[bool]:
     """The job it waits for (a finetune's base pretrain job), if any, has succeeded."""
     base = aliased(Job)
-    return or_(
-        Job.init_job_id.is_(None),
-        exists().where(base.id == Job.init_job_id, base.status == JobStatus.SUCCEEDED),
-    )
+    base_status = select(base.status).where(base.id == Job.init_job_id).scalar_subquery()
+    return or_(Job.init_job_id.is_(None), base_status == JobStatus.SUCCEEDED)
 
 
 @functools.cache
@@ -54,11 +57,11 @@ def sweep_has_room() -> ColumnElement[bool]:
     count = (
         select(func.count())
         .select_from(running)
-        .where(running.sweep_id == Sweep.id, running.status == JobStatus.RUNNING)
+        .where(running.sweep_id == Job.sweep_id, running.status == JobStatus.RUNNING)
         .scalar_subquery()
     )
-    full = exists().where(Sweep.id == Job.sweep_id, Sweep.max_concurrent.is_not(None), Sweep.max_concurrent <= count)
-    return or_(Job.sweep_id.is_(None), ~full)
+    limit = select(Sweep.max_concurrent).where(Sweep.id == Job.sweep_id).scalar_subquery()
+    return or_(Job.sweep_id.is_(None), limit.is_(None), limit > count)
 
 
 def sweep_room_held(session: Session, sweep_id: int) -> bool:
