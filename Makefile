@@ -36,7 +36,7 @@ test: lint ## lint, types, then every test on SQLite and PostgreSQL
 screenshots: $(STAMP) ## the dashboard's browser tests, writing the README's pictures to docs/images/
 	TRAINJOBS_SCREENSHOTS=docs/images TRAINJOBS_TEST_BACKENDS=sqlite $(BIN)/pytest -q tests/ui/test_dashboard_browser.py
 
-bench: $(STAMP) ## every benchmark, full size (about 25 min on 2 cores): table to stdout, bench/results/<date>-<host>.json
+bench: $(STAMP) ## every benchmark, full size (about 30 min on 2 cores): table to stdout, bench/results/<date>-<host>.json
 	$(BIN)/python -m bench
 
 bench-quick: $(STAMP) ## every benchmark at tiny sizes (about a minute): a smoke run, as CI does
