@@ -14,28 +14,19 @@ from typing import Any
 
 import httpx
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from devtools.servers import WORKER_TOKEN, ApiServer, WorkerProcess, wait_until
 from tests.conftest import TINY_JOB
+from tests.scrapes import Samples, samples_of, value
 
 pytestmark = pytest.mark.slow
 METRICS_TOKEN = "scraper-" + "s" * 32
-Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
 
 def scrape(api: ApiServer) -> Samples:
     r = httpx.get(f"{api.url}/metrics", headers={"Authorization": f"Bearer {METRICS_TOKEN}"}, timeout=10)
     assert r.status_code == 200, r.text
-    return {
-        (s.name, frozenset(s.labels.items())): s.value
-        for family in text_string_to_metric_families(r.text)
-        for s in family.samples
-    }
-
-
-def value(samples: Samples, name: str, **labels: str) -> float:
-    return samples.get((name, frozenset(labels.items())), 0.0)
+    return samples_of(r.text)
 
 
 def counters(samples: Samples) -> Samples:

@@ -13,7 +13,6 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 from pydantic import SecretStr
 
 from app.core import leases
@@ -33,24 +32,16 @@ from tests.api.helpers import (
 )
 from tests.authed import AuthedClient
 from tests.conftest import pretrain_body
+from tests.scrapes import Samples, samples_of, value
 
 METRICS_TOKEN = "m" * 32
-Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
 
 def scrape(client: AuthedClient, token: str) -> Samples:
     r = client.get("/metrics", headers={"Authorization": f"Bearer {token}"})
     assert r.status_code == 200, r.text
     assert r.headers["content-type"].startswith("text/plain")
-    return {
-        (s.name, frozenset(s.labels.items())): s.value
-        for family in text_string_to_metric_families(r.text)
-        for s in family.samples
-    }
-
-
-def value(samples: Samples, name: str, **labels: str) -> float:
-    return samples.get((name, frozenset(labels.items())), 0.0)
+    return samples_of(r.text)
 
 
 def grew(before: Samples, after: Samples, name: str, **labels: str) -> float:

@@ -196,17 +196,18 @@ def test_sigkill_of_a_worker_mid_job_resumes_elsewhere_and_ends_identical(http: 
 
 
 def phased_finetune() -> dict[str, Any]:
-    """A linear probe for 3 epochs, then the whole net for 5 at a lower rate: one job, about 2 s."""
+    """A linear probe for 3 epochs, then the whole net for 8 at a lower rate: one job, about 5 s (the kill
+    below must land while it trains, not after its last epoch: uploads trail the training by a little)."""
     return {
         "kind": "finetune",
-        "dataset": {"name": "digits", "limit": 480},
+        "dataset": {"name": "digits", "limit": 960},
         "model": {"arch": "mlp", "hidden": [512, 256], "bottleneck": 32},
         "train": {
             "batch_size": 16,
             "seed": 3,
             "log_every_steps": 10,
             "checkpoint_min_seconds": 0,
-            "phases": [{"epochs": 3, "freeze_backbone": True, "lr": 0.01}, {"epochs": 5, "lr": 0.001}],
+            "phases": [{"epochs": 3, "freeze_backbone": True, "lr": 0.01}, {"epochs": 8, "lr": 0.001}],
         },
     }
 
@@ -221,7 +222,7 @@ def test_sigkill_in_the_second_phase_resumes_in_it_and_ends_identical(http: http
     workers("b")
     resumed = wait_status(http, victim, "succeeded", "failed")
     assert resumed["status"] == "succeeded", resumed["error"]
-    assert resumed["attempt"] == 2 and resumed["result"]["epochs"] == 8
+    assert resumed["attempt"] == 2 and resumed["result"]["epochs"] == 11
     ref = wait_status(http, reference, "succeeded", "failed")
     assert ref["status"] == "succeeded", ref["error"]
     got, want = series_points(http, victim), series_points(http, reference)
