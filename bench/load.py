@@ -156,7 +156,7 @@ def measure_route(api: ApiServer, url: str, job_id: int, lease: str, seconds: fl
 
 
 def run(*, quick: bool, loadgen_tool: str = "auto") -> Result:
-    seconds = 2.0 if quick else 30.0
+    seconds = 1.0 if quick else 30.0
     tool = ("wrk" if shutil.which("wrk") else "httpx") if loadgen_tool == "auto" else loadgen_tool
     params = {"clients": CLIENTS, "seconds_per_route": seconds, "load_generator": tool, "routes": ROUTES}
     result = Result("load", "API under read load, a worker heartbeating (200 clients per route)", params)

@@ -69,7 +69,7 @@ def run_in_child(
     child = Child(mp.get_context("spawn"))
     if stop:
         child.stop.set()
-    payload = JobPayload(parse_job_spec(body), "cpu", work / "data", work, resume_from=resume, threads=2, launch=launch)
+    payload = JobPayload(parse_job_spec(body), "cpu", work / "data", work, resume_from=resume, threads=1, launch=launch)
     child.hand(payload)
     points: list[dict[str, Any]] = []
     end, last = None, None
@@ -141,7 +141,7 @@ def workers(api: ApiServer, tmp_path: Path) -> Iterator[Any]:
     started: list[WorkerProcess] = []
 
     def start(name: str) -> WorkerProcess:
-        worker = WorkerProcess(api.url, tmp_path, name, threads=2, node_address="127.0.0.1")
+        worker = WorkerProcess(api.url, tmp_path, name, threads=1, node_address="127.0.0.1")
         started.append(worker)
         return worker
 
