@@ -166,16 +166,20 @@ def read_metrics(
     since_step: int | None = None,
     max_points: int | None = None,
     per_epoch: bool = False,
+    wholes: dict[str, rollups.Bucket] | None = None,
 ) -> dict[str, Any]:
     """GET /jobs/{id}/metrics for a caller who can see the job. A long series is read from its buckets
-    (rollups.py): downsampled, per epoch and its summary without reading its points."""
+    (rollups.py): downsampled, per epoch and its summary without reading its points. ``wholes``: the series
+    summed up (``whole_series``), when the caller read them already."""
     get_job(session, scope, job_id)
     if since_step is not None:  # a tail, for a live chart: its points as they are, summed up over them
         series = read_series(session, job_id, name=name, since_step=since_step)
         return metrics_document(job_id, series, max_points=max_points, per_epoch=per_epoch)
     out_series: dict[str, list[dict[str, Any]]] = {}
     summary: dict[str, dict[str, Any]] = {}
-    for series_name, whole in sorted(rollups.totals(session, job_id, name).items()):
+    if wholes is None:
+        wholes = rollups.totals(session, job_id, name)
+    for series_name, whole in sorted(wholes.items()):
         summary[series_name] = summary_of(series_name, whole)
         kept = _kept(session, job_id, series_name, whole, max_points, per_epoch)
         out_series[series_name] = [{"step": s, "epoch": e, "value": v, "time": t} for s, e, v, t in kept]

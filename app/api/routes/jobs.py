@@ -229,15 +229,24 @@ def get_metrics(
 ) -> Response:
     """Metric series of a job, with last and best of each (over every point). Every point of a long series is
     streamed (a page at a time); max_points and per_epoch read its buckets, not its points."""
-    if max_points is None and since_step is None and not per_epoch:
-        with db.read() as session:
-            wholes = metrics.whole_series(session, scope, job_id, name)
-        if sum(whole.count for whole in wholes.values()) > metrics.PAGE:
-            return StreamingResponse(metrics.stream_document(db, job_id, wholes), media_type="application/json")
-    with db.read() as session:
-        body = metrics.read_metrics(
-            session, scope, job_id, name=name, since_step=since_step, max_points=max_points, per_epoch=per_epoch
-        )
+    whole_read = max_points is None and since_step is None and not per_epoch
+    with db.read() as session:  # one transaction: the summaries and the points agree
+        wholes = metrics.whole_series(session, scope, job_id, name) if whole_read else None
+        if wholes is not None and sum(whole.count for whole in wholes.values()) > metrics.PAGE:
+            body = None
+        else:
+            body = metrics.read_metrics(
+                session,
+                scope,
+                job_id,
+                name=name,
+                since_step=since_step,
+                max_points=max_points,
+                per_epoch=per_epoch,
+                wholes=wholes,
+            )
+    if body is None:  # read after this session ends, a page at a time
+        return StreamingResponse(metrics.stream_document(db, job_id, wholes or {}), media_type="application/json")
     # Serialised directly: re-validating 100,000 points through the response model would cost more than the query.
     return Response(json.dumps(body, separators=(",", ":")), media_type="application/json")
 
